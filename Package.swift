@@ -1,0 +1,67 @@
+// swift-tools-version: 6.2
+//
+// The package layout mirrors the architecture in docs/architecture.md:
+//   pure cores (no I/O)  ->  drivers over small environment protocols  ->  NIO transports / device frontend
+// with configuration parsing shared by all of them, a deterministic simulator that runs the production
+// drivers, and one thin `tandem` executable.
+import PackageDescription
+
+let strictSettings: [SwiftSetting] = [
+    .treatAllWarnings(as: .error),
+]
+
+let package = Package(
+    name: "Tandem",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "tandem", targets: ["tandem"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // Configuration: drbd.conf, ha.cf, authkeys, haresources, their diagnostics and cross-checks. Pure parsing;
+        // the only I/O is reading the files named by the caller.
+        .target(name: "TandemConfig", swiftSettings: strictSettings),
+
+        // Pure protocol cores: value-type state machines, time passed in, no I/O.
+        .target(name: "ReplicationCore", swiftSettings: strictSettings),
+        .target(name: "MembershipCore", swiftSettings: strictSettings),
+        .target(name: "ResourceCore", swiftSettings: strictSettings),
+
+        // Drivers that interpret the cores' actions over small environment protocols.
+        .target(
+            name: "TandemDrivers",
+            dependencies: ["ReplicationCore", "MembershipCore", "ResourceCore"],
+            swiftSettings: strictSettings
+        ),
+        // Production transports (SwiftNIO) for replication and heartbeats.
+        .target(name: "TandemTransport", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
+        // The block-device frontend (FUSE + loop, NBD).
+        .target(name: "DeviceFrontend", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
+        // The deterministic simulator: runs the production drivers over a simulated network and disks.
+        .target(name: "TandemSimulator", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
+
+        // The command-line interface as a library, so that its behaviour is testable.
+        .target(
+            name: "TandemCLI",
+            dependencies: [
+                "TandemConfig",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        .executableTarget(name: "tandem", dependencies: ["TandemCLI"], swiftSettings: strictSettings),
+
+        .testTarget(
+            name: "TandemConfigTests",
+            dependencies: ["TandemConfig"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "TandemCLITests",
+            dependencies: ["TandemCLI", "TandemConfig"],
+            swiftSettings: strictSettings
+        ),
+    ]
+)

@@ -1,0 +1,32 @@
+import ArgumentParser
+
+/// `tandem`: one executable for the replication daemon's admin verbs, the cluster manager's verbs, configuration
+/// checks and the lab.
+public struct TandemCommand: ParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "tandem",
+        abstract: "Replicated block devices and failover for databases, in user space.",
+        discussion: """
+        Tandem reads the same files as DRBD and Heartbeat (drbd.conf, ha.cf, authkeys, haresources) from \
+        --config-dir and answers to the same verbs. Exit codes: 0 success; 1 the configuration has problems; \
+        10 the request was refused; 20 the daemon it needs is not available; 64 a usage error.
+        """,
+        subcommands: [
+            AdmCommand.self,
+            //CheckCommand.self,
+            TakeoverCommand.self,
+            StandbyCommand.self,
+            ClusterStatusCommand.self,
+            LabCommand.self,
+        ]
+    )
+
+    public init() {}
+}
+
+/// Exit codes shared by all verbs; documented in docs/operator-guide.md.
+public enum TandemExitCode {
+    public static let configurationProblems = ExitCode(1)
+    public static let refused = ExitCode(10)
+    public static let daemonUnavailable = ExitCode(20)
+}
