@@ -13,7 +13,7 @@ public struct TandemCommand: ParsableCommand {
         """,
         subcommands: [
             AdmCommand.self,
-            //CheckCommand.self,
+            CheckCommand.self,
             TakeoverCommand.self,
             StandbyCommand.self,
             ClusterStatusCommand.self,

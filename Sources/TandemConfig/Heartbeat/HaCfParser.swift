@@ -125,6 +125,10 @@ struct HaCfBuilder {
     /// Whether a bcast/ucast (which take `udpport`) or a serial (which takes `baud`) line came already.
     var hasUDPPortMedia = false
     var hasSerialMedia = false
+    /// Whether any medium or node line was seen, even one that failed: the whole-file "no media" and "no nodes"
+    /// errors would only repeat that line's error.
+    var sawMediumLine = false
+    var sawNodeLine = false
 
     init(source: SourceFile) {
         self.source = source
@@ -146,6 +150,8 @@ struct HaCfBuilder {
         {
             try claimSetting(directive)
         }
+        if HaCfBuilder.mediumDirectives.contains(directive.key) { sawMediumLine = true }
+        if directive.key == "node" { sawNodeLine = true }
         if try applyTiming(directive) { return }
         if try applyMedium(directive) { return }
         if try applyMembership(directive) { return }
@@ -154,6 +160,8 @@ struct HaCfBuilder {
         if try applyTuning(directive) { return }
         throw unknownDirective(directive.name)
     }
+
+    static let mediumDirectives: Set<String> = ["bcast", "udp", "mcast", "mcast6", "ucast", "ucast6", "serial"]
 
     /// Refuses a second line for the same single-valued setting. Heartbeat silently keeps the last one (or, for
     /// baud, watchdog and crm, fails with a terse message); two values for one setting are almost always an
@@ -175,7 +183,9 @@ struct HaCfBuilder {
         if let hint = HaCfParser.unsupportedDirectives[name.text] {
             return error(
                 .hacfUnsupportedDirective, at: name,
-                "Heartbeat's '\(name.text)' directive is not supported by Tandem", hint: hint
+                "Heartbeat's '\(name.text)' directive is not supported by Tandem; expected one of the directives "
+                    + "Tandem implements",
+                hint: hint
             )
         }
         let candidates = HaCfParser.supportedDirectives + HaCfParser.unsupportedDirectives.keys.sorted()
@@ -820,8 +830,8 @@ extension HaCfBuilder {
         if config.deadtime <= config.keepalive * 2 {
             report(
                 .error, .hacfDeadtimeTooShort, at: firstSetting["deadtime"] ?? firstSetting["keepalive"],
-                "deadtime (\(deadtime)) must be more than twice keepalive (\(keepalive)), or two lost packets "
-                    + "declare a healthy peer dead",
+                "deadtime (\(deadtime)) must be more than twice keepalive (\(keepalive)): expected more than "
+                    + "\(HeartbeatTime.format(config.keepalive * 2)), or two lost packets declare a healthy peer dead",
                 hint: "raise deadtime above \(HeartbeatTime.format(config.keepalive * 2)) or lower keepalive"
             )
         }
@@ -831,7 +841,8 @@ extension HaCfBuilder {
         if let field = firstSetting["deadping"], config.deadping <= config.keepalive * 2 {
             report(
                 .error, .hacfDeadpingTooShort, at: field,
-                "deadping (\(HeartbeatTime.format(config.deadping))) must be more than twice keepalive (\(keepalive))"
+                "deadping (\(HeartbeatTime.format(config.deadping))) must be more than twice keepalive (\(keepalive)): "
+                    + "expected more than \(HeartbeatTime.format(config.keepalive * 2))"
             )
         }
         if let field = firstSetting["warntime"], config.warntime >= config.deadtime {
@@ -850,8 +861,8 @@ extension HaCfBuilder {
         if config.initdead < config.deadtime {
             report(
                 .error, .hacfInitdeadTooShort, at: field,
-                "initdead (\(initdead)) must be at least deadtime (\(deadtime)): it gives the network time to come "
-                    + "up at boot",
+                "initdead (\(initdead)) is shorter than deadtime: expected at least \(deadtime), to give the network "
+                    + "time to come up at boot",
                 hint: "set initdead to at least \(deadtime), or remove it (the default is derived from deadtime)"
             )
         } else if config.initdead < .seconds(10) {
@@ -863,14 +874,14 @@ extension HaCfBuilder {
     }
 
     private mutating func checkMembership() {
-        if config.media.isEmpty {
+        if config.media.isEmpty && !sawMediumLine {
             report(
                 .error, .hacfNoMedia, at: nil,
                 "no heartbeat medium; expected at least one bcast, mcast, mcast6, ucast, ucast6 or serial line",
                 hint: "for example 'ucast eth1 10.0.0.2' (the same line on both nodes is fine)"
             )
         }
-        if config.nodes.isEmpty && config.autojoin != .any {
+        if config.nodes.isEmpty && config.autojoin != .any && !sawNodeLine {
             report(
                 .error, .hacfNoNodes, at: nil, "no nodes defined; expected a 'node' line naming each cluster node",
                 hint: "add 'node NAME' for each node, NAME as `uname -n` prints it"

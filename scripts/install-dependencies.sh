@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Tandem's build and tests need. Safe to run again: it installs only what is missing.
+# Needs root (apt-get). Swift itself is expected at /opt/swift (or on PATH).
+set -euo pipefail
+
+packages=(
+  drbd-utils   # drbdadm / drbdadm-84: the external oracle for drbd.conf parsing
+  kmod         # modinfo, which drbdadm 9 calls to look for a kernel module (there is none; it copes)
+)
+
+missing=()
+for package in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v swift >/dev/null 2>&1 && [ ! -x /opt/swift/usr/bin/swift ]; then
+  echo "error: Swift 6 is not installed (expected /opt/swift/usr/bin/swift or swift on PATH)" >&2
+  exit 1
+fi
