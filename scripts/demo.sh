@@ -7,7 +7,7 @@ bash scripts/install-dependencies.sh
 export PATH="/opt/swift/usr/bin:$PATH"
 swift build -c release --product tandem
 tandem=.build/release/tandem
-"$tandem" lab up
+"$tandem" lab up || true   # exits 20 until the lab lands; the demo goes on with what works today
 echo
 echo "== tandem check on seed 004's configuration (drbd.conf, ha.cf, authkeys, haresources)"
 work=$(mktemp -d)

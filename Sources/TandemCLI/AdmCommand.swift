@@ -112,7 +112,7 @@ enum DaemonVerb {
     struct Connect: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "connect", abstract: "Connect to the peer.")
         @OptionGroup var target: ResourceArguments
-        @Flag(name: .customLong("discard-my-data"), help: "Resolve a split brain by giving up this node's changes (they are kept for restore-discarded).")
+        @Flag(name: .customLong("discard-my-data"), help: "Resolve a split brain by giving up this node's changes.")
         var discardMyData = false
         @OptionGroup var global: GlobalOptions
         func run() throws { throw unavailable("connect") }

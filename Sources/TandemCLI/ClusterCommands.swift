@@ -45,7 +45,10 @@ struct LabCommand: ParsableCommand {
     @Argument(help: "up, down, status, failover, scenario NAME or bench.") var action: [String] = []
     @OptionGroup var global: GlobalOptions
     func run() throws {
-        print("tandem lab: not yet. The lab arrives with the replication daemon, the device frontend and the cluster manager.")
-        print("What works today: tandem check and tandem adm dump on a configuration folder.")
+        printToStandardError(
+            "tandem lab: not yet. The lab arrives with the replication daemon, the device frontend and the cluster manager. "
+                + "What works today: tandem check and tandem adm dump on a configuration folder."
+        )
+        throw TandemExitCode.daemonUnavailable
     }
 }

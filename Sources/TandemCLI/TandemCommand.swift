@@ -24,7 +24,7 @@ public struct TandemCommand: ParsableCommand {
     public init() {}
 }
 
-/// Exit codes shared by all verbs; documented in docs/operator-guide.md.
+/// Exit codes shared by all verbs; documented in README.md and docs/config.md.
 public enum TandemExitCode {
     public static let configurationProblems = ExitCode(1)
     public static let refused = ExitCode(10)

@@ -38,7 +38,7 @@ struct CrossCheckTests {
 
     @Test("a drbd.conf host that is not an ha.cf node is an error at the host")
     func hostNotANode() throws {
-        let report = try Self.check(editing: ["drbd.conf": { $0.replacing("on master2 {", with: "on master3 {") }])
+        let report = try Self.check(editing: ["drbd.conf": { $0.replacing("on master2 {", with: "on mastr2 {") }])
         let errors = report.diagnostics.filter { $0.severity == .error }
         #expect(errors.map(\.code) == [.checkNodeMismatch])
         #expect(errors.first?.location.line == 47)

@@ -19,6 +19,7 @@ struct DrbdAdmOracleTests {
         "malformed/drbd84/secret-too-long.conf",
         "malformed/drbd84/unclosed-at-end.conf",
         "malformed/drbd84/al-extents-out-of-range.conf",
+        "malformed/drbd84/duplicate-volume.conf",
     ]
 
     static var fixtures: [String] {

@@ -177,6 +177,8 @@ struct DrbdConfTests {
         .init(file: "drbd84/secret-too-long.conf", code: .drbdSecretTooLong, line: 4, column: 5),
         .init(file: "drbd84/unclosed-at-end.conf", code: .drbdUnclosedSection, line: 15, column: 1),
         .init(file: "drbd84/al-extents-out-of-range.conf", code: .drbdValueOutOfRange, line: 3, column: 16),
+        .init(file: "drbd84/duplicate-volume.conf", code: .drbdDuplicateVolume, line: 7, column: 10),
+        .init(file: "drbd84/second-common.conf", code: .drbdUnexpectedSection, line: 4, column: 1),
         .init(file: "drbd9/bad-quorum.conf", code: .drbdBadValue, line: 8, column: 16),
         .init(file: "drbd9/connection-unknown-host.conf", code: .drbdUnknownHost, line: 29, column: 14),
         .init(file: "drbd9/node-id-out-of-range.conf", code: .drbdValueOutOfRange, line: 15, column: 17),
@@ -220,6 +222,22 @@ struct DrbdConfTests {
         #expect(lines[0].hasSuffix("unknown-option.conf:3:5: error[drbd.unknown-option]: unknown option 'protocl' in section 'net'"))
         #expect(lines[1] == "        protocl C;")
         #expect(lines[2] == "        ^")
+    }
+
+    @Test("a file with Windows line ends parses, and errors still name the right line")
+    func windowsLineEnds() throws {
+        let text = try String(contentsOfFile: DrbdFixtures.path("seed004/drbd.conf"), encoding: .utf8)
+        let crlf = text.replacing("\n", with: "\r\n")
+        let model = try DrbdConfParser.parse(SourceFile(path: "/nonexistent/crlf.conf", text: crlf)).model
+        #expect(model == (try DrbdConfParser.load(path: DrbdFixtures.path("seed004/drbd.conf")).model))
+        let broken = crlf.replacing("protocol C;", with: "protocol D;")
+        do {
+            _ = try DrbdConfParser.parse(SourceFile(path: "/nonexistent/crlf.conf", text: broken))
+            Issue.record("protocol D was accepted")
+        } catch {
+            #expect(error.errors.first?.location.line == 8)
+            #expect(error.errors.first?.sourceLine == "protocol D;")
+        }
     }
 
     @Test("an include that includes itself stops at the depth limit")

@@ -288,7 +288,8 @@ import Testing
 
     /// Heartbeat applies udpport and baud to the media lines after them only.
     @Test func udpportAppliesOnlyToMediaAfterIt() throws {
-        let parsed = try Self.parse("node a b\nauto_failback on\nbcast eth0\nudpport 695\nbcast eth1\nucast eth2 10.0.0.2\n")
+        let parsed = try Self.parse(
+            "node a b\nauto_failback on\nbcast eth0\nudpport 695\nbcast eth1\nucast eth2 10.0.0.2\n")
         #expect(
             parsed.model.media.map(\.value) == [
                 .bcast(interface: "eth0", port: 694), .bcast(interface: "eth1", port: 695),
@@ -336,6 +337,12 @@ import Testing
         let config = try Self.parse("node alpha # beta\nbcast eth0 # eth1\nauto_failback on # yes\n").model
         #expect(config.nodes.map(\.value) == ["alpha"])
         #expect(config.media.count == 1)
+    }
+
+    /// A bad value is reported once, not again through the default left in its place.
+    @Test func aBadTimeIsNotCheckedAgainstOtherTimes() throws {
+        let error = try #require(Self.rejection(Self.minimal + "deadtime 60\ninitdead soon\n"))
+        #expect(error.errors.map(\.code) == [.hacfBadTime])
     }
 
     /// A failed medium line is not reported a second time as "no medium".

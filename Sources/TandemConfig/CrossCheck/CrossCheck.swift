@@ -36,7 +36,7 @@ struct CrossCheck {
                 if !nodes.isEmpty, !nodes.contains(name.value) {
                     report(.error, .checkNodeMismatch, at: name.location,
                            "host '\(name.value)' of resource '\(resource.name.value)' is not a node in ha.cf (nodes: \(nodeList))",
-                           hint: Suggestions.didYouMean(name.value, among: nodes))
+                           hint: Suggestions.didYouMean(name.value, among: haConfig.nodes.map(\.value)))
                 }
             }
         }
@@ -53,7 +53,7 @@ struct CrossCheck {
         for group in haresources.groups where !nodes.contains(group.preferredNode.value) {
             report(.error, .checkNodeMismatch, at: group.preferredNode.location,
                    "'\(group.preferredNode.value)' is not a node in ha.cf (nodes: \(haConfig.nodes.map(\.value).joined(separator: ", ")))",
-                   hint: Suggestions.didYouMean(group.preferredNode.value, among: nodes))
+                   hint: Suggestions.didYouMean(group.preferredNode.value, among: haConfig.nodes.map(\.value)))
         }
     }
 

@@ -14,9 +14,9 @@ public struct SourceFile: Sendable {
     public init(path: String, text: String) {
         self.path = path
         self.text = text
-        // Split on "\n" only, keeping empty lines, so that line N of the array is line N of the file. A trailing
-        // "\r" (a file edited on Windows) stays on the line and parsers treat it as whitespace.
-        self.lines = text.split(separator: "\n", omittingEmptySubsequences: false)
+        // Keep empty lines, so that line N of the array is line N of the file. Swift reads "\r\n" (a file edited
+        // on Windows) as one Character, so both line ends must be named.
+        self.lines = text.split(omittingEmptySubsequences: false) { $0 == "\n" || $0 == "\r\n" }
     }
 
     /// Reads a file. A missing, unreadable, oversized or non-UTF-8 file is reported as a diagnostic at line 1.

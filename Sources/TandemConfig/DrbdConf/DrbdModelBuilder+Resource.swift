@@ -40,7 +40,7 @@ extension DrbdModelBuilder {
                 // `floating ADDRESS;` is drbdadm's short form of a floating host that inherits everything.
                 hostNodes.append(child)
             case ("volume", true):
-                if let (number, draft) = volume(child) { volumes[number] = (volumes[number] ?? VolumeDraft()).overlaid(by: draft) }
+                if let (number, draft) = volume(child) { addVolume(number, draft, at: child, to: &volumes) }
             case ("connection", true), ("connection-mesh", true):
                 if let connection = connection(child) { connections.append(connection) }
             case (_, true):
@@ -57,6 +57,10 @@ extension DrbdModelBuilder {
             }
         }
         var hosts: [DrbdHost] = []
+        if hostNodes.count > Self.hostsPerResourceMax {
+            report(.drbdHostCount, at: hostNodes[Self.hostsPerResourceMax].keyword,
+                   "resource '\(name.text)' has more than \(Self.hostsPerResourceMax) host sections")
+        }
         for hostNode in hostNodes.prefix(Self.hostsPerResourceMax) {
             let addressRequired = connections.isEmpty
             if let host = host(hostNode, inherited: volumes, resource: name.text, addressRequired: addressRequired) {
@@ -93,7 +97,7 @@ extension DrbdModelBuilder {
         for child in node.body ?? [] {
             switch (child.name, child.isSection) {
             case ("volume", true):
-                if let (number, draft) = volume(child) { volumes[number] = (volumes[number] ?? VolumeDraft()).overlaid(by: draft) }
+                if let (number, draft) = volume(child) { addVolume(number, draft, at: child, to: &volumes) }
             case ("device", false), ("disk", false), ("meta-disk", false), ("flexible-meta-disk", false):
                 applyVolumeSetting(child, to: &volumes[0, default: VolumeDraft()])
             case ("address", false) where !isFloating:
@@ -114,6 +118,15 @@ extension DrbdModelBuilder {
         }
         let finished = finishVolumes(inherited: inherited, own: volumes, host: node, displayName: displayName, resource: resource)
         return DrbdHost(names: names, address: address, nodeID: nodeID, volumes: finished, isFloating: isFloating)
+    }
+
+    /// A `volume N` section; the same number twice in one scope is an error (drbdadm refuses it too).
+    mutating func addVolume(_ number: Int, _ draft: VolumeDraft, at node: DrbdNode, to volumes: inout [Int: VolumeDraft]) {
+        if volumes[number] != nil, node.arguments.first != nil {
+            report(.drbdDuplicateVolume, at: node.arguments[0], "volume \(number) is defined twice here")
+            return
+        }
+        volumes[number] = draft
     }
 
     /// Merges resource-level and host-level volume settings and checks each volume is complete.
@@ -259,7 +272,8 @@ extension DrbdModelBuilder {
         }
         if words.count == 1 { return .flexible(path: first.text) }
         guard node.name == "meta-disk", words.count == 4, words[1].kind == .openBracket, words[3].kind == .closeBracket else {
-            report(.drbdBadMetaDisk, at: words[1], "expected '\(node.name) \(first.text) [INDEX];'")
+            let expected = node.name == "meta-disk" ? "meta-disk \(first.text) [INDEX];" : "flexible-meta-disk \(first.text);"
+            report(.drbdBadMetaDisk, at: words[1], "expected '\(expected)'")
             return nil
         }
         guard let index = parseNumber(words[2], option: "meta-disk index", min: 0, max: Int64(DrbdMetaDisk.indexMax), unit: .plain("count")) else {
@@ -388,7 +402,9 @@ extension DrbdModelBuilder {
                                   "connection names host '\(host.value)', which has no 'on \(host.value)' section in resource '\(resource.text)'",
                                   sourceLine: document.sources[host.location.file]?.lineText(host.location.line)))
         }
-        if hosts.count == 1 {
+        if hosts.isEmpty {
+            warn(.drbdHostCount, at: resource, "resource '\(resource.text)' has no 'on' or 'floating' sections; it cannot be used")
+        } else if hosts.count == 1 {
             warn(.drbdHostCount, at: resource, "resource '\(resource.text)' has one host; it cannot replicate until a second is defined")
         } else if hosts.count > 2, connections.isEmpty, !hosts.contains(where: { $0.nodeID != nil }) {
             warn(.drbdHostCount, at: resource, "resource '\(resource.text)' has \(hosts.count) hosts; DRBD 8.4 syntax pairs exactly two")

@@ -12,7 +12,17 @@ struct DrbdModelBuilder {
         var common = DrbdOptions()
         var resourceNodes: [DrbdNode] = []
         var firstResource: [String: DrbdToken] = [:]
+        var firstSection: [String: DrbdToken] = [:]
         for node in document.nodes {
+            if node.name == "global" || node.name == "common", node.isSection {
+                if let first = firstSection[node.name] {
+                    report(.drbdUnexpectedSection, at: node.keyword,
+                           "a second '\(node.name)' section; the first is at \(first.location)",
+                           hint: "merge the two sections into one")
+                    continue
+                }
+                firstSection[node.name] = node.keyword
+            }
             switch (node.name, node.isSection) {
             case ("global", true):
                 config.globalOptions = options(of: node, section: "global")

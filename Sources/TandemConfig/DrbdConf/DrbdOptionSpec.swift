@@ -179,7 +179,7 @@ public enum DrbdOptionCatalog {
     ]
 
     static let disk: [DrbdOptionSpec] = [
-        .init(.disk, "size", .numeric(min: 0, max: 4_294_967_296, default: 0, unit: .sectors),
+        .init(.disk, "size", .numeric(min: 0, max: 2_199_023_255_552, default: 0, unit: .sectors),
               "use only this much of the backing device; 0 means all of it"),
         .init(.disk, "on-io-error", .symbol(OnIOErrorPolicy.allCases.map(\.rawValue), default: "detach"),
               "what a backing-device I/O error does"),
@@ -242,9 +242,9 @@ public enum DrbdOptionCatalog {
         .init(.options, "auto-promote", .boolean(default: true), implemented: false,
               "DRBD 9's promote-on-open; Tandem promotes only on request"),
         .init(.options, "quorum", .numericOrSymbol(min: 1, max: 32, symbols: ["off", "majority", "all"], default: "off"),
-              "DRBD 9 quorum; Tandem's quorum comes from the witness (see the cluster manager)"),
-        .init(.options, "on-no-quorum", .symbol(["io-error", "suspend-io"], default: "suspend-io"),
-              "what I/O does without quorum"),
+              implemented: false, "DRBD 9 quorum; Tandem's quorum comes from the witness (see the cluster manager)"),
+        .init(.options, "on-no-quorum", .symbol(["io-error", "suspend-io"], default: "suspend-io"), implemented: false,
+              "what I/O does without DRBD 9 quorum"),
         .init(.options, "quorum-minimum-redundancy",
               .numericOrSymbol(min: 1, max: 32, symbols: ["off", "majority", "all"], default: "off"), implemented: false,
               "DRBD 9 quorum refinement"),

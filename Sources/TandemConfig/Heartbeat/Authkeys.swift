@@ -1,4 +1,10 @@
-import Foundation
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Musl)
+    import Musl
+#elseif canImport(Darwin)
+    import Darwin
+#endif
 
 /// The typed contents of Heartbeat's `/etc/ha.d/authkeys`: the keys that may sign packets, and the one that signs
 /// ours.
@@ -28,6 +34,7 @@ public struct Authkeys: Sendable, Equatable {
 public struct AuthKey: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible {
     /// 1 to 15.
     public var index: UInt8
+    /// How packets signed with this key are signed.
     public var method: AuthMethod
     /// The shared secret; nil for `crc`, which has none.
     public var secret: String?
@@ -102,21 +109,22 @@ public enum AuthkeysParser {
     }
 
     /// An `authkeys.insecure-permissions` error when the file's mode lets group or others read or write it.
+    /// `stat` follows a symbolic link, so the mode checked is that of the file read, as Heartbeat's `fstat` does.
     static func insecurePermissions(path: String) -> Diagnostic? {
         let location = SourceLocation(file: path, line: 1, column: 1)
-        guard let attributes = try? FileManager.default.attributesOfItem(atPath: path),
-            let mode = (attributes[.posixPermissions] as? NSNumber)?.intValue
-        else {
+        var status = stat()
+        guard stat(path, &status) == 0 else {
             return Diagnostic(
                 .error, .authkeysInsecurePermissions, at: location,
                 "cannot read the file's permissions; expected mode 600 (read and write for its owner only)"
             )
         }
+        let mode = Int(status.st_mode) & 0o777
         guard mode & forbiddenPermissionBits != 0 else { return nil }
-        let modeText = String(mode & 0o777, radix: 8)
         return Diagnostic(
             .error, .authkeysInsecurePermissions, at: location,
-            "the file has mode \(modeText), so group or others may read or change the cluster key; expected 600",
+            "the file has mode \(String(mode, radix: 8)), so group or others may read or change the cluster key; "
+                + "expected 600",
             hint: "chmod 600 \(path)"
         )
     }
@@ -166,11 +174,14 @@ struct AuthkeysBuilder {
     /// `auth N`.
     private mutating func applyAuth(_ fields: [Field]) throws(Diagnostic) {
         guard fields.count >= 2 else {
-            throw diagnostic(.error, .authkeysBadIndex, at: endOfLine(fields), "'auth' needs the index of the key to sign with, 1 to 15")
+            throw diagnostic(
+                .error, .authkeysBadIndex, at: endOfLine(fields),
+                "'auth' needs the index of the key to sign with, 1 to 15")
         }
         let index = try self.index(fields[1])
         guard fields.count == 2 else {
-            throw diagnostic(.error, .authkeysBadLine, at: fields[2], "unexpected text after 'auth \(index)'; expected 'auth N'")
+            throw diagnostic(
+                .error, .authkeysBadLine, at: fields[2], "unexpected text after 'auth \(index)'; expected 'auth N'")
         }
         if let previous = active {
             throw diagnostic(
@@ -191,7 +202,8 @@ struct AuthkeysBuilder {
         }
         let index = try self.index(fields[0])
         guard fields.count >= 2 else {
-            throw diagnostic(.error, .authkeysUnknownMethod, at: endOfLine(fields), "key \(index) needs a method: \(methodList)")
+            throw diagnostic(
+                .error, .authkeysUnknownMethod, at: endOfLine(fields), "key \(index) needs a method: \(methodList)")
         }
         let method = try self.method(fields[1])
         let secret = try self.secret(fields, method: method, index: index)
@@ -218,7 +230,8 @@ struct AuthkeysBuilder {
         guard field.text.count <= 2, field.text.allSatisfy({ $0.isASCII && $0.isNumber }), let value = Int(field.text),
             AuthkeysParser.indexRange.contains(value)
         else {
-            throw diagnostic(.error, .authkeysBadIndex, at: field, "expected a key index from 1 to 15, got \(shown(field))")
+            throw diagnostic(
+                .error, .authkeysBadIndex, at: field, "expected a key index from 1 to 15, got \(shown(field))")
         }
         return UInt8(value)
     }
@@ -280,7 +293,8 @@ struct AuthkeysBuilder {
                     "no 'auth N' line; expected one naming the key to sign with",
                     hint: "add 'auth 1' above the key lines"
                 ))
-            return try log.finish(Authkeys(activeIndex: Located(0, at: source.location(line: 1, column: 1)), keys: keys))
+            return try log.finish(
+                Authkeys(activeIndex: Located(0, at: source.location(line: 1, column: 1)), keys: keys))
         }
         if keyLines[active.index.value] == nil && !log.hasErrors {
             log.report(

@@ -1,9 +1,9 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #elseif canImport(Musl)
-import Musl
+    import Musl
 #elseif canImport(Darwin)
-import Darwin
+    import Darwin
 #endif
 
 /// The typed contents of Heartbeat's `/etc/ha.d/ha.cf`, as Tandem runs it: Heartbeat R1 (haresources) resource
@@ -98,7 +98,9 @@ public struct HaConfig: Sendable, Equatable {
     /// `record_config_changes`, `record_pengine_inputs`, `enable_config_writes`: Pacemaker-only switches that
     /// Heartbeat accepts and ignores without `crm on` (default on each); kept so that a file reads back the same.
     public var recordConfigChanges: Bool = true
+    /// `record_pengine_inputs` (Pacemaker only; see `recordConfigChanges`).
     public var recordPengineInputs: Bool = true
+    /// `enable_config_writes` (Pacemaker only; see `recordConfigChanges`).
     public var enableConfigWrites: Bool = true
 
     // MARK: Fencing and watchdog
@@ -143,7 +145,9 @@ public enum HeartbeatMedium: Sendable, Hashable {
 
 /// A `ping_group` pseudo-member.
 public struct PingGroup: Sendable, Hashable {
+    /// The name the group is known by, as a pseudo-node.
     public var name: String
+    /// The members; the group is up while any of them answers.
     public var addresses: [IPv4Address]
 
     public init(name: String, addresses: [IPv4Address]) {
@@ -170,6 +174,7 @@ public struct RespawnClient: Sendable, Hashable {
 
 /// An `apiauth client uid=... gid=...` line.
 public struct APIAuthorization: Sendable, Hashable {
+    /// The client name an API user signs on with, such as ipfail.
     public var client: String
     /// The `uid=`/`gid=` settings as written, fields joined by one space.
     public var settings: String

@@ -5,13 +5,20 @@
 /// Unlike Heartbeat, which logs and carries on, every problem becomes a `Diagnostic` pointing at the offending field,
 /// and all of them are reported together. The whole-file checks are Heartbeat's own (`init_config`).
 public enum HaCfParser {
-    /// Limits on repeated directives. Heartbeat's own limits are larger (MAXNODE 100, MAXMEDIA 64); a two-node
-    /// Tandem cluster needs a handful of each, and a bound keeps a broken or hostile file from growing the model.
+    // Limits on repeated directives. Heartbeat's own limits are larger (MAXNODE 100, MAXMEDIA 64); a two-node
+    // Tandem cluster needs a handful of each, and a bound keeps a broken or hostile file from growing the model.
+
+    /// Node names across all `node` lines.
     public static let nodesMax = 64
+    /// Media across all bcast, mcast, mcast6, ucast, ucast6 and serial lines.
     public static let mediaMax = 32
+    /// Addresses across all `ping` and `ping_group` lines.
     public static let pingNodesMax = 64
+    /// `respawn` lines.
     public static let respawnClientsMax = 32
+    /// `apiauth` lines.
     public static let apiAuthorizationsMax = 64
+    /// `stonith_host` lines.
     public static let stonithHostsMax = 32
 
     /// Parses the text of an ha.cf. Throws every error found; warnings come back with the model.
@@ -56,6 +63,8 @@ public enum HaCfParser {
     static let repeatableDirectives: Set<String> = [
         "node", "bcast", "udp", "mcast", "mcast6", "ucast", "ucast6", "serial", "ping", "ping_group",
         "respawn", "apiauth", "stonith_host",
+        // udpport and baud apply to the media lines after them, so a file may change them between media.
+        "udpport", "baud",
     ]
 
     /// The setting a single-valued directive sets, for the duplicate check: `nice_failback` is an old spelling of
@@ -129,6 +138,9 @@ struct HaCfBuilder {
     /// errors would only repeat that line's error.
     var sawMediumLine = false
     var sawNodeLine = false
+    /// Settings whose line had an error. The whole-file checks skip them, so that a bad value is reported once and
+    /// not again as a relation between the default left in its place and another setting.
+    var failedSettings: Set<String> = []
 
     init(source: SourceFile) {
         self.source = source
@@ -140,6 +152,7 @@ struct HaCfBuilder {
         do {
             try dispatch(directive)
         } catch {
+            failedSettings.insert(HaCfParser.settingName(directive.key))
             log.report(error)
         }
     }
@@ -255,7 +268,8 @@ struct HaCfBuilder {
     func positiveTime(_ field: Field) throws(Diagnostic) -> Duration {
         let duration = try time(field)
         guard duration > .zero else {
-            throw error(.hacfBadTime, at: field, "expected a time more than 0, such as 2, 1.5 or 500ms, got '\(field.text)'")
+            throw error(
+                .hacfBadTime, at: field, "expected a time more than 0, such as 2, 1.5 or 500ms, got '\(field.text)'")
         }
         return duration
     }
@@ -310,7 +324,8 @@ struct HaCfBuilder {
 
     func ipv4(_ field: Field, what: String) throws(Diagnostic) -> IPv4Address {
         guard let address = IPv4Address(field.text) else {
-            throw error(.hacfBadAddress, at: field, "expected \(what), an IPv4 address such as 10.0.0.2, got '\(field.text)'")
+            throw error(
+                .hacfBadAddress, at: field, "expected \(what), an IPv4 address such as 10.0.0.2, got '\(field.text)'")
         }
         return address
     }
@@ -537,7 +552,8 @@ extension HaCfBuilder {
     private mutating func applyMulticast(_ directive: HaCfDirective) throws(Diagnostic) {
         let usage = HaCfBuilder.mcastUsage
         let interface = try argument(directive, 0, expected: "an interface; expected '\(usage)'")
-        let groupField = try argument(directive, 1, expected: "a multicast group such as 239.0.0.1; expected '\(usage)'")
+        let groupField = try argument(
+            directive, 1, expected: "a multicast group such as 239.0.0.1; expected '\(usage)'")
         let group = try multicastGroup(groupField, directive: directive)
         let (port, ttl, loop) = try multicastTail(directive, usage: usage)
         try addMedium(.mcast(interface: interface.text, group: group, port: port, ttl: ttl, loop: loop), at: interface)
@@ -546,7 +562,8 @@ extension HaCfBuilder {
     private mutating func applyMulticast6(_ directive: HaCfDirective) throws(Diagnostic) {
         let usage = HaCfBuilder.mcast6Usage
         let interface = try argument(directive, 0, expected: "an interface; expected '\(usage)'")
-        let group = try argument(directive, 1, expected: "an IPv6 multicast group such as ff02::694; expected '\(usage)'")
+        let group = try argument(
+            directive, 1, expected: "an IPv6 multicast group such as ff02::694; expected '\(usage)'")
         guard IPv6Text.isMulticast(group.text) else {
             throw error(
                 .hacfBadMulticastGroup, at: group,
@@ -570,7 +587,8 @@ extension HaCfBuilder {
         guard loopField.text == "0" || loopField.text == "1" else {
             throw error(
                 .hacfBadLoop, at: loopField,
-                "expected a loop flag, 0 (do not receive our own packets, the usual choice) or 1, got '\(loopField.text)'"
+                "expected a loop flag, 0 (do not receive our own packets, the usual choice) or 1, "
+                    + "got '\(loopField.text)'"
             )
         }
         try noExtraArguments(directive, after: 5, usage: usage)
@@ -584,7 +602,8 @@ extension HaCfBuilder {
             throw error(
                 .hacfBadMulticastGroup, at: field,
                 "expected a multicast group address such as 239.0.0.1, got '\(field.text)'",
-                hint: lostGroup ? "the group address seems to be missing: the syntax is '\(HaCfBuilder.mcastUsage)'" : nil
+                hint: lostGroup
+                    ? "the group address seems to be missing: the syntax is '\(HaCfBuilder.mcastUsage)'" : nil
             )
         }
         guard group.isMulticast else {
@@ -683,7 +702,8 @@ extension HaCfBuilder {
             return
         }
         guard let value = try? boolean(field) else {
-            throw error(.hacfBadValue, at: field, "expected on, off or legacy (or another boolean), got '\(field.text)'")
+            throw error(
+                .hacfBadValue, at: field, "expected on, off or legacy (or another boolean), got '\(field.text)'")
         }
         config.autoFailback = value ? .on : .off
     }
@@ -731,7 +751,8 @@ extension HaCfBuilder {
         if disabling.contains(value) { return }
         guard enabling.contains(value) else {
             throw error(
-                .hacfBadValue, at: field, "expected off (or on, respawn, minimal, which Tandem refuses), got '\(field.text)'"
+                .hacfBadValue, at: field,
+                "expected off (or on, respawn, minimal, which Tandem refuses), got '\(field.text)'"
             )
         }
         throw error(
@@ -825,6 +846,8 @@ extension HaCfBuilder {
     }
 
     private mutating func checkTimes() {
+        let timingSettings: Set = ["keepalive", "deadtime", "warntime", "initdead", "deadping"]
+        guard failedSettings.isDisjoint(with: timingSettings) else { return }
         let keepalive = HeartbeatTime.format(config.keepalive)
         let deadtime = HeartbeatTime.format(config.deadtime)
         if config.deadtime <= config.keepalive * 2 {
@@ -887,7 +910,7 @@ extension HaCfBuilder {
                 hint: "add 'node NAME' for each node, NAME as `uname -n` prints it"
             )
         }
-        if config.autoFailback == .legacy {
+        if config.autoFailback == .legacy && !failedSettings.contains("auto_failback") {
             report(
                 .warning, .hacfLegacyAutoFailback, at: firstSetting["auto_failback"],
                 "auto_failback is 'legacy', Heartbeat's deprecated default",

@@ -78,13 +78,17 @@ public struct IPAddressResource: Sendable, Hashable {
         case ipaddr2 = "IPaddr2"
     }
 
+    /// The script that manages the address.
     public var agent: Agent
+    /// The floating address itself.
     public var address: IPv4Address
     /// 0 to 32, from `/16` or from a dotted mask such as `/255.255.0.0`.
     public var prefixLength: UInt8?
+    /// The interface to add the address to; nil lets the agent pick the one whose network holds the address.
     public var interface: String?
     /// The interface label, from `INTERFACE:LABEL`.
     public var label: String?
+    /// The broadcast address; nil lets the agent calculate it.
     public var broadcast: IPv4Address?
 
     public init(
@@ -105,9 +109,13 @@ public struct IPAddressResource: Sendable, Hashable {
 /// One group per logical line; a `\` at the end of a line continues it and a `#` anywhere starts a comment, as
 /// Heartbeat's ResourceManager reads the file.
 public enum HaresourcesParser {
-    /// Bounds on a file that describes a two-node cluster's services.
+    // Bounds on a file that describes a two-node cluster's services.
+
+    /// Groups (logical lines) in the file.
     public static let groupsMax = 64
+    /// Resources in one group.
     public static let resourcesPerGroupMax = 64
+    /// `::` arguments of one resource.
     public static let argumentsPerResourceMax = 16
 
     /// Parses the text of a haresources file. Throws every error found.
@@ -274,7 +282,8 @@ struct HaresourcesBuilder {
         guard let argument = arguments.first else {
             throw error(
                 .haresourcesMissingAddress, at: endOf(field),
-                "\(agent.rawValue) needs an address; expected '\(usage)', such as '\(agent.rawValue)::10.0.0.10/24/eth0'"
+                "\(agent.rawValue) needs an address; expected '\(usage)', "
+                    + "such as '\(agent.rawValue)::10.0.0.10/24/eth0'"
             )
         }
         try noExtraArguments(arguments, after: 1, usage: usage)
@@ -321,7 +330,8 @@ struct HaresourcesBuilder {
         }
         throw error(
             .haresourcesBadPrefix, at: part,
-            "expected a prefix length from 0 to 32 (such as 24) or a netmask (such as 255.255.255.0), got '\(part.text)'"
+            "expected a prefix length from 0 to 32 (such as 24) or a netmask (such as 255.255.255.0), "
+                + "got '\(part.text)'"
         )
     }
 

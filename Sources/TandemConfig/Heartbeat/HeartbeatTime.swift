@@ -13,9 +13,13 @@ public enum HeartbeatTime {
 
     /// Why a text is not a time. Each case carries the text as written, for the message.
     public enum ParseError: Error, Sendable, Hashable {
+        /// Not a number with an optional unit.
         case notATime(String)
+        /// A minus sign: Heartbeat has no negative times.
         case negative(String)
+        /// More decimals than a microsecond holds.
         case tooPrecise(String)
+        /// Over `durationMax`.
         case tooLarge(String)
 
         /// A sentence saying what was expected and what was found.
