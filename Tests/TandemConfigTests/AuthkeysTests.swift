@@ -78,15 +78,6 @@ import Testing
 
     // MARK: Malformed fixtures
 
-    struct MalformedCase: Sendable, CustomStringConvertible {
-        var file: String
-        var code: DiagnosticCode
-        var line: Int
-        var column: Int
-
-        var description: String { file }
-    }
-
     static let malformed: [MalformedCase] = [
         MalformedCase(file: "auth-not-a-number", code: .authkeysBadIndex, line: 1, column: 6),
         MalformedCase(file: "crc-with-key", code: .authkeysUnexpectedKey, line: 2, column: 7),

@@ -138,15 +138,7 @@ struct DrbdConfTests {
         #expect(first.location.line == 3 && first.location.column == 2)
     }
 
-    struct Malformed: Sendable, CustomStringConvertible {
-        var file: String
-        var code: DiagnosticCode
-        var line: Int
-        var column: Int
-        var description: String { file }
-    }
-
-    static let malformed: [Malformed] = [
+    static let malformed: [MalformedCase] = [
         .init(file: "drbd84/unknown-option.conf", code: .drbdUnknownOption, line: 3, column: 5),
         .init(file: "drbd84/unknown-section.conf", code: .drbdUnknownSection, line: 2, column: 3),
         .init(file: "drbd84/missing-semicolon.conf", code: .drbdExpectedSemicolon, line: 4, column: 3),
@@ -185,7 +177,7 @@ struct DrbdConfTests {
     ]
 
     @Test("malformed drbd.conf gets the exact code, line and column", arguments: malformed)
-    func malformedInput(_ expected: Malformed) throws {
+    func malformedInput(_ expected: MalformedCase) throws {
         let error = try DrbdFixtures.expectFailure("malformed/\(expected.file)")
         let first = try #require(error.errors.first)
         #expect(first.code == expected.code, "\(error)")
@@ -254,10 +246,7 @@ struct DrbdConfTests {
 
 /// Where the drbd.conf fixtures are and small helpers for them.
 enum DrbdFixtures {
-    static let root: String = URL(fileURLWithPath: #filePath)
-        .deletingLastPathComponent().deletingLastPathComponent().appendingPathComponent("Fixtures").path
-
-    static func path(_ relative: String) -> String { root + "/" + relative }
+    static func path(_ relative: String) -> String { FixturePaths.path(relative) }
 
     /// The .conf files of a fixture folder, relative to the fixture root, sorted.
     static func files(in folder: String) -> [String] {

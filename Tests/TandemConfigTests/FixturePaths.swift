@@ -1,4 +1,5 @@
 import Foundation
+@testable import TandemConfig
 
 /// Where the test fixtures live: `Tests/Fixtures`, found from this file's own path so that the tests pass whatever
 /// directory they run from.
@@ -20,4 +21,14 @@ enum FixturePaths {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: path(relativeFolder))) ?? []
         return names.filter { !$0.hasPrefix(".") }.sorted()
     }
+}
+
+/// One malformed input and the first diagnostic it must produce, for the parameterised malformed-input tests.
+struct MalformedCase: Sendable, CustomStringConvertible {
+    var file: String
+    var code: DiagnosticCode
+    var line: Int
+    var column: Int
+
+    var description: String { file }
 }

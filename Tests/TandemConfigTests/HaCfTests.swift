@@ -359,15 +359,6 @@ import Testing
 
     // MARK: Malformed fixtures
 
-    struct MalformedCase: Sendable, CustomStringConvertible {
-        var file: String
-        var code: DiagnosticCode
-        var line: Int
-        var column: Int
-
-        var description: String { file }
-    }
-
     static let malformed: [MalformedCase] = [
         MalformedCase(file: "autojoin-any.cf", code: .hacfAutojoinWithR1, line: 4, column: 10),
         MalformedCase(file: "bad-boolean.cf", code: .hacfBadBoolean, line: 4, column: 10),

@@ -176,15 +176,6 @@ import Testing
 
     // MARK: Malformed fixtures
 
-    struct MalformedCase: Sendable, CustomStringConvertible {
-        var file: String
-        var code: DiagnosticCode
-        var line: Int
-        var column: Int
-
-        var description: String { file }
-    }
-
     static let malformed: [MalformedCase] = [
         MalformedCase(file: "bad-address", code: .haresourcesBadAddress, line: 1, column: 15),
         MalformedCase(file: "continued-line-error", code: .haresourcesRelativeMountPoint, line: 4, column: 31),
