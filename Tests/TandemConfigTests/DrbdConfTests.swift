@@ -170,6 +170,7 @@ struct DrbdConfTests {
         .init(file: "drbd84/unclosed-at-end.conf", code: .drbdUnclosedSection, line: 15, column: 1),
         .init(file: "drbd84/al-extents-out-of-range.conf", code: .drbdValueOutOfRange, line: 3, column: 16),
         .init(file: "drbd84/duplicate-volume.conf", code: .drbdDuplicateVolume, line: 7, column: 10),
+        .init(file: "drbd84/ipv6-without-brackets.conf", code: .drbdBadAddress, line: 14, column: 18),
         .init(file: "drbd84/second-common.conf", code: .drbdUnexpectedSection, line: 4, column: 1),
         .init(file: "drbd9/bad-quorum.conf", code: .drbdBadValue, line: 8, column: 16),
         .init(file: "drbd9/connection-unknown-host.conf", code: .drbdUnknownHost, line: 29, column: 14),

@@ -305,6 +305,11 @@ extension DrbdModelBuilder {
             host = parts[1].text
             portText = parts[3].text.dropFirst()
         } else {
+            // An IPv6 address must be bracketed, as drbdadm requires: in fd00::1:7789 the port is ambiguous.
+            guard family != .ipv6 else {
+                report(.drbdBadAddress, at: start, "an IPv6 address must be written in brackets, such as [fd00::1]:7789")
+                return nil
+            }
             guard rest.count == 1, start.kind == .word, let colon = start.text.lastIndex(of: ":") else {
                 report(.drbdBadAddress, at: start, "expected HOST:PORT, such as 10.0.0.1:7789, got \(start)")
                 return nil
