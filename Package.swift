@@ -53,14 +53,16 @@ let package = Package(
         ),
         .executableTarget(name: "tandem", dependencies: ["TandemCLI"], swiftSettings: strictSettings),
 
+        // Helpers shared by the test targets (running external programs such as drbdadm and tandem itself).
+        .target(name: "TandemTestSupport", path: "Tests/TandemTestSupport", swiftSettings: strictSettings),
         .testTarget(
             name: "TandemConfigTests",
-            dependencies: ["TandemConfig"],
+            dependencies: ["TandemConfig", "TandemTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
             name: "TandemCLITests",
-            dependencies: ["TandemCLI", "TandemConfig"],
+            dependencies: ["TandemCLI", "TandemConfig", "TandemTestSupport"],
             swiftSettings: strictSettings
         ),
     ]

@@ -1,4 +1,5 @@
 import Foundation
+import TandemTestSupport
 import Testing
 @testable import TandemCLI
 
@@ -17,29 +18,9 @@ struct CLITests {
         return packageRoot.appendingPathComponent(".build/debug/tandem").path
     }
 
-    struct Run {
-        var status: Int32
-        var standardOutput: String
-        var standardError: String
-    }
-
-    static func tandem(_ arguments: String..., environment: [String: String] = [:]) throws -> Run {
+    static func tandem(_ arguments: String...) throws -> ExternalCommand.Output {
         #expect(FileManager.default.isExecutableFile(atPath: executable), "build the tandem executable first")
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let output = Pipe()
-        let error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        let outputData = output.fileHandleForReading.readDataToEndOfFile()
-        let errorData = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Run(status: process.terminationStatus,
-                   standardOutput: String(decoding: outputData, as: UTF8.self),
-                   standardError: String(decoding: errorData, as: UTF8.self))
+        return try ExternalCommand.run(executable, arguments)
     }
 
     /// A private copy of a fixture folder with authkeys at mode 600, as it would be installed. Git does not keep

@@ -10,12 +10,7 @@ import Testing
     }
 
     static func rejection(_ text: String) -> ConfigError? {
-        do {
-            _ = try parse(text)
-            return nil
-        } catch {
-            return error
-        }
+        refusal { () throws(ConfigError) in _ = try parse(text) }
     }
 
     // MARK: Seeds
@@ -96,14 +91,12 @@ import Testing
 
     @Test(arguments: malformed)
     func malformedFileIsRejectedAtTheFault(_ fixture: MalformedCase) throws {
-        let path = FixturePaths.path("malformed/authkeys/\(fixture.file)")
-        let error = #expect(throws: ConfigError.self) { try AuthkeysParser.parse(SourceFile.load(path: path)) }
-        let first = try #require(error?.errors.first)
-        #expect(first.code == fixture.code)
-        #expect(first.location.line == fixture.line)
-        #expect(first.location.column == fixture.column)
+        let error = try fixture.expectRefusal(in: "authkeys") { path throws(ConfigError) in
+            _ = try AuthkeysParser.parse(SourceFile.load(path: path))
+        }
+        let first = try #require(error.errors.first)
         #expect(first.message.contains("expected"), "messages say what was expected: \(first.message)")
-        for diagnostic in error?.diagnostics ?? [] {
+        for diagnostic in error.diagnostics {
             for secret in Self.fixtureSecrets {
                 #expect(!diagnostic.description.contains(secret), "a secret leaked: \(diagnostic)")
             }

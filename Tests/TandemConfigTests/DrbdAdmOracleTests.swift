@@ -1,4 +1,5 @@
 import Foundation
+import TandemTestSupport
 import Testing
 @testable import TandemConfig
 
@@ -29,6 +30,9 @@ struct DrbdAdmOracleTests {
             + DrbdFixtures.files(in: "malformed/drbd84") + DrbdFixtures.files(in: "malformed/drbd9")
     }
 
+    /// drbdadm 9 asks the kernel module for its version; there is none here, and dump does not need it.
+    static let environment = ["DRBD_DONT_WARN_ON_VERSION_MISMATCH": "1"]
+
     static func oracle(for fixture: String) -> String {
         fixture.contains("/drbd9/") ? drbdadm9 : drbdadm84
     }
@@ -42,7 +46,7 @@ struct DrbdAdmOracleTests {
     @Test("Tandem accepts a fixture exactly when drbdadm does, and they agree on its values", arguments: fixtures)
     func agreesWithDrbdadm(_ fixture: String) throws {
         let path = DrbdFixtures.path(fixture)
-        let result = try ExternalCommand.run(Self.oracle(for: fixture), ["-c", path, "dump"])
+        let result = try ExternalCommand.run(Self.oracle(for: fixture), ["-c", path, "dump"], environment: Self.environment)
         let ours = Result { () throws(ConfigError) in try DrbdConfParser.load(path: path) }
         let oursAccepted = (try? ours.get()) != nil
         if Self.deliberatelyStricter.contains(fixture) {
@@ -67,7 +71,7 @@ struct DrbdAdmOracleTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let dumpPath = directory + "/drbd.conf"
         try DrbdDump.render(ours).write(toFile: dumpPath, atomically: true, encoding: .utf8)
-        let result = try ExternalCommand.run(Self.oracle(for: fixture), ["-c", dumpPath, "dump"])
+        let result = try ExternalCommand.run(Self.oracle(for: fixture), ["-c", dumpPath, "dump"], environment: Self.environment)
         #expect(result.status == 0, "drbdadm refused our dump: \(result.standardError)")
         guard result.status == 0 else { return }
         let theirs = try DrbdConfParser.parse(SourceFile(path: dumpPath + ".drbdadm-dump", text: result.standardOutput)).model
@@ -108,38 +112,5 @@ enum EffectiveValues {
             lines.append("connection \(connection.hosts.map(\.value)) \(addresses) protocol \(connection.options.replicationProtocol)")
         }
         return lines
-    }
-}
-
-/// Runs a program to completion and collects its output.
-enum ExternalCommand {
-    struct Output {
-        var status: Int32
-        var standardOutput: String
-        var standardError: String
-    }
-
-    static func run(_ executable: String, _ arguments: [String]) throws -> Output {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        var environment = ProcessInfo.processInfo.environment
-        // drbdadm 9 asks the kernel module for its version; there is none here, and dump does not need it.
-        environment["DRBD_DONT_WARN_ON_VERSION_MISMATCH"] = "1"
-        process.environment = environment
-        let output = Pipe()
-        let error = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        try process.run()
-        // Read both pipes before waiting, so that a large output cannot block the child.
-        let outputData = output.fileHandleForReading.readDataToEndOfFile()
-        let errorData = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Output(
-            status: process.terminationStatus,
-            standardOutput: String(decoding: outputData, as: UTF8.self),
-            standardError: String(decoding: errorData, as: UTF8.self)
-        )
     }
 }

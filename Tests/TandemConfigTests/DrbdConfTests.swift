@@ -179,11 +179,8 @@ struct DrbdConfTests {
 
     @Test("malformed drbd.conf gets the exact code, line and column", arguments: malformed)
     func malformedInput(_ expected: MalformedCase) throws {
-        let error = try DrbdFixtures.expectFailure("malformed/\(expected.file)")
+        let error = try expected.expectRefusal(in: ".") { path throws(ConfigError) in _ = try DrbdConfParser.load(path: path) }
         let first = try #require(error.errors.first)
-        #expect(first.code == expected.code, "\(error)")
-        #expect(first.location.line == expected.line, "\(error)")
-        #expect(first.location.column == expected.column, "\(error)")
         #expect(first.location.file.hasSuffix(expected.file))
         #expect(first.sourceLine != nil, "errors quote the offending line")
     }
@@ -200,12 +197,8 @@ struct DrbdConfTests {
         let error = try DrbdFixtures.expectFailure("malformed/drbd84/unknown-option.conf")
         #expect(error.errors.first?.hint == "did you mean 'protocol'?")
         let misplaced = SourceFile(path: "/nonexistent/x.conf", text: "resource r { disk { verify-alg sha1; } }\n")
-        #expect(throws: ConfigError.self) { try DrbdConfParser.parse(misplaced) }
-        do {
-            _ = try DrbdConfParser.parse(misplaced)
-        } catch {
-            #expect(error.errors.first?.hint == "'verify-alg' belongs in the net section")
-        }
+        let misplacedError = try #require(refusal { () throws(ConfigError) in _ = try DrbdConfParser.parse(misplaced) })
+        #expect(misplacedError.errors.first?.hint == "'verify-alg' belongs in the net section")
     }
 
     @Test("the rendered diagnostic has file:line:column, the line and a caret under the column")
@@ -223,14 +216,10 @@ struct DrbdConfTests {
         let crlf = text.replacing("\n", with: "\r\n")
         let model = try DrbdConfParser.parse(SourceFile(path: "/nonexistent/crlf.conf", text: crlf)).model
         #expect(model == (try DrbdConfParser.load(path: DrbdFixtures.path("seed004/drbd.conf")).model))
-        let broken = crlf.replacing("protocol C;", with: "protocol D;")
-        do {
-            _ = try DrbdConfParser.parse(SourceFile(path: "/nonexistent/crlf.conf", text: broken))
-            Issue.record("protocol D was accepted")
-        } catch {
-            #expect(error.errors.first?.location.line == 8)
-            #expect(error.errors.first?.sourceLine == "protocol D;")
-        }
+        let broken = SourceFile(path: "/nonexistent/crlf.conf", text: crlf.replacing("protocol C;", with: "protocol D;"))
+        let error = try #require(refusal { () throws(ConfigError) in _ = try DrbdConfParser.parse(broken) })
+        #expect(error.errors.first?.location.line == 8)
+        #expect(error.errors.first?.sourceLine == "protocol D;")
     }
 
     @Test("an include that includes itself stops at the depth limit")
@@ -240,8 +229,8 @@ struct DrbdConfTests {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let path = directory + "/drbd.conf"
         try "include \"drbd.conf\";\n".write(toFile: path, atomically: true, encoding: .utf8)
-        #expect(throws: ConfigError.self) { try DrbdConfParser.load(path: path) }
-        do { _ = try DrbdConfParser.load(path: path) } catch { #expect(error.errors.first?.code == .drbdIncludeTooDeep) }
+        let error = try #require(refusal { () throws(ConfigError) in _ = try DrbdConfParser.load(path: path) })
+        #expect(error.errors.first?.code == .drbdIncludeTooDeep)
     }
 }
 
@@ -256,14 +245,7 @@ enum DrbdFixtures {
     }
 
     static func expectFailure(_ relative: String) throws -> ConfigError {
-        do {
-            let parsed = try DrbdConfParser.load(path: path(relative))
-            Issue.record("expected \(relative) to be refused, but it parsed: \(parsed.model)")
-            throw FixtureUnexpectedlyParsed()
-        } catch let error as ConfigError {
-            return error
-        }
+        try #require(refusal { () throws(ConfigError) in _ = try DrbdConfParser.load(path: path(relative)) },
+                     "expected \(relative) to be refused")
     }
-
-    struct FixtureUnexpectedlyParsed: Error {}
 }

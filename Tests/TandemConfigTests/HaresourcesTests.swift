@@ -9,12 +9,7 @@ import Testing
     }
 
     static func rejection(_ text: String) -> ConfigError? {
-        do {
-            _ = try parse(text)
-            return nil
-        } catch {
-            return error
-        }
+        refusal { () throws(ConfigError) in _ = try parse(text) }
     }
 
     static func onlyResource(_ text: String) throws -> ResourceSpec {
@@ -192,14 +187,11 @@ import Testing
 
     @Test(arguments: malformed)
     func malformedFileIsRejectedAtTheFault(_ fixture: MalformedCase) throws {
-        let path = FixturePaths.path("malformed/haresources/\(fixture.file)")
-        let error = #expect(throws: ConfigError.self) { try HaresourcesParser.load(path: path) }
-        let errors = try #require(error).errors
+        let errors = try fixture.expectRefusal(in: "haresources") { path throws(ConfigError) in
+            _ = try HaresourcesParser.load(path: path)
+        }.errors
         #expect(errors.count == 1, "\(errors)")
         let first = try #require(errors.first)
-        #expect(first.code == fixture.code)
-        #expect(first.location.line == fixture.line)
-        #expect(first.location.column == fixture.column)
         #expect(first.message.contains("expected"), "messages say what was expected: \(first.message)")
     }
 

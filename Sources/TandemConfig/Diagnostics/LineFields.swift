@@ -57,12 +57,10 @@ public enum LineFields {
                 fields.removeLast()
                 if !trimmed.text.isEmpty { fields.append(trimmed) }
             }
-            if var open = pending {
-                open.fields += fields
-                pending = open
-            } else if !fields.isEmpty {
-                pending = LogicalLine(fields: fields, line: lineNumber)
+            if pending == nil, !fields.isEmpty {
+                pending = LogicalLine(fields: [], line: lineNumber)
             }
+            pending?.fields += fields
             if !continues {
                 if let done = pending { result.append(done) }
                 pending = nil

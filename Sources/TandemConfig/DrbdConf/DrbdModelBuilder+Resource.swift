@@ -395,17 +395,15 @@ extension DrbdModelBuilder {
         var firstByName: [String: SourceLocation] = [:]
         for name in hosts.flatMap(\.names) {
             if let first = firstByName[name.value] {
-                log.report(Diagnostic(.error, .drbdDuplicateHost, at: name.location,
-                                      "host '\(name.value)' appears twice in resource '\(resource.text)'; first at \(first)",
-                                      sourceLine: document.sources[name.location.file]?.lineText(name.location.line)))
+                report(.drbdDuplicateHost, at: name.location,
+                       "host '\(name.value)' appears twice in resource '\(resource.text)'; first at \(first)")
             } else {
                 firstByName[name.value] = name.location
             }
         }
         for host in connections.flatMap(\.hosts) where firstByName[host.value] == nil {
-            log.report(Diagnostic(.error, .drbdUnknownHost, at: host.location,
-                                  "connection names host '\(host.value)', which has no 'on \(host.value)' section in resource '\(resource.text)'",
-                                  sourceLine: document.sources[host.location.file]?.lineText(host.location.line)))
+            report(.drbdUnknownHost, at: host.location,
+                   "connection names host '\(host.value)', which has no 'on \(host.value)' section in resource '\(resource.text)'")
         }
         if hosts.isEmpty {
             warn(.drbdHostCount, at: resource, "resource '\(resource.text)' has no 'on' or 'floating' sections; it cannot be used")

@@ -8,8 +8,8 @@ extension DrbdModelBuilder {
                 if let address = host.address {
                     let key = address.value.endpoint
                     if let first = endpoints[key] {
-                        reportAt(address.location, .drbdAddressInUse,
-                                 "address \(key) is already used by resource '\(first.resource)' at \(first.location)")
+                        report(.drbdAddressInUse, at: address.location,
+                               "address \(key) is already used by resource '\(first.resource)' at \(first.location)")
                     } else {
                         endpoints[key] = (resource.name.value, address.location)
                     }
@@ -28,8 +28,8 @@ extension DrbdModelBuilder {
             for hostKey in hostKeys {
                 let key = "\(hostKey):\(volume.device.value.minor)"
                 if let first = minors[key] {
-                    reportAt(volume.device.location, .drbdMinorInUse,
-                             "minor \(volume.device.value.minor) on host '\(hostKey)' is already used by resource '\(first.resource)' at \(first.location)")
+                    report(.drbdMinorInUse, at: volume.device.location,
+                           "minor \(volume.device.value.minor) on host '\(hostKey)' is already used by resource '\(first.resource)' at \(first.location)")
                 } else {
                     minors[key] = (resource.name.value, volume.device.location)
                 }
@@ -41,12 +41,7 @@ extension DrbdModelBuilder {
     private mutating func checkSecret(_ resource: DrbdResource) {
         guard let secret = resource.options.located(.net, "shared-secret"), case .string(let text) = secret.value,
               text.utf8.count > 64 else { return }
-        reportAt(secret.location, .drbdSecretTooLong,
-                 "the shared-secret of resource '\(resource.name.value)' is \(text.utf8.count) bytes; the limit is 64")
-    }
-
-    private mutating func reportAt(_ location: SourceLocation, _ code: DiagnosticCode, _ message: String) {
-        let line = document.sources[location.file]?.lineText(location.line)
-        log.report(Diagnostic(.error, code, at: location, message, sourceLine: line))
+        report(.drbdSecretTooLong, at: secret.location,
+                   "the shared-secret of resource '\(resource.name.value)' is \(text.utf8.count) bytes; the limit is 64")
     }
 }

@@ -54,6 +54,10 @@ struct DrbdModelBuilder {
         log.report(document.diagnostic(.error, code, at: token, message, hint: hint))
     }
 
+    mutating func report(_ code: DiagnosticCode, at location: SourceLocation, _ message: String) {
+        log.report(document.diagnostic(.error, code, at: location, message))
+    }
+
     mutating func warn(_ code: DiagnosticCode, at token: DrbdToken, _ message: String, hint: String? = nil) {
         log.report(document.diagnostic(.warning, code, at: token, message, hint: hint))
     }

@@ -24,8 +24,19 @@ struct DrbdDocument: Sendable {
         _ message: String,
         hint: String? = nil
     ) -> Diagnostic {
-        let sourceLine = sources[token.file]?.lineText(token.line)
-        return Diagnostic(severity, code, at: token.location, message, hint: hint, sourceLine: sourceLine)
+        diagnostic(severity, code, at: token.location, message, hint: hint)
+    }
+
+    /// A diagnostic at a location in one of the document's files, quoting its line.
+    func diagnostic(
+        _ severity: Diagnostic.Severity,
+        _ code: DiagnosticCode,
+        at location: SourceLocation,
+        _ message: String,
+        hint: String? = nil
+    ) -> Diagnostic {
+        let sourceLine = sources[location.file]?.lineText(location.line)
+        return Diagnostic(severity, code, at: location, message, hint: hint, sourceLine: sourceLine)
     }
 }
 
