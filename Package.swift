@@ -18,6 +18,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         // Configuration: drbd.conf, ha.cf, authkeys, haresources, their diagnostics and cross-checks. Pure parsing;
@@ -25,7 +26,11 @@ let package = Package(
         .target(name: "TandemConfig", swiftSettings: strictSettings),
 
         // Pure protocol cores: value-type state machines, time passed in, no I/O.
-        .target(name: "ReplicationCore", swiftSettings: strictSettings),
+        .target(
+            name: "ReplicationCore",
+            dependencies: ["TandemConfig", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strictSettings
+        ),
         .target(name: "MembershipCore", swiftSettings: strictSettings),
         .target(name: "ResourceCore", swiftSettings: strictSettings),
 
@@ -58,6 +63,11 @@ let package = Package(
         .testTarget(
             name: "TandemConfigTests",
             dependencies: ["TandemConfig", "TandemTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ReplicationCoreTests",
+            dependencies: ["ReplicationCore", "TandemConfig"],
             swiftSettings: strictSettings
         ),
         .testTarget(
