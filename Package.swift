@@ -37,7 +37,7 @@ let package = Package(
         // Drivers that interpret the cores' actions over small environment protocols.
         .target(
             name: "TandemDrivers",
-            dependencies: ["ReplicationCore", "MembershipCore", "ResourceCore"],
+            dependencies: ["ReplicationCore", "MembershipCore", "ResourceCore", "TandemConfig"],
             swiftSettings: strictSettings
         ),
         // Production transports (SwiftNIO) for replication and heartbeats.
@@ -45,13 +45,17 @@ let package = Package(
         // The block-device frontend (FUSE + loop, NBD).
         .target(name: "DeviceFrontend", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
         // The deterministic simulator: runs the production drivers over a simulated network and disks.
-        .target(name: "TandemSimulator", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
+        .target(
+            name: "TandemSimulator", dependencies: ["TandemDrivers", "ReplicationCore", "TandemConfig"],
+            swiftSettings: strictSettings),
 
         // The command-line interface as a library, so that its behaviour is testable.
         .target(
             name: "TandemCLI",
             dependencies: [
                 "TandemConfig",
+                "ReplicationCore",
+                "TandemSimulator",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

@@ -11,7 +11,7 @@ public struct TandemCommand: ParsableCommand {
         --config-dir and answers to the same verbs. Exit codes: 0 success; 1 the configuration has problems; \
         10 the request was refused; 20 the daemon it needs is not available; 64 a usage error.
         """,
-        subcommands: [
+        subcommands: [SimCommand.self, 
             AdmCommand.self,
             CheckCommand.self,
             TakeoverCommand.self,

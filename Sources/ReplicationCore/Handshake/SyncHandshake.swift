@@ -58,6 +58,10 @@ public enum HandshakeRefusal: String, Sendable, Hashable {
     case splitBrainUnresolved = "split brain detected but unresolved"
     case sourceIsInconsistent = "I shall become sync source, but I am inconsistent"
     case primaryWouldBecomeTarget = "I shall become sync target, but I am Primary"
+    case twoPrimaries = "both nodes are Primary and allow-two-primaries is off"
+    case incompatibleSettings = "the peers' settings are incompatible"
+    case authenticationFailed = "authentication of the peer failed"
+    case differentSizes = "the backing devices have different sizes"
 }
 
 /// How a detected split brain was settled.

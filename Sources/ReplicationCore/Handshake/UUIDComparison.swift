@@ -76,7 +76,8 @@ extension UUIDComparison {
 
     /// Debug switches used only by the mutation tests, to prove the simulator notices a broken rule.
     public struct Mutations: Sendable, Hashable {
-        /// Pretend rule 90 does not exist: a split brain with a common parent is then misread.
+        /// A broken rule 90 that reads "both moved on from the same parent" as "nothing to sync": the split brain
+        /// goes unnoticed and the two diverged copies silently stay different.
         public var ignoreRule90 = false
         public init(ignoreRule90: Bool = false) { self.ignoreRule90 = ignoreRule90 }
     }
@@ -130,8 +131,8 @@ extension UUIDComparison {
             return (.bitmapSync(.source, rule: 71), corrections)
         }
         if mine.historyContains(theirs.current) { return (.fullSync(.source, rule: 80), corrections) }
-        if !mutations.ignoreRule90 && mine.bitmap == theirs.bitmap && mine.bitmap != 0 {
-            return (.splitBrain(rule: 90), corrections)
+        if mine.bitmap == theirs.bitmap && mine.bitmap != 0 {
+            return (mutations.ignoreRule90 ? .noSync(rule: 90) : .splitBrain(rule: 90), corrections)
         }
         for ours in [mine.history1, mine.history2] where ours != 0 {
             if theirs.historyContains(ours) { return (.splitBrainOlderAncestor(rule: 100), corrections) }

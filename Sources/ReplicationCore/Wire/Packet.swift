@@ -40,6 +40,10 @@ public enum Packet: Sendable, Hashable {
     case stateChangeRequest(StateChangeRequest)
     case stateChangeReply(StateChangeReply)
     case pauseResync(Bool)
+    /// A Diskless Primary reads a block from its UpToDate peer (DRBD's P_DATA_REQUEST).
+    case readRequest(BlockRequest)
+    /// The answer to `readRequest`; an empty payload means the peer could not read the block.
+    case readReply(BlockReply)
 
     // Acknowledgements and liveness (meta channel).
     case ping

@@ -1,0 +1,127 @@
+/// The receiving side of replication (reference drbd.md section 1). Writes of one epoch are submitted together, in
+/// any order; the next epoch is held back until the previous one is durable (all writes done, then a flush), and
+/// only then is the barrier acknowledged. That is what lets the sender drop requests from its transfer log, and what
+/// makes the peer's disk a consistent (if older) image at every moment.
+extension ReplicationMachine {
+    mutating func receiveData(_ packet: DataPacket, now: MonotonicInstant) {
+        let isPureFlush = packet.range.sizeBytes == 0
+        guard isPureFlush || packet.range.endBytes <= sizeBytes, packet.payload.count == Int(packet.range.sizeBytes)
+        else {
+            return protocolError("data packet for \(packet.range) beyond the device of \(sizeBytes) bytes")
+        }
+        let ack = BlockAck(range: packet.range, requestID: packet.requestID)
+        guard hasLocalDisk else {
+            // A Diskless node cannot store the write: the sender marks it out of sync.
+            return emit(.send(.negativeAck(ack)))
+        }
+        if packet.flags.contains(.sendReceiveAck) { emit(.send(.receiveAck(ack))) }
+        if receivedEpochs.last.map({ $0.closed || $0.generation != connectionGeneration }) ?? true {
+            receivedEpochs.append(ReceivedEpoch(generation: connectionGeneration, number: packet.epoch))
+        }
+        let last = receivedEpochs.count - 1
+        guard receivedEpochs[last].number == packet.epoch else {
+            return protocolError("write for epoch \(packet.epoch) inside open epoch \(receivedEpochs[last].number)")
+        }
+        receivedEpochs[last].writeCount += 1
+        if last == 0 {
+            receivedEpochs[0].outstanding += 1
+            submitPeerWrite(packet)
+        } else {
+            receivedEpochs[last].buffered.append(packet)
+        }
+        updateReceiveThrottle()
+    }
+
+    private mutating func submitPeerWrite(_ packet: DataPacket) {
+        let purpose = LocalIOPurpose.peerWrite(packet, generation: receivedEpochs[0].generation)
+        if packet.range.sizeBytes == 0 {
+            emit(.submitFlush(token: allocateToken(purpose)))
+        } else {
+            submitLocalWrite(
+                range: packet.range, payload: packet.payload,
+                forceUnitAccess: packet.flags.contains(.forceUnitAccess), purpose: purpose)
+        }
+    }
+
+    mutating func receiveBarrier(epoch: UInt32) {
+        guard let last = receivedEpochs.indices.last, !receivedEpochs[last].closed,
+            receivedEpochs[last].generation == connectionGeneration, receivedEpochs[last].number == epoch
+        else {
+            return protocolError("barrier for epoch \(epoch) that has no open writes")
+        }
+        receivedEpochs[last].closed = true
+        advanceReceivedEpochs()
+    }
+
+    mutating func peerWriteCompleted(_ packet: DataPacket, succeeded: Bool, generation: UInt64) {
+        precondition(!receivedEpochs.isEmpty && receivedEpochs[0].outstanding > 0, "peer write completed with no epoch in flight")
+        receivedEpochs[0].outstanding -= 1
+        if generation == connectionGeneration && connection.isEstablished {
+            let ack = BlockAck(range: packet.range, requestID: packet.requestID)
+            if succeeded {
+                if packet.flags.contains(.mayClearOutOfSync) && (connection == .syncTarget || connection == .pausedSyncTarget) {
+                    bitmap.clear(SyncBitmap.blocksFullyCovered(by: packet.range))
+                }
+                if packet.flags.contains(.sendWriteAck) { emit(.send(.writeAck(ack))) }
+            } else {
+                emit(.send(.negativeAck(ack)))
+            }
+        }
+        advanceReceivedEpochs()
+        updateReceiveThrottle()
+    }
+
+    /// Moves the head epoch on: once closed and written it is flushed, then acknowledged, then the next epoch's
+    /// writes go to the disk.
+    mutating func advanceReceivedEpochs() {
+        while let head = receivedEpochs.first, head.closed, head.outstanding == 0, !head.flushing {
+            if settings.diskFlushes && hasLocalDisk {
+                receivedEpochs[0].flushing = true
+                emit(.submitFlush(token: allocateToken(.epochFlush(generation: head.generation))))
+                return
+            }
+            epochDurable()
+        }
+    }
+
+    mutating func epochFlushCompleted(generation: UInt64) {
+        precondition(receivedEpochs.first?.flushing == true, "epoch flush completed but no epoch was flushing")
+        epochDurable()
+        advanceReceivedEpochs()
+    }
+
+    private mutating func epochDurable() {
+        let head = receivedEpochs.removeFirst()
+        if head.generation == connectionGeneration && connection.isEstablished {
+            emit(.send(.barrierAck(epoch: head.number, writeCount: head.writeCount)))
+        }
+        guard !receivedEpochs.isEmpty else { return }
+        let next = receivedEpochs[0].buffered
+        receivedEpochs[0].buffered.removeAll()
+        receivedEpochs[0].outstanding += next.count
+        for packet in next { submitPeerWrite(packet) }
+    }
+
+    /// After a connection loss the writes already received are still written, in epoch order, as DRBD does; no
+    /// acknowledgement can be sent any more.
+    mutating func finishReceivedEpochsAfterLoss() {
+        for index in receivedEpochs.indices { receivedEpochs[index].closed = true }
+        if receivingThrottled {
+            receivingThrottled = false
+            emit(.throttleReceiving(false))
+        }
+        advanceReceivedEpochs()
+    }
+
+    /// max-buffers: stop reading replicated data while too many writes are buffered or in flight.
+    private mutating func updateReceiveThrottle() {
+        let held = receivedEpochs.reduce(0) { $0 + $1.buffered.count + $1.outstanding }
+        if !receivingThrottled && held >= settings.maxBuffers && connection.isEstablished {
+            receivingThrottled = true
+            emit(.throttleReceiving(true))
+        } else if receivingThrottled && held < settings.maxBuffers / 2 {
+            receivingThrottled = false
+            emit(.throttleReceiving(false))
+        }
+    }
+}

@@ -1,0 +1,50 @@
+import ReplicationCore
+import TandemConfig
+
+/// The connection to the peer. Production: two NIO TCP connections (data and meta). Simulator: a lossy,
+/// partitionable simulated network. Incoming packets and connection events reach the node as `ReplicationEvent`s.
+public protocol ReplicationTransport {
+    /// Keep trying to connect (and accept connections) every connect-int until `stopConnecting`.
+    func startConnecting()
+    func stopConnecting()
+    /// Close the current connection; the peer notices as a lost connection.
+    func dropConnection(reason: String)
+    func send(_ packet: Packet)
+    /// max-buffers back-pressure: stop or resume reading from the data connection.
+    func setReceivingPaused(_ paused: Bool)
+}
+
+/// The backing device. Operations are asynchronous: each completion comes back as `.localIOCompleted(token:)`,
+/// possibly out of order. A flush covers every write that completed before it was submitted.
+public protocol BlockStore {
+    func submitWrite(token: UInt64, range: BlockRange, payload: [UInt8], forceUnitAccess: Bool)
+    func submitRead(token: UInt64, range: BlockRange)
+    func submitFlush(token: UInt64)
+}
+
+/// Why a metadata operation failed.
+public struct MetadataStoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// The meta-disk. Every write is synchronous and durable when it returns: the machine's ordering obligations
+/// (activity log before data, bitmap before activity-log eviction, UUIDs before acknowledging) rest on that.
+public protocol MetadataStore {
+    func writeSuperblock(_ state: SuperblockState) throws(MetadataStoreError)
+    func writeActivityLog(_ transaction: ActivityLogTransaction) throws(MetadataStoreError)
+    func writeBitmap(_ pages: [BitmapPageContents]) throws(MetadataStoreError)
+    /// Copies the blocks to a safe place before a split-brain discard overwrites them.
+    func preserveDivergedBlocks(_ blocks: [Range<UInt64>], reason: String) throws(MetadataStoreError)
+}
+
+/// Whoever sits above the device (FUSE, NBD, the simulator's workload) and the operator.
+public protocol ReplicationObserver {
+    func writeCompleted(requestID: UInt64, _ outcome: RequestOutcome)
+    func readCompleted(requestID: UInt64, _ outcome: RequestOutcome, payload: [UInt8])
+    func flushCompleted(requestID: UInt64, _ outcome: RequestOutcome)
+    func commandCompleted(commandID: UInt64, _ outcome: CommandOutcome)
+    func runHandler(_ handler: DrbdHandler)
+    func log(_ line: String)
+}
