@@ -304,7 +304,12 @@ extension SyncDecision {
             decision.notes.append("I shall become SyncSource, but I am inconsistent!")
             return .refuse(.sourceIsInconsistent)
         }
-        if direction == .target && input.localRole == .primary && input.localDisk >= .consistent {
+        // A call-pri-lost-after-sb victim has given up the Primary role by now: DRBD demotes it inside
+        // drbd_asb_recover_1p/2p, before this check, so rr-conflict does not apply to it (otherwise that policy
+        // could never resolve a split brain under the default rr-conflict disconnect).
+        if direction == .target && input.localRole == .primary && !decision.mustDemote
+            && input.localDisk >= .consistent
+        {
             switch policies.resyncConflict {
             case .violently, .autoDiscard:
                 decision.notes.append("Becoming SyncTarget, violating the stable-data assumption")
