@@ -134,12 +134,12 @@ public enum PacketCodec {
             writer.writeLengthPrefixed(data.payload)
         case .barrier(let epoch):
             writer.write(epoch)
-        case .resyncRequest(let request), .verifyRequest(let request):
+        case .resyncRequest(let request), .verifyRequest(let request), .readRequest(let request):
             writer.writeRequest(request)
         case .checksumResyncRequest(let request, let digest), .verifyReply(let request, let digest):
             writer.writeRequest(request)
             writer.writeLengthPrefixed(digest)
-        case .resyncReply(let reply):
+        case .resyncReply(let reply), .readReply(let reply):
             writer.writeRange(reply.range)
             writer.write(reply.requestID)
             writer.writeLengthPrefixed(reply.payload)
@@ -216,7 +216,7 @@ public enum PacketCodec {
             guard unknown == 0 else { throw invalid("unknown flag bits \(hex(unknown))") }
             try checkRange(data.range, allowsEmpty: data.flags.contains(.flush), command: command)
             try checkPayload(data.payload, matches: data.range, command: command)
-        case .resyncRequest(let request), .verifyRequest(let request):
+        case .resyncRequest(let request), .verifyRequest(let request), .readRequest(let request):
             try checkRange(request.range, allowsEmpty: false, command: command)
         case .checksumResyncRequest(let request, let digest), .verifyReply(let request, let digest):
             try checkRange(request.range, allowsEmpty: false, command: command)
@@ -226,6 +226,10 @@ public enum PacketCodec {
         case .resyncReply(let reply):
             try checkRange(reply.range, allowsEmpty: false, command: command)
             try checkPayload(reply.payload, matches: reply.range, command: command)
+        case .readReply(let reply):
+            // An empty payload reports that the peer could not read the range.
+            try checkRange(reply.range, allowsEmpty: false, command: command)
+            if !reply.payload.isEmpty { try checkPayload(reply.payload, matches: reply.range, command: command) }
         case .outOfSync(let range):
             try checkRange(range, allowsEmpty: false, command: command)
         case .stateChangeRequest(let request):

@@ -27,6 +27,8 @@ public enum PacketCommand: UInt16, Sendable, Hashable, CaseIterable, CustomStrin
     case stateChangeRequest = 0x0140
     case stateChangeReply = 0x0141
     case pauseResync = 0x0150
+    case readRequest = 0x0160
+    case readReply = 0x0161
 
     // Acknowledgements and liveness (meta connection).
     case ping = 0x0200
@@ -60,6 +62,8 @@ public enum PacketCommand: UInt16, Sendable, Hashable, CaseIterable, CustomStrin
         case .stateChangeRequest: "state change request"
         case .stateChangeReply: "state change reply"
         case .pauseResync: "pause resync"
+        case .readRequest: "read request"
+        case .readReply: "read reply"
         case .ping: "ping"
         case .pingAck: "ping ack"
         case .receiveAck: "receive ack"
@@ -90,9 +94,9 @@ public enum PacketCommand: UInt16, Sendable, Hashable, CaseIterable, CustomStrin
         case .syncUUID: 8
         case .data: range + 8 + 4 + 4 + lengthPrefix + PacketCodec.maximumBlockBytes
         case .barrier: 4
-        case .resyncRequest, .verifyRequest: range + 8
+        case .resyncRequest, .verifyRequest, .readRequest: range + 8
         case .checksumResyncRequest, .verifyReply: range + 8 + digest
-        case .resyncReply: range + 8 + lengthPrefix + PacketCodec.maximumBlockBytes
+        case .resyncReply, .readReply: range + 8 + lengthPrefix + PacketCodec.maximumBlockBytes
         case .outOfSync: range
         case .stateChangeRequest: 8 + 1
         case .stateChangeReply: 8 + 1 + 2 + PacketCodec.maximumReasonBytes
@@ -129,6 +133,8 @@ extension Packet {
         case .stateChangeRequest: .stateChangeRequest
         case .stateChangeReply: .stateChangeReply
         case .pauseResync: .pauseResync
+        case .readRequest: .readRequest
+        case .readReply: .readReply
         case .ping: .ping
         case .pingAck: .pingAck
         case .receiveAck: .receiveAck

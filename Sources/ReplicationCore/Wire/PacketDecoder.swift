@@ -197,6 +197,13 @@ extension PacketCodec {
                     reason: try reader.string("reason", maximum: maximumReasonBytes)))
         case .pauseResync:
             packet = .pauseResync(try reader.bool("paused"))
+        case .readRequest:
+            packet = .readRequest(try reader.request())
+        case .readReply:
+            packet = .readReply(
+                BlockReply(
+                    range: try reader.range(), requestID: try reader.integer("requestID"),
+                    payload: try reader.bytes("payload", maximum: maximumBlockBytes)))
         case .ping:
             packet = .ping
         case .pingAck:
