@@ -44,10 +44,12 @@ final class SimulatedEnvironment: ReplicationTransport, BlockStore, MetadataStor
 
     // ReplicationObserver
     func writeCompleted(requestID: UInt64, _ outcome: RequestOutcome) {
+        if simulation.options.keepFullTrace { simulation.trace(node, "workload: write v\(requestID) completed: \(outcome)") }
         simulation.workload.writeCompleted(node: node, requestID: requestID, outcome: outcome, now: simulation.now)
     }
     func readCompleted(requestID: UInt64, _ outcome: RequestOutcome, payload: [UInt8]) {}
     func flushCompleted(requestID: UInt64, _ outcome: RequestOutcome) {
+        if simulation.options.keepFullTrace { simulation.trace(node, "workload: flush #\(requestID) completed: \(outcome)") }
         simulation.workload.flushCompleted(node: node, requestID: requestID, outcome: outcome, now: simulation.now)
     }
     func commandCompleted(commandID: UInt64, _ outcome: CommandOutcome) {

@@ -11,6 +11,7 @@ extension Simulation {
             let id = workload.nextFlushID
             workload.nextFlushID += 1
             workload.flushes[id] = Workload.FlushRecord(node: node, submittedAt: now)
+            if options.keepFullTrace { trace(node, "workload: flush #\(id)") }
             deliver(node, .flush(requestID: id))
             return
         }
@@ -33,6 +34,7 @@ extension Simulation {
             node: node, version: version, firstSector: first * 8, sectorCount: sectorCount, submittedAt: now)
         workload.busyBlocks[node].formUnion(blocks)
         let payload = WorkloadPattern.payload(version: version, firstSector: first * 8, sectorCount: sectorCount)
+        if options.keepFullTrace { trace(node, "workload: write v\(version) blocks \(first)..<\(first + length)") }
         deliver(node, .write(ApplicationWrite(requestID: version, offsetBytes: first * 4096, payload: payload)))
     }
 
@@ -124,7 +126,7 @@ extension Simulation {
         incarnations[node] += 1
         crashTimes[node].append(now)
         disks[node].crash(random: &random)
-        workload.nodeCrashed(node)
+        workload.nodeCrashed(node, at: now)
         network.wantsConnection[node] = false
         if network.connection?.alive == true {
             // Power loss sends no FIN; sometimes the peer's kernel answers a later packet with a reset.
@@ -155,7 +157,8 @@ extension Simulation {
             runFor(milliseconds: 1000)
         }
         if !isConverged() {
-            violations.append("liveness: no convergence within \(Self.liveness / 1_000_000_000) s after healing: node0 \(describe(0)); node1 \(describe(1))")
+            let held = (0..<2).map { nodes[$0]?.machine.requestsDescription ?? "down" }
+            violations.append("liveness: no convergence within \(Self.liveness / 1_000_000_000) s after healing: node0 \(describe(0)); node1 \(describe(1)); requests: \(held)")
         }
     }
 

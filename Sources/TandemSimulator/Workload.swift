@@ -29,6 +29,8 @@ struct Workload {
     var acknowledgedCount = 0
     var failedCount = 0
     var committedCount = 0
+    /// When each node last crashed: a flush after a restart cannot commit what the crashed process acknowledged.
+    var lastCrashAt: [Int64] = [-1, -1]
 
     mutating func writeCompleted(node: Int, requestID: UInt64, outcome: RequestOutcome, now: Int64) {
         guard var record = writes[requestID] else { return }
@@ -46,7 +48,9 @@ struct Workload {
     mutating func flushCompleted(node: Int, requestID: UInt64, outcome: RequestOutcome, now: Int64) {
         guard let flush = flushes.removeValue(forKey: requestID), outcome == .success else { return }
         for (version, record) in writes where record.node == node && !record.committed {
-            if let acknowledged = record.acknowledgedAt, acknowledged <= flush.submittedAt {
+            if let acknowledged = record.acknowledgedAt, acknowledged <= flush.submittedAt,
+                acknowledged > lastCrashAt[node]
+            {
                 writes[version]!.committed = true
                 committedCount += 1
             }
@@ -54,7 +58,8 @@ struct Workload {
     }
 
     /// A node crashed: what it had in flight will never be acknowledged.
-    mutating func nodeCrashed(_ node: Int) {
+    mutating func nodeCrashed(_ node: Int, at time: Int64) {
+        lastCrashAt[node] = time
         busyBlocks[node].removeAll()
         flushes = flushes.filter { $0.value.node != node }
     }

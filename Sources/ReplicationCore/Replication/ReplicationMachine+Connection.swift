@@ -299,16 +299,19 @@ extension ReplicationMachine {
     mutating func connectionLost(reason: String, failureState: ConnectionState, reconnect: Bool) {
         let wasEstablished = connection.isEstablished
         let peerWasPrimary = peer.role == .primary
+        // The new state comes first: completions below may let waiting writes start, and those must see that
+        // there is no peer any more.
+        connection = failureState
+        reconnectAfterDrain = reconnect
+        peer = PeerView()
+        pingSentAt = nil
         handshake = nil
         bitmapExchange = nil
         pendingPromotionFailed("the connection was lost during the promotion; retry")
         abandonResyncAndVerify()
         failReadsFromPeer()
         if wasEstablished { markTransferLogOutOfSync() }
-        peer = PeerView()
-        pingSentAt = nil
-        connection = failureState
-        reconnectAfterDrain = reconnect
+        resetEpochsForNewConnection()
         if wasEstablished {
             log("conn( \(failureState.rawValue) ): \(reason)")
             if role == .primary && disk == .upToDate && uuids.bitmap == 0 {

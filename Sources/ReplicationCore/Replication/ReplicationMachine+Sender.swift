@@ -133,6 +133,19 @@ extension ReplicationMachine {
         return currentEpoch
     }
 
+    /// A completion closes the epoch: the barrier goes out now rather than with the next write, so that the
+    /// peer acknowledges (and we can release) the epoch's requests even if no further write comes.
+    private mutating func closeCurrentEpoch() {
+        guard writesInCurrentEpoch > 0, peerReceivesWrites else {
+            epochClosedByCompletion = true
+            return
+        }
+        emit(.send(.barrier(epoch: currentEpoch)))
+        currentEpoch &+= 1
+        writesInCurrentEpoch = 0
+        epochClosedByCompletion = false
+    }
+
     private mutating func addToTransferLog(_ request: inout WriteRequest) {
         request.inTransferLog = true
         if settings.replicationProtocol == .a
@@ -246,8 +259,8 @@ extension ReplicationMachine {
             emit(request.isFlush
                 ? .completeFlush(requestID: requestID, outcome) : .completeWrite(requestID: requestID, outcome))
             request.completedUpward = true
-            epochClosedByCompletion = true
             requests[requestID] = request
+            closeCurrentEpoch()
         }
         releaseIfFinished(requestID)
     }

@@ -313,3 +313,13 @@ struct GatedWrite: Sendable {
     var payload: [UInt8]
     var forceUnitAccess: Bool
 }
+
+extension ReplicationMachine {
+    /// The requests still held, for failure reports: ID, epoch, local and network state.
+    public var requestsDescription: String {
+        requests.keys.sorted().prefix(8).map { id in
+            let request = requests[id]!
+            return "#\(id) e\(request.epoch) \(request.local) \(request.network) up:\(request.completedUpward) tl:\(request.inTransferLog)"
+        }.joined(separator: ", ") + " tl-epochs:\(transferLog.map { "\($0.epoch)/\($0.requestIDs.count)" }) epoch:\(currentEpoch)/\(writesInCurrentEpoch) recv:\(receivedEpochs.map { "\($0.number)/\($0.outstanding)/\($0.buffered.count)/\($0.closed)" })"
+    }
+}
