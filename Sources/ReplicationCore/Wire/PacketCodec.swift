@@ -51,7 +51,7 @@ public enum PacketCodec {
         do {
             try validate(packet)
         } catch {
-            preconditionFailure("PacketCodec.encode: \(error)")
+            fatalError("PacketCodec.encode: \(error)")
         }
         var payload = ByteWriter()
         writePayload(of: packet, into: &payload)
