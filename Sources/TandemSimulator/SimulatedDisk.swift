@@ -38,7 +38,7 @@ final class SimulatedDisk {
         guard let sectors = inFlight.removeValue(forKey: id) else { return }
         for (sector, data) in sectors {
             if forceUnitAccess {
-                stable[sector] = data
+                storeStable(sector, data)
                 cache[sector] = nil
             } else {
                 cache[sector] = data
@@ -51,8 +51,14 @@ final class SimulatedDisk {
     /// A flush: everything in the cache now becomes stable. (Writes completing after the flush was submitted may
     /// be included too; that is allowed.)
     func flush() {
-        for (sector, data) in cache { stable[sector] = data }
+        for (sector, data) in cache { storeStable(sector, data) }
         cache.removeAll()
+    }
+
+    /// Zero sectors are not stored: an absent sector reads as zeros. (The cache keeps zeros, since a cached zero
+    /// must hide an older stable value.)
+    private func storeStable(_ sector: UInt64, _ data: [UInt8]) {
+        stable[sector] = data.contains { $0 != 0 } ? data : nil
     }
 
     func read(_ range: BlockRange) -> [UInt8] {
@@ -72,22 +78,31 @@ final class SimulatedDisk {
     /// Power loss: each cached or in-flight sector reaches the medium or not, as the random draw says.
     func crash(random: inout SplitMix64) {
         for (sector, data) in cache.sorted(by: { $0.key < $1.key }) where random.next() % 2 == 0 {
-            stable[sector] = data
+            storeStable(sector, data)
         }
         cache.removeAll()
         for id in inFlight.keys.sorted() {
             for (sector, data) in inFlight[id]!.sorted(by: { $0.key < $1.key }) where random.next() % 3 == 0 {
-                stable[sector] = data
+                storeStable(sector, data)
             }
         }
         inFlight.removeAll()
     }
 
-    /// What a read of the whole device returns now, for the checkers: sector -> data, zero sectors omitted.
+    /// What a read of the whole device returns now, for the checkers: sector -> data. A missing sector and an
+    /// all-zero sector read the same; `sameContents` compares images that way.
     var visibleImage: [UInt64: [UInt8]] {
         var image = stable
         for (sector, data) in cache { image[sector] = data }
-        return image.filter { $0.value.contains { $0 != 0 } }
+        return image
+    }
+
+    static func sameContents(_ left: [UInt8]?, _ right: [UInt8]?) -> Bool {
+        switch (left, right) {
+        case (nil, nil): true
+        case (let data?, nil), (nil, let data?): !data.contains { $0 != 0 }
+        case (let left?, let right?): left == right
+        }
     }
 }
 

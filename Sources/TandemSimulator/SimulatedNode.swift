@@ -35,6 +35,7 @@ final class SimulatedEnvironment: ReplicationTransport, BlockStore, MetadataStor
     // MetadataStore
     func writeSuperblock(_ state: SuperblockState) throws(MetadataStoreError) { simulation.metadata[node].write(state) }
     func writeActivityLog(_ transaction: ActivityLogTransaction) throws(MetadataStoreError) {
+        simulation.disks[node].flush()
         simulation.metadata[node].write(transaction)
     }
     func writeBitmap(_ pages: [BitmapPageContents]) throws(MetadataStoreError) { simulation.metadata[node].write(pages) }

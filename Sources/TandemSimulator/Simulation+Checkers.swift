@@ -61,9 +61,9 @@ extension Simulation {
     func checkImagesIdentical() {
         let first = disks[0].visibleImage
         let second = disks[1].visibleImage
-        guard first != second else { return }
         let sectors = Set(first.keys).union(second.keys).sorted()
-        let differing = sectors.filter { first[$0] != second[$0] }
+        let differing = sectors.filter { !SimulatedDisk.sameContents(first[$0], second[$0]) }
+        guard !differing.isEmpty else { return }
         let samples = differing.prefix(4).map { sector -> String in
             let left = first[sector].map { WorkloadPattern.decode($0[...], sector: sector) } ?? .zero
             let right = second[sector].map { WorkloadPattern.decode($0[...], sector: sector) } ?? .zero

@@ -178,6 +178,8 @@ extension Simulation {
             disks[node].flush()
             nodes[node] = nil
             incarnations[node] += 1
+            network.wantsConnection[node] = false
+            dropConnection(by: node, reason: "peer went down")
             startNode(node)
         }
         guard let first = status(0), let second = status(1) else { return }

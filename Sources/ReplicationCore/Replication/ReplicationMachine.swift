@@ -100,9 +100,11 @@ public struct ReplicationMachine: Sendable {
         }
         uuids.setPrimaryBit(false)
         if flags.contains(.fullSync) { bitmap.setAll() }
-        if crashedJustNow {
-            // A Primary died here: anything in the activity log's hot extents may differ from the peer.
-            flags.insert(.crashedPrimary)
+        if crashedJustNow { flags.insert(.crashedPrimary) }
+        if recovered.wasUnclean {
+            // The node stopped without a clean shutdown: bits set for its hot extents may not have reached the
+            // on-disk bitmap, and a Primary's writes there may differ from the peer. Treat the hot extents as out of
+            // sync (DRBD's activity-log replay).
             for extent in activityLog.hotExtents { bitmap.set(blocks(ofExtent: extent)) }
         }
     }

@@ -33,6 +33,9 @@ public struct MetadataStoreError: Error, Sendable, Hashable, CustomStringConvert
 /// (activity log before data, bitmap before activity-log eviction, UUIDs before acknowledging) rest on that.
 public protocol MetadataStore {
     func writeSuperblock(_ state: SuperblockState) throws(MetadataStoreError)
+    /// Writes an activity-log transaction, after flushing the data device's volatile cache (a PREFLUSH, as DRBD
+    /// issues with md-flushes): an extent leaving the log is no longer resynced after a crash, so the writes to it
+    /// must already be stable.
     func writeActivityLog(_ transaction: ActivityLogTransaction) throws(MetadataStoreError)
     func writeBitmap(_ pages: [BitmapPageContents]) throws(MetadataStoreError)
     /// Copies the blocks to a safe place before a split-brain discard overwrites them.
