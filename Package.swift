@@ -81,6 +81,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "TandemSimulatorTests",
+            dependencies: ["TandemSimulator", "ReplicationCore", "TandemConfig"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "TandemCLITests",
             dependencies: ["TandemCLI", "TandemConfig", "TandemTestSupport"],
             swiftSettings: strictSettings

@@ -13,7 +13,10 @@ extension Simulation {
         }
         for node in 0..<2 {
             guard let status = statuses[node] else { continue }
-            if status.role == .primary && !status.connection.isEstablished && !primaryWhileDisconnected[node] {
+            // Only a Primary with its own UpToDate disk can diverge; a Diskless one has nothing to diverge with.
+            if status.role == .primary && status.disk == .upToDate && !status.connection.isEstablished
+                && !primaryWhileDisconnected[node]
+            {
                 primaryWhileDisconnected[node] = true
                 splitBrainLoggedSinceFlag[node] = false
             }

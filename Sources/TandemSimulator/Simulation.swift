@@ -175,7 +175,16 @@ public final class Simulation {
             return
         }
         let environment = SimulatedEnvironment(simulation: self, node: node, incarnation: incarnations[node])
-        let machine = ReplicationMachine(settings: settings, recovered: recovered, randomSeed: random.next())
+        var nodeSettings = settings
+        if node == 1 {
+            // discard-local and discard-remote are configured as a mirrored pair: they name the same victim.
+            switch settings.policies.zeroPrimaries {
+            case .discardLocal: nodeSettings.policies.zeroPrimaries = .discardRemote
+            case .discardRemote: nodeSettings.policies.zeroPrimaries = .discardLocal
+            default: break
+            }
+        }
+        let machine = ReplicationMachine(settings: nodeSettings, recovered: recovered, randomSeed: random.next())
         nodes[node] = SimulatedReplicationNode(
             machine: machine, transport: environment, blocks: environment, metadata: environment, observer: environment)
         nodes[node]!.start(now: instant)

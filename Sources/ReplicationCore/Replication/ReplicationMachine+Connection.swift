@@ -157,7 +157,7 @@ extension ReplicationMachine {
         if peer.replicationProtocol != own.replicationProtocol {
             return "incompatible protocol settings: we use \(own.replicationProtocol.rawValue), the peer \(peer.replicationProtocol.rawValue)"
         }
-        if peer.afterSplitBrainZeroPrimaries != own.afterSplitBrainZeroPrimaries {
+        if !Self.zeroPrimaryPoliciesCompatible(own.afterSplitBrainZeroPrimaries, peer.afterSplitBrainZeroPrimaries) {
             return "incompatible after-sb-0pri settings: \(own.afterSplitBrainZeroPrimaries.rawValue) vs \(peer.afterSplitBrainZeroPrimaries.rawValue)"
         }
         if peer.afterSplitBrainOnePrimary != own.afterSplitBrainOnePrimary {
@@ -176,6 +176,18 @@ extension ReplicationMachine {
             return "incompatible data-integrity-alg: '\(own.integrityAlgorithm)' vs '\(peer.integrityAlgorithm)'"
         }
         return nil
+    }
+
+    /// after-sb-0pri must be equal on both sides, except that discard-local pairs only with discard-remote on the
+    /// peer (and vice versa): the two together name the same victim (DRBD's cmp_after_sb).
+    static func zeroPrimaryPoliciesCompatible(
+        _ own: AfterSplitBrainZeroPrimaries, _ peer: AfterSplitBrainZeroPrimaries
+    ) -> Bool {
+        switch (own, peer) {
+        case (.discardLocal, .discardRemote), (.discardRemote, .discardLocal): true
+        case (.discardLocal, _), (.discardRemote, _), (_, .discardLocal), (_, .discardRemote): false
+        default: own == peer
+        }
     }
 
     private mutating func finishHandshake(now: MonotonicInstant) {
@@ -444,6 +456,15 @@ extension ReplicationMachine {
         let previousDisk = peer.disk
         peer.role = state.role
         peer.disk = state.diskState
+        if previousDisk >= .inconsistent && previousDisk != .unknown && state.diskState < .inconsistent
+            && (role == .primary || peer.role == .primary) && disk == .upToDate && uuids.bitmap == 0
+        {
+            // The peer lost its disk while one of us is Primary: from now on only our copy is current. A new
+            // generation makes the peer's old disk recognisably older (rule 50) when it is attached again.
+            uuids.startNewGeneration(fresh: freshUUID(), isPrimary: role == .primary)
+            log("new current UUID \(uuids) (the peer lost its disk)")
+            persistSuperblock()
+        }
         if connection == .verifyTarget { connection = .connected }
         if connection == .syncSource && state.diskState == .upToDate && previousDisk < .upToDate {
             return finishResyncAsSource(now: now)

@@ -14,6 +14,12 @@ extension ReplicationMachine {
             // A Diskless node cannot store the write: the sender marks it out of sync.
             return emit(.send(.negativeAck(ack)))
         }
+        if peer.disk < .inconsistent && !isPureFlush {
+            // A Diskless Primary writes only to us: its own (detached) disk will need these blocks. The bits must
+            // be on disk before we acknowledge, since no activity log covers them on this side.
+            bitmap.set(SyncBitmap.blocks(covering: packet.range))
+            emit(.persistBitmap(bitmap.takeDirtyPages()))
+        }
         if packet.flags.contains(.sendReceiveAck) { emit(.send(.receiveAck(ack))) }
         if receivedEpochs.last.map({ $0.closed || $0.generation != connectionGeneration }) ?? true {
             receivedEpochs.append(ReceivedEpoch(generation: connectionGeneration, number: packet.epoch))

@@ -22,6 +22,8 @@ struct ResyncProgress: Sendable {
     var totalBlocks: UInt64
     var remainingBlocks: UInt64
     var paused = false
+    /// Target side: every block is in, the final flush is on its way.
+    var finishing = false
     // Target side: requests in flight, by first block, with their block count.
     var cursor: UInt64 = 0
     var inFlight: [UInt64: UInt64] = [:]
@@ -184,9 +186,12 @@ extension ReplicationMachine {
                 emit(.send(.resyncRequest(request)))
             }
         }
-        if progress.inFlight.isEmpty && bitmap.setCount == 0 {
+        if progress.inFlight.isEmpty && bitmap.setCount == 0 && !progress.finishing {
+            // The resynced blocks may sit in a volatile cache: make them stable before claiming UpToDate, because
+            // the source forgets them the moment we do.
+            progress.finishing = true
             resync = progress
-            finishResyncAsTarget(now: now)
+            emit(.submitFlush(token: allocateToken(.resyncFinishFlush(generation: connectionGeneration))))
         }
     }
 
@@ -256,6 +261,17 @@ extension ReplicationMachine {
             // Late acknowledgements after the resync finished carry no information.
             break
         }
+    }
+
+    mutating func resyncFinishFlushCompleted(succeeded: Bool, generation: UInt64, now: MonotonicInstant) {
+        guard generation == connectionGeneration, connection == .syncTarget || connection == .pausedSyncTarget,
+            resync?.finishing == true
+        else { return }
+        guard succeeded else {
+            resync?.finishing = false
+            return
+        }
+        finishResyncAsTarget(now: now)
     }
 
     private mutating func finishResyncAsTarget(now: MonotonicInstant) {

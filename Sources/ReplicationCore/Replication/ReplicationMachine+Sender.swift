@@ -226,6 +226,8 @@ extension ReplicationMachine {
             verifySourceReadCompleted(request, peerDigest: digest, result: result, generation: generation)
         case .servePeerRead(let request, let generation):
             servePeerReadCompleted(request, result: result, generation: generation)
+        case .resyncFinishFlush(let generation):
+            resyncFinishFlushCompleted(succeeded: result == .flushed, generation: generation, now: now)
         }
         retryHeldResyncRequests()
         finishDrainIfIdle()

@@ -307,6 +307,8 @@ enum LocalIOPurpose: Sendable {
     case verifyTargetRead(BlockRequest, generation: UInt64)
     case verifySourceRead(BlockRequest, peerDigest: [UInt8], generation: UInt64)
     case servePeerRead(BlockRequest, generation: UInt64)
+    /// The sync target flushes its resynced blocks before it calls itself UpToDate.
+    case resyncFinishFlush(generation: UInt64)
 }
 
 /// A write admitted by the machine but waiting in the overlap gate.

@@ -1,0 +1,68 @@
+import ReplicationCore
+import TandemConfig
+import TandemSimulator
+import Testing
+
+/// Runs many seeded fault schedules per replication protocol. Every checker is active in every run; a failing run
+/// prints its violations, the tail of its trace and the command that replays it.
+@Suite("Simulator: seeded fault schedules")
+struct SimulatorSeedTests {
+    /// Seeds per protocol in `swift test`. A longer run is `tandem sim --seed 1 --count 20000`.
+    static let seedsPerProtocol: UInt64 = 500
+    static let stepsPerRun = 120
+
+    @Test("Protocol A keeps its guarantees over 500 seeded fault schedules", arguments: [ReplicationProtocol.a])
+    func protocolA(_ replicationProtocol: ReplicationProtocol) { runSeeds(replicationProtocol, firstSeed: 100_000) }
+
+    @Test("Protocol B keeps its guarantees over 500 seeded fault schedules", arguments: [ReplicationProtocol.b])
+    func protocolB(_ replicationProtocol: ReplicationProtocol) { runSeeds(replicationProtocol, firstSeed: 200_000) }
+
+    @Test("Protocol C keeps its guarantees over 500 seeded fault schedules", arguments: [ReplicationProtocol.c])
+    func protocolC(_ replicationProtocol: ReplicationProtocol) { runSeeds(replicationProtocol, firstSeed: 300_000) }
+
+    private func runSeeds(_ replicationProtocol: ReplicationProtocol, firstSeed: UInt64) {
+        var failures: [String] = []
+        for seed in firstSeed..<firstSeed + Self.seedsPerProtocol {
+            let options = SimulationOptions(seed: seed, steps: Self.stepsPerRun, replicationProtocol: replicationProtocol)
+            let result = Simulation(options: options).run()
+            if !result.passed {
+                failures.append(SimulationReport.failure(result))
+            }
+        }
+        #expect(failures.isEmpty, "\(failures.count) of \(Self.seedsPerProtocol) seeds failed:\n\(failures.prefix(3).joined(separator: "\n"))")
+    }
+}
+
+/// The mutation check: a deliberately broken core must be caught by a checker within a bounded number of seeds.
+@Suite("Simulator: mutations are caught")
+struct SimulatorMutationTests {
+    static let seedBudget: UInt64 = 200
+
+    @Test("Acknowledging a protocol C write before the peer has it is caught")
+    func acknowledgeBeforePeerWrite() {
+        expectCaught(ReplicationMutations(acknowledgeProtocolCBeforePeerWrite: true), faults: [.failover, .crash, .delay])
+    }
+
+    @Test("Forgetting to mark the bitmap on disconnect is caught")
+    func skipBitmapOnDisconnect() {
+        expectCaught(ReplicationMutations(skipBitmapMarkingOnDisconnect: true), faults: [.reset, .partition, .crash])
+    }
+
+    @Test("Ignoring rule 90 (a split brain read as no sync) is caught")
+    func ignoreRule90() {
+        expectCaught(ReplicationMutations(ignoreRule90: true), faults: [.splitBrain])
+    }
+
+    private func expectCaught(_ mutations: ReplicationMutations, faults: SimulationFaults) {
+        for seed in 1...Self.seedBudget {
+            var options = SimulationOptions(seed: seed, steps: 200, replicationProtocol: .c, faults: faults)
+            options.mutations = mutations
+            let result = Simulation(options: options).run()
+            if !result.passed {
+                print("mutation caught by seed \(seed): \(result.violations.first ?? "")")
+                return
+            }
+        }
+        Issue.record("the mutation \(mutations) survived \(Self.seedBudget) seeds: the checkers are too weak")
+    }
+}
