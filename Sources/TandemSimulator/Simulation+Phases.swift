@@ -86,9 +86,12 @@ extension Simulation {
         case .splitBrain:
             guard let secondary = (0..<2).first(where: { status($0)?.role == .secondary }) else { return }
             let until = now + Int64(3000 + random.next() % 6000) * milliseconds
-            network.cutUntil = [until, until]
+            network.cutUntil = [max(network.cutUntil[0], until), max(network.cutUntil[1], until)]
             trace(secondary, "fault: partition, then this Secondary gets promoted")
-            queue.schedule(.promoteIfDisconnected(node: secondary), at: now + 2500 * milliseconds)
+            // The operator promotes as soon as the Secondary has noticed the lost peer (timeouts take ~1.5 s).
+            for delay in [1600, 2500, 3500] as [Int64] {
+                queue.schedule(.promoteIfDisconnected(node: secondary), at: now + delay * milliseconds)
+            }
         case .operatorActions:
             operatorAction()
         default:

@@ -134,7 +134,7 @@ public final class Simulation {
         setUp()
         inFaultPhase = true
         for step in 0..<options.steps {
-            runFor(milliseconds: Int64(random.next() % 20))
+            runFor(milliseconds: Int64(random.next() % 40))
             if random.next() % 100 < 6 { injectFault() }
             workloadStep()
             if step % 50 == 0 { checkInvariants() }
