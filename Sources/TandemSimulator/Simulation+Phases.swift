@@ -188,8 +188,13 @@ extension Simulation {
         guard let first = status(0), let second = status(1) else { return }
         let statuses = [first, second]
         if statuses.contains(where: { $0.connection == .standAlone }) {
-            // The runbook for a split brain (or any refused handshake): pick the victim, discard its data.
-            let victim = statuses[0].role == .primary && statuses[1].role != .primary ? 1 : 0
+            // The runbook for a split brain (or any refused handshake): pick the victim, discard its data. First
+            // try to keep the Primary's data; if the configured policy insists on the other outcome (for example
+            // "I shall become sync target, but I am Primary"), give up the Primary's data on the next attempt.
+            repairAttempts += 1
+            let keepPrimary = repairAttempts % 2 == 1
+            let primaryNode = statuses[0].role == .primary ? 0 : (statuses[1].role == .primary ? 1 : nil)
+            let victim = primaryNode.map { keepPrimary ? 1 - $0 : $0 } ?? 0
             trace(victim, "operator: manual split-brain recovery, this node discards its data")
             if statuses[victim].connection != .standAlone { command(victim, .disconnect) }
             if statuses[victim].role == .primary { command(victim, .demote) }

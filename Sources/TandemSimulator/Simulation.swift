@@ -64,6 +64,7 @@ public final class Simulation {
     var corruptFramesRefused = 0
     var recentFrames: [(UInt64, Int, PacketChannel, [UInt8])] = []
     var inFaultPhase = false
+    var repairAttempts = 0
 
     // Checker state.
     var primaryWhileDisconnected = [false, false]
