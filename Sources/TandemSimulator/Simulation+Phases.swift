@@ -179,6 +179,7 @@ extension Simulation {
             // Replace the failed disk: detach/attach is a restart of the node's process on a repaired disk.
             trace(node, "operator: down/up after a disk failure")
             disks[node].flush()
+            workload.abandonInFlight(node)
             nodes[node] = nil
             incarnations[node] += 1
             network.wantsConnection[node] = false

@@ -60,6 +60,11 @@ struct Workload {
     /// A node crashed: what it had in flight will never be acknowledged.
     mutating func nodeCrashed(_ node: Int, at time: Int64) {
         lastCrashAt[node] = time
+        abandonInFlight(node)
+    }
+
+    /// A node's process went away (crash or restart): its requests in flight will never complete.
+    mutating func abandonInFlight(_ node: Int) {
         busyBlocks[node].removeAll()
         flushes = flushes.filter { $0.value.node != node }
     }
