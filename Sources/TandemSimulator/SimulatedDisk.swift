@@ -112,8 +112,6 @@ final class SimulatedMetadata {
     var superblock: [UInt8]?
     var activityLogSlots: [Int: [UInt8]] = [:]
     var bitmapPages: [UInt32: [UInt8]] = [:]
-    /// Blocks copied away before a split-brain discard: (time, reason, sector -> data).
-    var preserved: [(reason: String, sectors: [UInt64: [UInt8]])] = []
     let layout: Superblock.Layout
     let deviceUUID: UInt64
     let ringSlots: Int

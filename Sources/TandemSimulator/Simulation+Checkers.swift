@@ -52,14 +52,6 @@ extension Simulation {
         if previous != GenerationUUIDs.justCreated { retiredUUIDs.insert(previous) }
     }
 
-    func checkInvariants() {
-        for node in 0..<2 {
-            if let status = status(node), status.outOfSyncBytes > Self.deviceBytes {
-                violations.append("node\(node): out-of-sync \(status.outOfSyncBytes) exceeds the device")
-            }
-        }
-    }
-
     /// After convergence the two images are byte-identical.
     func checkImagesIdentical() {
         let first = disks[0].visibleImage

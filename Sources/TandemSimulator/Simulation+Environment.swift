@@ -175,14 +175,8 @@ extension Simulation {
     }
 
     func preserve(node: Int, blocks: [Range<UInt64>], reason: String) {
+        // The copy itself is the production metadata store's job; the simulator records which writes it covers.
         trace(node, "preserving \(blocks.reduce(0) { $0 + $1.count }) diverged blocks: \(reason)")
-        for range in blocks {
-            let sectorRange = BlockRange(sector: range.lowerBound * 8, sizeBytes: UInt32(range.count * 4096))
-            let data = disks[node].read(sectorRange)
-            for index in 0..<range.count * 8 {
-                preservedSectors[node][sectorRange.sector + UInt64(index)] = Array(data[index * 512..<(index + 1) * 512])
-            }
-        }
         // Writes this node acknowledged since it was last in sync are the ones being discarded.
         for (version, record) in workload.writes where record.node == node && workload.writes[version]!.exemptReason == nil {
             if let acknowledged = record.acknowledgedAt, acknowledged > lastSyncedAt[node] {

@@ -31,7 +31,7 @@ extension Simulation {
         workload.nextVersion += 1
         let sectorCount = Int(length) * 8
         workload.writes[version] = Workload.WriteRecord(
-            node: node, version: version, firstSector: first * 8, sectorCount: sectorCount, submittedAt: now)
+            node: node, version: version, firstSector: first * 8, sectorCount: sectorCount)
         workload.busyBlocks[node].formUnion(blocks)
         let payload = WorkloadPattern.payload(version: version, firstSector: first * 8, sectorCount: sectorCount)
         if options.keepFullTrace { trace(node, "workload: write v\(version) blocks \(first)..<\(first + length)") }

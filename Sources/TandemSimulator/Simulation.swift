@@ -74,7 +74,6 @@ public final class Simulation {
     var crashTimes: [[Int64]] = [[], []]
     var retiredUUIDs: Set<UInt64> = []
     var lastCurrentUUID: [UInt64?] = [nil, nil]
-    var preservedSectors: [[UInt64: [UInt8]]] = [[:], [:]]
 
     public init(options: SimulationOptions) {
         self.options = options
@@ -134,19 +133,22 @@ public final class Simulation {
     public func run() -> SimulationResult {
         setUp()
         inFaultPhase = true
-        for step in 0..<options.steps {
+        for _ in 0..<options.steps {
             runFor(milliseconds: Int64(random.next() % 40))
             if random.next() % 100 < 6 { injectFault() }
             workloadStep()
-            if step % 50 == 0 { checkInvariants() }
             if !violations.isEmpty { break }
         }
         inFaultPhase = false
         if violations.isEmpty { heal() }
         if violations.isEmpty { converge() }
         if violations.isEmpty { finalWorkloadAndChecks() }
-        let trace = options.keepFullTrace || !violations.isEmpty
-            ? (options.keepFullTrace ? traceLines : Array(traceLines.suffix(Self.traceTailLines))) : []
+        let trace: [String]
+        if options.keepFullTrace {
+            trace = traceLines
+        } else {
+            trace = violations.isEmpty ? [] : Array(traceLines.suffix(Self.traceTailLines))
+        }
         return SimulationResult(options: options, violations: violations, trace: trace, summary: summary())
     }
 
@@ -217,8 +219,7 @@ public final class Simulation {
     }
 
     func trace(_ node: Int, _ line: String) {
-        let milliseconds = now / Self.nanosecondsPerMillisecond
-        traceLines.append("[\(milliseconds / 1000).\(String(milliseconds % 1000).leftPadded(3))s] node\(node): \(line)")
+        traceLines.append("[\(instant)] node\(node): \(line)")
         if !options.keepFullTrace && traceLines.count > 4 * Self.traceTailLines {
             traceLines.removeFirst(traceLines.count - Self.traceTailLines)
         }
@@ -244,8 +245,4 @@ public final class Simulation {
         }
         return condition()
     }
-}
-
-extension String {
-    func leftPadded(_ width: Int) -> String { count >= width ? self : String(repeating: "0", count: width - count) + self }
 }

@@ -8,7 +8,6 @@ struct Workload {
         var version: UInt64
         var firstSector: UInt64
         var sectorCount: Int
-        var submittedAt: Int64
         var acknowledgedAt: Int64?
         var committed = false
         /// Legitimately lost: discarded by a split-brain resolution, or inside a protocol's documented loss window.

@@ -114,20 +114,14 @@ extension UUIDComparison {
         if mine.current == theirs.bitmap { return (.bitmapSync(.target, rule: 50), corrections) }
         if mine.current == theirs.history1 && theirs.history1 &+ newBitmapUUIDOffset == theirs.bitmap {
             // The peer started a resync as source but we never received its sync UUID: undo that start on our
-            // picture of the peer and sync from it.
-            var repaired = peer.uuids
-            repaired.bitmap = peer.uuids.history1
-            repaired.history1 = peer.uuids.history2
-            corrections.peer = repaired
+            // picture of the peer and sync from it. Rule 71 is the mirror image.
+            corrections.peer = peer.uuids.undoingLostSyncStart()
             return (.bitmapSync(.target, rule: 51), corrections)
         }
         if theirs.historyContains(mine.current) { return (.fullSync(.target, rule: 60), corrections) }
         if mine.bitmap == theirs.current { return (.bitmapSync(.source, rule: 70), corrections) }
         if theirs.current == mine.history1 && mine.history1 &+ newBitmapUUIDOffset == mine.bitmap {
-            var repaired = local.uuids
-            repaired.bitmap = local.uuids.history1
-            repaired.history1 = local.uuids.history2
-            corrections.local = repaired
+            corrections.local = local.uuids.undoingLostSyncStart()
             return (.bitmapSync(.source, rule: 71), corrections)
         }
         if mine.historyContains(theirs.current) { return (.fullSync(.source, rule: 80), corrections) }
@@ -177,5 +171,16 @@ extension UUIDComparison {
         case (false, true): return .bitmapSync(.target, rule: 40)
         case (true, true): return .bitmapSync(resolvesConflicts ? .target : .source, rule: 40)
         }
+    }
+}
+
+extension GenerationUUIDs {
+    /// The UUIDs as they were before a resync start whose sync UUID never reached the peer (rules 51 and 71):
+    /// Bitmap <- History1, History1 <- History2.
+    func undoingLostSyncStart() -> GenerationUUIDs {
+        var repaired = self
+        repaired.bitmap = history1
+        repaired.history1 = history2
+        return repaired
     }
 }

@@ -7,8 +7,6 @@ struct OverlapGate: Sendable {
     /// Writes waiting for an overlapping predecessor, in issue order.
     private var waiting: [(token: UInt64, bytes: Range<UInt64>)] = []
 
-    var isIdle: Bool { inFlight.isEmpty && waiting.isEmpty }
-
     func overlapsInFlight(_ bytes: Range<UInt64>) -> Bool {
         inFlight.values.contains { $0.overlaps(bytes) } || waiting.contains { $0.bytes.overlaps(bytes) }
     }

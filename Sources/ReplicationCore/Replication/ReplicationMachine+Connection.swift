@@ -117,7 +117,7 @@ extension ReplicationMachine {
         case .pingAck:
             pingSentAt = nil
         default:
-            protocolError("unexpected \(packet.name) during the handshake")
+            protocolError("unexpected \(packet.command.name) packet during the handshake")
         }
     }
 
@@ -288,7 +288,6 @@ extension ReplicationMachine {
     /// The handshake failed in a way that retrying cannot fix: go StandAlone until an operator acts.
     mutating func refuseConnection(_ refusal: HandshakeRefusal, detail: String) {
         log("\(refusal.rawValue): \(detail)")
-        if refusal == .splitBrainUnresolved { log("Split-Brain detected but unresolved, dropping connection!") }
         emit(.dropConnection(reason: "\(refusal.rawValue): \(detail)"))
         connectionLost(reason: refusal.rawValue, failureState: .disconnecting, reconnect: false)
     }
@@ -447,7 +446,7 @@ extension ReplicationMachine {
         case .readRequest(let request): serveReadRequest(request)
         case .readReply(let reply): receiveReadReply(reply)
         case .features, .authChallenge, .authResponse, .protocolParameters, .sizes:
-            protocolError("unexpected \(packet.name) on an established connection")
+            protocolError("unexpected \(packet.command.name) packet on an established connection")
         }
     }
 
@@ -499,42 +498,5 @@ extension ReplicationMachine {
         peer.uuidFlags = packet.flags
         peer.bitsSet = packet.bitsSet
         if connection == .connected { peer.considerResync = true }
-    }
-}
-
-extension Packet {
-    /// The packet's name for logs.
-    public var name: String {
-        switch self {
-        case .features: "Features"
-        case .authChallenge: "AuthChallenge"
-        case .authResponse: "AuthResponse"
-        case .protocolParameters: "Protocol"
-        case .sizes: "Sizes"
-        case .uuids: "UUIDs"
-        case .state: "State"
-        case .bitmapChunk: "Bitmap"
-        case .syncUUID: "SyncUUID"
-        case .data: "Data"
-        case .barrier: "Barrier"
-        case .resyncRequest: "ResyncRequest"
-        case .checksumResyncRequest: "ChecksumResyncRequest"
-        case .resyncReply: "ResyncReply"
-        case .verifyRequest: "VerifyRequest"
-        case .verifyReply: "VerifyReply"
-        case .outOfSync: "OutOfSync"
-        case .stateChangeRequest: "StateChangeRequest"
-        case .stateChangeReply: "StateChangeReply"
-        case .pauseResync: "PauseResync"
-        case .readRequest: "ReadRequest"
-        case .readReply: "ReadReply"
-        case .ping: "Ping"
-        case .pingAck: "PingAck"
-        case .receiveAck: "RecvAck"
-        case .writeAck: "WriteAck"
-        case .negativeAck: "NegAck"
-        case .resyncWriteAck: "ResyncWriteAck"
-        case .barrierAck: "BarrierAck"
-        }
     }
 }

@@ -124,9 +124,7 @@ extension ReplicationMachine {
     /// it began or it is full: a write issued after a completion must never overtake it on the peer.
     private mutating func assignEpoch() -> UInt32 {
         if writesInCurrentEpoch > 0 && (epochClosedByCompletion || writesInCurrentEpoch >= settings.maxEpochSize) {
-            emit(.send(.barrier(epoch: currentEpoch)))
-            currentEpoch &+= 1
-            writesInCurrentEpoch = 0
+            sendBarrier()
         }
         epochClosedByCompletion = false
         writesInCurrentEpoch += 1
@@ -140,10 +138,15 @@ extension ReplicationMachine {
             epochClosedByCompletion = true
             return
         }
+        sendBarrier()
+        epochClosedByCompletion = false
+    }
+
+    /// Closes the current epoch on the wire and starts the next.
+    private mutating func sendBarrier() {
         emit(.send(.barrier(epoch: currentEpoch)))
         currentEpoch &+= 1
         writesInCurrentEpoch = 0
-        epochClosedByCompletion = false
     }
 
     private mutating func addToTransferLog(_ request: inout WriteRequest) {

@@ -154,7 +154,6 @@ public struct ReplicationMachine: Sendable {
     /// A clean shutdown: the driver calls this after all I/O has drained, and persists what it returns.
     public mutating func shutdown() -> [ReplicationAction] {
         emit(.persistBitmap(bitmap.takeDirtyPages()))
-        flags.remove(.primaryIndicator)
         uuids.setPrimaryBit(false)
         persistSuperblock(clean: true)
         return takeActions()

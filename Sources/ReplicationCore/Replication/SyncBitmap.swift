@@ -131,11 +131,6 @@ public struct SyncBitmap: Sendable, Hashable {
         return pages.map(pageContents)
     }
 
-    public mutating func markAllPagesDirty() {
-        let pageCount = (words.count + Self.wordsPerPage - 1) / Self.wordsPerPage
-        for page in 0..<pageCount { dirtyPages.insert(UInt32(page)) }
-    }
-
     /// Pages covering `blocks`, e.g. those of extents leaving the activity log.
     public func pages(covering blocks: Range<UInt64>) -> [BitmapPageContents] {
         guard !blocks.isEmpty else { return [] }
