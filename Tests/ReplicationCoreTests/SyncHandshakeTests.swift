@@ -164,6 +164,46 @@ struct SyncHandshakePostProcessingTests {
         #expect(decide(HandshakeNode.same.disk(localDisk), HandshakeNode.same.disk(.inconsistent)).outcome == .sync(.source, full: false))
     }
 
+    struct LeftoverBitsCase: Sendable, CustomTestStringConvertible {
+        var local: HandshakeNode
+        var peer: HandshakeNode
+        var resolvesConflicts = false
+        var expected: SyncDirection
+        var testDescription: String
+    }
+
+    @Test(
+        "Equal UUIDs with bits left by an unclean restart: those blocks are resynced (Tandem; DRBD only logs them)",
+        arguments: [
+            LeftoverBitsCase(
+                local: .same.changes(7), peer: .same, expected: .target,
+                testDescription: "the node with bits lost cached writes: it receives"),
+            LeftoverBitsCase(
+                local: .same.changes(7).primary, peer: .same, expected: .source,
+                testDescription: "a Primary is always the source"),
+            LeftoverBitsCase(
+                local: .same.changes(7), peer: .same.disk(.outdated), expected: .source,
+                testDescription: "the better disk is the source"),
+            LeftoverBitsCase(
+                local: .same.changes(7), peer: .same.changes(3), resolvesConflicts: true, expected: .target,
+                testDescription: "bits on both sides: the conflict tie-break decides"),
+            LeftoverBitsCase(
+                local: .same.changes(7), peer: .same.changes(3), resolvesConflicts: false, expected: .source,
+                testDescription: "bits on both sides: the conflict tie-break decides (other side)"),
+        ])
+    func leftoverBitsAreResynced(_ c: LeftoverBitsCase) {
+        let local = decide(c.local, c.peer, resolvesConflicts: c.resolvesConflicts)
+        let peer = decide(c.peer, c.local, resolvesConflicts: !c.resolvesConflicts)
+        #expect(local.outcome == .sync(c.expected, full: false))
+        #expect(peer.outcome == .sync(c.expected.reversed, full: false))
+        #expect(local.comparison == .noSync(rule: 40))
+    }
+
+    @Test("Equal UUIDs and empty bitmaps: no sync")
+    func equalUUIDsNoBitsNoSync() {
+        #expect(decide(.same, .same).outcome == .noSync)
+    }
+
     @Test("\"I shall become SyncSource, but I am inconsistent\": both Inconsistent and the UUIDs say source -> refused")
     func inconsistentSourceRefuses() {
         let decision = decide(HandshakeNode.ahead.disk(.inconsistent), HandshakeNode.behind.disk(.inconsistent))

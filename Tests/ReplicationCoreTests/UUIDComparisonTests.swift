@@ -173,6 +173,52 @@ struct UUIDComparisonRuleTests {
         #expect(compare(gen(0xB0, 0xA0, 0x90), gen(0xC0, 0xA0, 0x90)).0 == .splitBrain(rule: 90))
     }
 
+    /// Both directions: the rule fires with the same number and the mirrored direction.
+    private func expectMirrored(
+        _ local: GenerationUUIDs, _ peer: GenerationUUIDs, _ expected: UUIDComparison, _ mirrored: UUIDComparison
+    ) {
+        #expect(compare(local, peer).0 == expected)
+        #expect(compare(peer, local).0 == mirrored)
+    }
+
+    // A Primary sourcing a resync from Bitmap 0xA0 has Current 0xB0, Bitmap S = 0xA0 + offset, History 0xA0. It
+    // loses the peer and starts a new generation 0xD0 keeping S: Current 0xD0, Bitmap S, History 0xB0, 0xA0.
+    private static let sourceMovedOn = gen(0xD0, 0xA0 + offset, 0xB0, 0xA0)
+
+    @Test("Rules 72 and 52 (Tandem): the peer never received the sync UUID of a source that moved on -> bitmap sync")
+    func rules72And52() {
+        expectMirrored(
+            Self.sourceMovedOn, gen(0xA0, 0, 0x90), .bitmapSync(.source, rule: 72), .bitmapSync(.target, rule: 52))
+    }
+
+    @Test("Rules 81 and 61 (Tandem): the target finished the resync of a source that moved on -> bitmap sync")
+    func rules81And61() {
+        // The finished target adopted Current 0xB0 with the sync UUID in its history.
+        expectMirrored(
+            Self.sourceMovedOn, gen(0xB0, 0, 0xA0 + offset, 0xA0), .bitmapSync(.source, rule: 81),
+            .bitmapSync(.target, rule: 61))
+    }
+
+    @Test("Rule 91 (Tandem): the finished target was promoted while the source moved on -> split brain")
+    func rule91AfterFinishedResync() {
+        let promotedTarget = gen(0xE0, 0xB0, 0xA0 + offset, 0xA0)
+        expectMirrored(Self.sourceMovedOn, promotedTarget, .splitBrain(rule: 91), .splitBrain(rule: 91))
+    }
+
+    @Test("Rule 91 (Tandem): a side whose resync start as source was lost is undone first, then split brain")
+    func rule91AfterLostSyncStart() {
+        // Self started a resync as source from Bitmap 0xA0 (now History1, Bitmap 0xA0 + offset) and crashed before
+        // the target saw the sync UUID; the target was then promoted with a new Current and Bitmap 0xA0.
+        let local = gen(0xB0, 0xA0 + offset, 0xA0, 0x90)
+        let peer = gen(0xC0, 0xA0)
+        let (result, corrections) = compare(local, peer)
+        #expect(result == .splitBrain(rule: 91))
+        #expect(corrections.local == gen(0xB0, 0xA0, 0x90, 0x90))
+        let (mirrored, mirroredCorrections) = compare(peer, local)
+        #expect(mirrored == .splitBrain(rule: 91))
+        #expect(mirroredCorrections.peer == gen(0xB0, 0xA0, 0x90, 0x90))
+    }
+
     @Test("Rule 90 does not fire on two empty Bitmap UUIDs")
     func rule90NeedsNonZeroBitmap() {
         #expect(compare(gen(0xB0, 0, 0x90), gen(0xC0, 0, 0x90)).0 == .splitBrainOlderAncestor(rule: 100))
@@ -254,7 +300,9 @@ struct UUIDComparisonRuleTests {
 struct UUIDComparisonSymmetryTests {
     /// What the peer's comparison must say when ours says `comparison`.
     static func mirrored(_ comparison: UUIDComparison) -> UUIDComparison {
-        let mirrorRule: [Int: Int] = [20: 30, 30: 20, 34: 35, 35: 34, 36: 37, 37: 36, 50: 70, 70: 50, 51: 71, 71: 51, 60: 80, 80: 60]
+        let mirrorRule: [Int: Int] = [
+            20: 30, 30: 20, 34: 35, 35: 34, 36: 37, 37: 36, 50: 70, 70: 50, 51: 71, 71: 51, 52: 72, 72: 52, 60: 80, 80: 60, 61: 81, 81: 61,
+        ]
         func rule(_ r: Int) -> Int { mirrorRule[r] ?? r }
         switch comparison {
         case .noSync(let r): return .noSync(rule: rule(r))
@@ -270,6 +318,9 @@ struct UUIDComparisonSymmetryTests {
         let masked = holder.masked
         return current & ~1 == masked.bitmap || masked.historyContains(current)
     }
+
+    /// "My Current is in the peer's set": DRBD's 50, 51, 60 and Tandem's 52, 61.
+    static let targetRules: Set<Int?> = [50, 51, 52, 60, 61]
 
     static func randomSide(_ rng: inout SplitMix64) -> UUIDComparisonSide {
         // Small pools so that matches are frequent; the offset values make rules 51 and 71 reachable.
@@ -312,10 +363,10 @@ struct UUIDComparisonSymmetryTests {
             {
                 // DRBD's own asymmetry: each node's Current sits in the other's Bitmap or History (a cycle no real
                 // sequence of generations produces). drbd_uuid_compare tries "my Current is in the peer's set"
-                // (rules 50, 51, 60) before "the peer's Current is in mine" (70, 71, 80), so both sides take a
+                // (rules 50-61) before "the peer's Current is in mine" (70, 71, 80), so both sides take a
                 // target rule.
                 #expect(ab.syncDirection == .target && ba.syncDirection == .target, "\(a) vs \(b): \(ab) / \(ba)")
-                #expect([50, 51, 60].contains(ab.rule) && [50, 51, 60].contains(ba.rule), "\(a) vs \(b)")
+                #expect(Self.targetRules.contains(ab.rule) && Self.targetRules.contains(ba.rule), "\(a) vs \(b)")
                 drbdAsymmetries += 1
                 continue
             }
@@ -324,7 +375,7 @@ struct UUIDComparisonSymmetryTests {
             #expect(abCorrections.peer == baCorrections.local, "\(a) vs \(b)")
         }
         // The pools are small enough that every rule, and unrelated data (nil), is exercised.
-        let allRules: Set<Int?> = [10, 20, 30, 34, 35, 36, 37, 40, 50, 51, 60, 70, 71, 80, 90, 100, nil]
+        let allRules: Set<Int?> = [10, 20, 30, 34, 35, 36, 37, 40, 50, 51, 52, 60, 61, 70, 71, 72, 80, 81, 90, 91, 100, nil]
         #expect(rulesSeen == allRules, "missing: \(allRules.subtracting(rulesSeen))")
         #expect(drbdAsymmetries < 6000 / 4)
     }

@@ -131,6 +131,7 @@ extension SyncDecision {
             decision.outcome = .refuse(.splitBrainUnresolved)
             return (decision, corrections)
         }
+        verdict = applyLeftoverBits(verdict, input, &decision)
         decision.outcome = finalOutcome(verdict, input, policies, &decision)
         return (decision, corrections)
     }
@@ -294,6 +295,33 @@ extension SyncDecision {
             "Split-Brain detected, manually solved. Sync from \(direction == .source ? "this" : "peer") node")
         // An older-ancestor split brain has ambiguous bitmaps: only a full sync is safe.
         return .sync(direction, full: ambiguous)
+    }
+
+    /// Equal UUIDs but bits set: a node restarted after a crash whose activity log marked the extents it was
+    /// writing, and its volatile disk cache may have lost some of them. DRBD only logs "No resync, but N bits in
+    /// bitmap!" and leaves the images different until some later resync; we resync those blocks now, because
+    /// identical images are the promise. The source is the copy with the best claim: a Primary, then the better
+    /// disk, then the node without bits (its cache did not drop anything), then the conflict tie-break.
+    private static func applyLeftoverBits(_ verdict: Verdict, _ input: SyncHandshakeInput, _ decision: inout SyncDecision)
+        -> Verdict
+    {
+        guard verdict == .none, input.localBitsSet > 0 || input.peerBitsSet > 0,
+            input.localDisk >= .outdated, input.peerDisk >= .outdated
+        else { return verdict }
+        let direction: SyncDirection
+        if input.localRole != input.peerRole && (input.localRole == .primary || input.peerRole == .primary) {
+            direction = input.localRole == .primary ? .source : .target
+        } else if input.localDisk != input.peerDisk {
+            direction = input.localDisk > input.peerDisk ? .source : .target
+        } else if (input.localBitsSet == 0) != (input.peerBitsSet == 0) {
+            direction = input.localBitsSet == 0 ? .source : .target
+        } else {
+            direction = input.resolvesConflicts ? .target : .source
+        }
+        decision.notes.append(
+            "No resync by the UUIDs, but \(input.localBitsSet) bits here and \(input.peerBitsSet) on the peer: "
+                + "resyncing them as sync \(direction)")
+        return .sync(direction, full: false)
     }
 
     private static func finalOutcome(

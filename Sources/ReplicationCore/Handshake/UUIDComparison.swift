@@ -24,11 +24,11 @@ public struct UUIDComparisonSide: Sendable, Hashable {
 public enum UUIDComparison: Sendable, Hashable, CustomStringConvertible {
     /// The data is the same generation: nothing to sync (rules 10, 40).
     case noSync(rule: Int)
-    /// Sync only the blocks marked in the bitmaps (rules 34-41, 50, 51, 70, 71).
+    /// Sync only the blocks marked in the bitmaps (rules 34-40, 50, 51, 70, 71; Tandem's 52, 61, 72, 81).
     case bitmapSync(SyncDirection, rule: Int)
     /// Sync every block (rules 20, 30, 60, 80).
     case fullSync(SyncDirection, rule: Int)
-    /// Both moved on from the same parent generation (rule 90): split brain that a policy may resolve.
+    /// Both moved on from the same parent generation (rule 90; Tandem's 91): split brain that a policy may resolve.
     case splitBrain(rule: Int)
     /// Both share only an older ancestor (rule 100): split brain with ambiguous bitmaps; only a full sync can
     /// resolve it, so policies apply only when explicitly allowed.
@@ -118,15 +118,50 @@ extension UUIDComparison {
             corrections.peer = peer.uuids.undoingLostSyncStart()
             return (.bitmapSync(.target, rule: 51), corrections)
         }
+        // Rules 52, 61, 72 and 81 are Tandem's: a Primary that loses its peer while sourcing a resync starts a new
+        // generation and keeps the sync UUID as its Bitmap UUID (Current N, Bitmap S, History X, P). Its bitmap
+        // still covers every block the peer may lack, so a bitmap sync is enough whichever way the resync ended.
+        if mine.current == theirs.history2 && theirs.history2 &+ newBitmapUUIDOffset == theirs.bitmap {
+            // We never received the sync UUID (mirror of 72).
+            return (.bitmapSync(.target, rule: 52), corrections)
+        }
+        if theirs.bitmap != 0 && mine.current == theirs.history1 && mine.history1 == theirs.bitmap {
+            // We finished the resync the peer was sourcing; it moved on without hearing so (mirror of 81).
+            return (.bitmapSync(.target, rule: 61), corrections)
+        }
         if theirs.historyContains(mine.current) { return (.fullSync(.target, rule: 60), corrections) }
         if mine.bitmap == theirs.current { return (.bitmapSync(.source, rule: 70), corrections) }
         if theirs.current == mine.history1 && mine.history1 &+ newBitmapUUIDOffset == mine.bitmap {
             corrections.local = local.uuids.undoingLostSyncStart()
             return (.bitmapSync(.source, rule: 71), corrections)
         }
+        if theirs.current == mine.history2 && mine.history2 &+ newBitmapUUIDOffset == mine.bitmap {
+            return (.bitmapSync(.source, rule: 72), corrections)
+        }
+        if mine.bitmap != 0 && theirs.current == mine.history1 && theirs.history1 == mine.bitmap {
+            return (.bitmapSync(.source, rule: 81), corrections)
+        }
         if mine.historyContains(theirs.current) { return (.fullSync(.source, rule: 80), corrections) }
         if mine.bitmap == theirs.bitmap && mine.bitmap != 0 {
             return (mutations.ignoreRule90 ? .noSync(rule: 90) : .splitBrain(rule: 90), corrections)
+        }
+        // Rule 91 is Tandem's: both moved on from one generation, but a resync start hides it, so DRBD would
+        // report unrelated data (or an older ancestor), which only a full sync from scratch recovers.
+        //  - One side had just started a resync as source (Bitmap UUID = History1 + offset) when the connection
+        //    broke, and the other was then promoted. Undone, that start leaves equal Bitmap UUIDs.
+        //  - The target finished a resync (adopting the source's Current X, the sync UUID S in its history) and
+        //    was promoted, while the source, not having heard, moved on too (Bitmap S, History X).
+        let splitBrain: UUIDComparison = mutations.ignoreRule90 ? .noSync(rule: 91) : .splitBrain(rule: 91)
+        if theirs.bitmap != 0 && mine.history1 == theirs.bitmap && mine.history1 &+ newBitmapUUIDOffset == mine.bitmap {
+            corrections.local = local.uuids.undoingLostSyncStart()
+            return (splitBrain, corrections)
+        }
+        if mine.bitmap != 0 && theirs.history1 == mine.bitmap && theirs.history1 &+ newBitmapUUIDOffset == theirs.bitmap {
+            corrections.peer = peer.uuids.undoingLostSyncStart()
+            return (splitBrain, corrections)
+        }
+        if mine.bitmap != 0 && theirs.bitmap != 0 && mine.history1 == theirs.bitmap && theirs.history1 == mine.bitmap {
+            return (splitBrain, corrections)
         }
         for ours in [mine.history1, mine.history2] where ours != 0 {
             if theirs.historyContains(ours) { return (.splitBrainOlderAncestor(rule: 100), corrections) }

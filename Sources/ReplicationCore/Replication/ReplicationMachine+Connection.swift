@@ -208,6 +208,8 @@ extension ReplicationMachine {
         peer.resolvesConflicts = parameters.conflictNonce > progress.ownNonce
         connection = .connected
         log("Handshake successful: agreed network protocol version \(Self.protocolVersion)")
+        // The peer forgot our pause with the old connection; it must know before any resync starts.
+        if resyncPausedByUser { emit(.send(.pauseResync(true))) }
         runSyncDecision(now: now)
     }
 
@@ -309,6 +311,7 @@ extension ReplicationMachine {
     /// has; the node then waits for the peer again (or stays StandAlone).
     mutating func connectionLost(reason: String, failureState: ConnectionState, reconnect: Bool) {
         let wasEstablished = connection.isEstablished
+        let wasSourcingResync = connection == .syncSource || connection == .pausedSyncSource
         let peerWasPrimary = peer.role == .primary
         // The new state comes first: completions below may let waiting writes start, and those must see that
         // there is no peer any more.
@@ -325,9 +328,12 @@ extension ReplicationMachine {
         resetEpochsForNewConnection()
         if wasEstablished {
             log("conn( \(failureState.rawValue) ): \(reason)")
-            if role == .primary && disk == .upToDate && uuids.bitmap == 0 {
+            if role == .primary && disk == .upToDate && (uuids.bitmap == 0 || wasSourcingResync) {
                 // Our writes are now ours alone: start a new generation so that the peer's copy is recognisably
-                // older (rule 50) when it comes back.
+                // older (rule 50) when it comes back. DRBD skips this while the Bitmap UUID is set, but a resync
+                // target may have finished (adopting our Current) without our hearing of it, and then be
+                // promoted: without a new generation of our own, our later writes would look like its past. The
+                // sync UUID stays the Bitmap UUID; rules 52, 61, 72, 81 and 91 recognise the layout.
                 uuids.startNewGeneration(fresh: freshUUID(), isPrimary: true)
                 log("new current UUID \(uuids) (lost the peer while Primary)")
             }
@@ -465,7 +471,9 @@ extension ReplicationMachine {
             persistSuperblock()
         }
         if connection == .verifyTarget { connection = .connected }
-        if connection == .syncSource && state.diskState == .upToDate && previousDisk < .upToDate {
+        if connection == .syncSource || connection == .pausedSyncSource, state.diskState == .upToDate,
+            previousDisk < .upToDate
+        {
             return finishResyncAsSource(now: now)
         }
         if role == .primary && peer.role == .primary && !settings.allowTwoPrimaries {

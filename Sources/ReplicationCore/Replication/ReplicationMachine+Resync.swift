@@ -115,7 +115,7 @@ extension ReplicationMachine {
             persistSuperblock()
             emit(.send(.syncUUID(syncUUID)))
             emit(.send(.uuids(ownUUIDsPacket())))
-            connection = resyncPausedByUser || resyncPausedByPeer ? .pausedSyncSource : .syncSource
+            connection = resyncIsPaused ? .pausedSyncSource : .syncSource
             // The target turns Inconsistent as it adopts the sync UUID; its UpToDate state report ends the resync.
             peer.disk = .inconsistent
             beginResync(.source, now: now)
@@ -137,7 +137,7 @@ extension ReplicationMachine {
         uuids.setPrimaryBit(role == .primary)
         disk = .inconsistent
         persistSuperblock()
-        connection = resyncPausedByUser || resyncPausedByPeer ? .pausedSyncTarget : .syncTarget
+        connection = resyncIsPaused ? .pausedSyncTarget : .syncTarget
         emit(.send(.state(StatePacket(role: role, diskState: disk))))
         beginResync(.target, now: now)
         pumpResync(now: now)
@@ -379,8 +379,8 @@ extension ReplicationMachine {
 
     mutating func setResyncPaused(byUser: Bool? = nil, byPeer: Bool? = nil) {
         if let byUser { resyncPausedByUser = byUser }
-        if let byPeer { resyncPausedByPeer = byPeer }
-        let paused = resyncPausedByUser || resyncPausedByPeer
+        if let byPeer { peer.pausedResync = byPeer }
+        let paused = resyncIsPaused
         switch connection {
         case .syncSource where paused: connection = .pausedSyncSource
         case .syncTarget where paused: connection = .pausedSyncTarget
@@ -390,6 +390,8 @@ extension ReplicationMachine {
         }
         resync?.paused = paused
     }
+
+    var resyncIsPaused: Bool { resyncPausedByUser || peer.pausedResync }
 
     mutating func peerPausedResync(_ paused: Bool) {
         setResyncPaused(byPeer: paused)

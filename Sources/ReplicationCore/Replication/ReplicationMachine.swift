@@ -68,8 +68,9 @@ public struct ReplicationMachine: Sendable {
     var resyncReadsInFlight: [UInt64: Range<UInt64>] = [:]
     var heldResyncRequests: [(BlockRequest, [UInt8]?)] = []
     var lastVerifyMismatchedBlocks: UInt64?
+    /// `pause-sync` on this node. It outlives connections, like DRBD's user_isp; the peer's pause lives in PeerView
+    /// because it ends with the connection and is announced again on the next one.
     var resyncPausedByUser = false
-    var resyncPausedByPeer = false
 
     // Local I/O.
     var nextToken: UInt64 = 1
@@ -254,6 +255,8 @@ struct PeerView: Sendable {
     var resolvesConflicts = false
     /// The peer sent new UUIDs while connected: its next state packet re-runs the sync decision.
     var considerResync = false
+    /// The peer's operator paused the resync (`pause-sync` there).
+    var pausedResync = false
 }
 
 struct PendingPromotion: Sendable {
