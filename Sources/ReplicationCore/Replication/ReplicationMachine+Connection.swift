@@ -217,6 +217,7 @@ extension ReplicationMachine {
     /// bitmap exchange, or refuse the connection.
     mutating func runSyncDecision(now: MonotonicInstant) {
         guard let peerUUIDs = peer.uuids else { preconditionFailure("sync decision without the peer's UUIDs") }
+        guard hasLocalDisk && peer.disk > .failed else { return becomeConnectedAcrossDisklessSide() }
         var localFlags: UUIDExchangeFlags = []
         if discardMyDataOnNextConnect { localFlags.insert(.discardMyData) }
         if crashedPrimary { localFlags.insert(.crashedPrimary) }
@@ -271,6 +272,17 @@ extension ReplicationMachine {
                 direction: direction, full: full,
                 preserve: victim ? "split brain (\(decision.splitBrain!.rawValue)): this node's changes are discarded" : nil)
         }
+    }
+
+    /// One side has no disk: there is nothing to compare or sync (DRBD skips its sync handshake too). The disk
+    /// side serves the Diskless side's I/O; a disk attached later meets the peer in a new handshake.
+    private mutating func becomeConnectedAcrossDisklessSide() {
+        if role == .primary && peer.role == .primary && !settings.allowTwoPrimaries {
+            return refuseConnection(.twoPrimaries, detail: "both nodes are Primary")
+        }
+        connection = .connected
+        log(hasLocalDisk ? "The peer is Diskless: no sync; this node serves its I/O" : "No local disk: the peer serves all I/O")
+        emit(.send(.state(StatePacket(role: role, diskState: disk))))
     }
 
     private mutating func becomeConnectedWithoutSync() {
@@ -445,7 +457,7 @@ extension ReplicationMachine {
         case .checksumResyncRequest(let request, let digest): serveResyncRequest(request, peerDigest: digest)
         case .resyncReply(let reply): receiveResyncReply(reply)
         case .resyncWriteAck(let ack, let inSync): receiveResyncWriteAck(ack, inSync: inSync, now: now)
-        case .outOfSync(let range): bitmap.set(SyncBitmap.blocks(covering: range))
+        case .outOfSync(let range): peerMarkedOutOfSync(range)
         case .verifyRequest(let request): serveVerifyRequest(request)
         case .verifyReply(let request, let digest): receiveVerifyReply(request, digest: digest)
         case .pauseResync(let paused): peerPausedResync(paused)
@@ -454,6 +466,14 @@ extension ReplicationMachine {
         case .features, .authChallenge, .authResponse, .protocolParameters, .sizes:
             protocolError("unexpected \(packet.command.name) packet on an established connection")
         }
+    }
+
+    /// The peer's disk missed a write that ours holds. The bit is made durable at once: no activity log on this
+    /// side covers it, and it must outlive a crash of either node.
+    private mutating func peerMarkedOutOfSync(_ range: BlockRange) {
+        guard range.endBytes <= sizeBytes else { return protocolError("out-of-sync range \(range) beyond the device") }
+        bitmap.set(SyncBitmap.blocks(covering: range))
+        persistDirtyBitmapPages()
     }
 
     /// The peer's role or disk changed.
@@ -497,7 +517,7 @@ extension ReplicationMachine {
             disk = .upToDate
             log("Accepted new current UUID, preparing to skip initial sync")
             persistSuperblock()
-            emit(.persistBitmap(bitmap.takeDirtyPages()))
+            persistDirtyBitmapPages()
             emit(.send(.state(StatePacket(role: role, diskState: disk))))
             peer.uuids = packet.uuids
             return

@@ -18,7 +18,7 @@ extension ReplicationMachine {
             // A Diskless Primary writes only to us: its own (detached) disk will need these blocks. The bits must
             // be on disk before we acknowledge, since no activity log covers them on this side.
             bitmap.set(SyncBitmap.blocks(covering: packet.range))
-            emit(.persistBitmap(bitmap.takeDirtyPages()))
+            persistDirtyBitmapPages()
         }
         if packet.flags.contains(.sendReceiveAck) { emit(.send(.receiveAck(ack))) }
         if receivedEpochs.last.map({ $0.closed || $0.generation != connectionGeneration }) ?? true {

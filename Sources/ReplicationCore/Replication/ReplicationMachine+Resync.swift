@@ -101,7 +101,7 @@ extension ReplicationMachine {
     private mutating func bitmapExchangeDone(_ exchange: BitmapExchange, now: MonotonicInstant) {
         bitmapExchange = nil
         // Both bitmaps are now the union; it must survive a crash before any block moves.
-        emit(.persistBitmap(bitmap.takeDirtyPages()))
+        persistDirtyBitmapPages()
         switch exchange.direction {
         case .source:
             var syncUUID = uuids.bitmap & ~1
@@ -288,7 +288,7 @@ extension ReplicationMachine {
         flags.remove(.fullSync)
         connection = .connected
         persistSuperblock()
-        emit(.persistBitmap(bitmap.takeDirtyPages()))
+        persistDirtyBitmapPages()
         emit(.send(.uuids(ownUUIDsPacket())))
         emit(.send(.state(StatePacket(role: role, diskState: disk))))
         emit(.runHandler(.afterResyncTarget))
@@ -304,7 +304,7 @@ extension ReplicationMachine {
         connection = .connected
         peer.disk = .upToDate
         persistSuperblock()
-        emit(.persistBitmap(bitmap.takeDirtyPages()))
+        persistDirtyBitmapPages()
         log("Resync done as SyncSource; peer is UpToDate")
     }
 
@@ -485,7 +485,7 @@ extension ReplicationMachine {
         guard let progress = verify else { return }
         verify = nil
         connection = .connected
-        emit(.persistBitmap(bitmap.takeDirtyPages()))
+        persistDirtyBitmapPages()
         emit(.send(.state(StatePacket(role: role, diskState: disk))))
         log("Online verify done (out of sync: \(progress.mismatchedBlocks * 4) KB); disconnect and connect to resync")
         emit(.commandCompleted(commandID: progress.commandID, .done))

@@ -161,7 +161,7 @@ extension ReplicationMachine {
         bitmap.setAll()
         disk = .inconsistent
         persistSuperblock()
-        emit(.persistBitmap(bitmap.takeDirtyPages()))
+        persistDirtyBitmapPages()
         log("invalidated: full sync from the peer required")
         if connection == .connected {
             emit(.send(.uuids(ownUUIDsPacket())))
@@ -200,7 +200,7 @@ extension ReplicationMachine {
             bitmap.clearAll()
             disk = .upToDate
             persistSuperblock()
-            emit(.persistBitmap(bitmap.takeDirtyPages()))
+            persistDirtyBitmapPages()
             if connection == .connected {
                 emit(.send(.uuids(ownUUIDsPacket(skipInitialSync: true))))
                 emit(.send(.state(StatePacket(role: role, diskState: disk))))
@@ -223,7 +223,7 @@ extension ReplicationMachine {
             return .refused("detaching would leave this Primary without UpToDate data")
         }
         persistSuperblock(clean: false)
-        emit(.persistBitmap(bitmap.takeDirtyPages()))
+        persistDirtyBitmapPages()
         detachDisk(reason: "detached by the operator")
         return .done
     }

@@ -1,3 +1,5 @@
+import TandemConfig
+
 /// The write path on the Primary (reference drbd.md section 1): the activity log is updated before a write to a cold
 /// extent, the write is tagged with the current epoch, submitted locally and sent to the peer, and completes upward
 /// exactly when the replication protocol says. It stays in the transfer log until the peer's barrier
@@ -111,9 +113,13 @@ extension ReplicationMachine {
         completeIfReady(requestID)
     }
 
+    /// The protocol requests complete by. A Diskless Primary's only copy is the peer's disk, so it waits for that
+    /// disk as protocol C does: with A or B it would acknowledge writes (and flushes) that exist on no disk at all.
+    var completionProtocol: ReplicationProtocol { hasLocalDisk ? settings.replicationProtocol : .c }
+
     /// The acknowledgement the protocol waits for, as a flag telling the receiver to send it.
     private var ackFlag: DataFlags {
-        switch settings.replicationProtocol {
+        switch completionProtocol {
         case .a: []
         case .b: .sendReceiveAck
         case .c: .sendWriteAck
@@ -151,8 +157,8 @@ extension ReplicationMachine {
 
     private mutating func addToTransferLog(_ request: inout WriteRequest) {
         request.inTransferLog = true
-        if settings.replicationProtocol == .a
-            || (settings.replicationProtocol == .c && settings.mutations.acknowledgeProtocolCBeforePeerWrite)
+        if completionProtocol == .a
+            || (completionProtocol == .c && settings.mutations.acknowledgeProtocolCBeforePeerWrite)
         {
             // Protocol A: handed to the send buffer is all it waits for.
             request.network = .acknowledged
@@ -199,7 +205,10 @@ extension ReplicationMachine {
         }
         releaseGate(after: token)
         resyncReadsInFlight[token] = nil
-        if result == .failed { localDiskFailed(purpose: purpose) }
+        if result == .failed {
+            if case .applicationWrite(let requestID) = purpose { markFailedLocalWrite(requestID) }
+            localDiskFailed(purpose: purpose)
+        }
         switch purpose {
         case .applicationWrite(let requestID):
             requests[requestID]?.local = result == .written ? .done : .failed
@@ -234,6 +243,25 @@ extension ReplicationMachine {
         }
         retryHeldResyncRequests()
         finishDrainIfIdle()
+    }
+
+    /// Our disk missed a write the peer may have stored. Both bitmaps must say so: ours (if its metadata can still
+    /// be written) for when the disk is attached again, and the peer's, which survives our disk and is what a
+    /// resync after re-attaching will use. The out-of-sync packet follows the write on the data channel.
+    private mutating func markFailedLocalWrite(_ requestID: UInt64) {
+        guard var request = requests[requestID] else { return }
+        bitmap.set(SyncBitmap.blocks(covering: request.range))
+        persistDirtyBitmapPages()
+        if connection.isEstablished { emit(.send(.outOfSync(request.range))) }
+        if settings.replicationProtocol != .c && settings.onIOError != .passOn && request.inTransferLog
+            && request.network == .acknowledged
+        {
+            // Protocol A or B counted the write done once sent or received; with our copy gone only the peer's
+            // disk can hold it, so it completes when the barrier ack proves it stable there, or fails.
+            request.network = .awaitingAck
+            requests[requestID] = request
+            closeCurrentEpoch()
+        }
     }
 
     /// A backing-device error. With on-io-error detach (the default) the node goes Diskless and, if Primary,
@@ -292,7 +320,7 @@ extension ReplicationMachine {
         guard var request = requests[ack.requestID], request.inTransferLog, request.range == ack.range else {
             return protocolError("acknowledgement for unknown request \(ack.requestID) \(ack.range)")
         }
-        let awaited: AckLevel = settings.replicationProtocol == .c ? .written : .received
+        let awaited: AckLevel = completionProtocol == .c ? .written : .received
         if level == awaited && request.network == .awaitingAck { request.network = .acknowledged }
         if level == .written && (connection == .syncSource || connection == .pausedSyncSource) {
             bitmap.clear(SyncBitmap.blocksFullyCovered(by: request.range))

@@ -147,14 +147,14 @@ public struct ReplicationMachine: Sendable {
     /// "in use" so that a crash from here on is recognised.
     public mutating func start(now: MonotonicInstant) -> [ReplicationAction] {
         persistSuperblock()
-        emit(.persistBitmap(bitmap.takeDirtyPages()))
+        persistDirtyBitmapPages()
         emit(.log("attached: disk \(disk), UUIDs \(uuids)\(crashedPrimary ? ", crashed primary" : "")"))
         return takeActions()
     }
 
     /// A clean shutdown: the driver calls this after all I/O has drained, and persists what it returns.
     public mutating func shutdown() -> [ReplicationAction] {
-        emit(.persistBitmap(bitmap.takeDirtyPages()))
+        persistDirtyBitmapPages()
         uuids.setPrimaryBit(false)
         persistSuperblock(clean: true)
         return takeActions()
@@ -185,9 +185,17 @@ public struct ReplicationMachine: Sendable {
         return value
     }
 
+    /// Writes the bitmap pages changed since the last write (nothing while Diskless, as for the superblock).
+    mutating func persistDirtyBitmapPages() {
+        guard hasLocalDisk else { return }
+        emit(.persistBitmap(bitmap.takeDirtyPages()))
+    }
+
     /// Writes the superblock. `clean` marks an orderly shutdown; otherwise the Primary indicator records that a
-    /// Primary is running, so a crash is recognised at the next attach.
+    /// Primary is running, so a crash is recognised at the next attach. A Diskless node has no metadata of its own:
+    /// the detached disk's metadata keeps what it said when the disk left, which a later attach compares against.
     mutating func persistSuperblock(clean: Bool = false) {
+        guard hasLocalDisk else { return }
         if role == .primary && !clean { flags.insert(.primaryIndicator) } else { flags.remove(.primaryIndicator) }
         if disk == .upToDate { flags.formUnion([.consistent, .wasUpToDate]) }
         if disk == .inconsistent { flags.remove([.consistent, .wasUpToDate]) }
