@@ -10,6 +10,9 @@ struct Workload {
         var sectorCount: Int
         var acknowledgedAt: Int64?
         var committed = false
+        /// A flush covering this write failed: the device reported that it may not be durable, so no later flush
+        /// can vouch for it (the block-device contract; databases treat a failed fsync as fatal for that reason).
+        var durabilityUnknown = false
         /// Legitimately lost: discarded by a split-brain resolution, or inside a protocol's documented loss window.
         var exemptReason: String?
     }
@@ -45,8 +48,16 @@ struct Workload {
     }
 
     mutating func flushCompleted(node: Int, requestID: UInt64, outcome: RequestOutcome, now: Int64) {
-        guard let flush = flushes.removeValue(forKey: requestID), outcome == .success else { return }
-        for (version, record) in writes where record.node == node && !record.committed {
+        guard let flush = flushes.removeValue(forKey: requestID) else { return }
+        guard outcome == .success else {
+            for (version, record) in writes where record.node == node && !record.committed {
+                if let acknowledged = record.acknowledgedAt, acknowledged <= flush.submittedAt {
+                    writes[version]!.durabilityUnknown = true
+                }
+            }
+            return
+        }
+        for (version, record) in writes where record.node == node && !record.committed && !record.durabilityUnknown {
             if let acknowledged = record.acknowledgedAt, acknowledged <= flush.submittedAt,
                 acknowledged > lastCrashAt[node]
             {
