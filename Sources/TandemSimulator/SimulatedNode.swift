@@ -21,7 +21,11 @@ final class SimulatedEnvironment: ReplicationTransport, BlockStore, MetadataStor
     func stopConnecting() { simulation.network.wantsConnection[node] = false }
     func dropConnection(reason: String) { simulation.dropConnection(by: node, reason: reason) }
     func send(_ packet: Packet) { simulation.send(packet, from: node) }
-    func setReceivingPaused(_ paused: Bool) { simulation.network.setReceivingPaused(paused, node: node) }
+    func setReceivingPaused(_ paused: Bool) {
+        simulation.network.setReceivingPaused(paused, node: node)
+        // Held frames go on from the event loop, not from inside the node that is handling an event.
+        if !paused { simulation.queue.schedule(.releaseHeldFrames, at: simulation.now) }
+    }
 
     // BlockStore
     func submitWrite(token: UInt64, range: BlockRange, payload: [UInt8], forceUnitAccess: Bool) {

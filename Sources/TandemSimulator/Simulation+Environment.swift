@@ -6,6 +6,14 @@ extension Simulation {
         switch event {
         case .frame(let node, let connectionID, let channel, let bytes):
             receiveFrame(node: node, connectionID: connectionID, channel: channel, bytes: bytes)
+        case .replayedFrame(let node, let connectionID, let channel, let bytes):
+            if network.connection?.id == connectionID {
+                // A live TCP stream never delivers bytes twice: only a frame of an older connection can turn up
+                // late (through a stale socket), and the transport must ignore it.
+                staleFramesIgnored += 1
+            } else {
+                receiveFrame(node: node, connectionID: connectionID, channel: channel, bytes: bytes)
+            }
         case .connectionClosed(let node, let connectionID, let reason):
             if network.connection?.id == connectionID { deliver(node, .transportLost(reason: reason)) }
         case .connectAttempt:
@@ -23,6 +31,8 @@ extension Simulation {
             if nodes[node] != nil { self.command(node, command) }
         case .clearIOErrors(let node):
             disks[node].failingRanges.removeAll()
+        case .releaseHeldFrames:
+            releaseHeldFrames()
         case .promoteIfDisconnected(let node):
             if let status = status(node), !status.connection.isEstablished, status.role == .secondary {
                 command(node, .promote(force: false))
@@ -76,8 +86,10 @@ extension Simulation {
             staleFramesIgnored += 1
             return
         }
-        if channel == .data && network.receivingPaused[node] {
+        if channel == .data && (network.receivingPaused[node] || !network.heldFrames[node].isEmpty) {
+            // Behind frames already held, even if reading has resumed: TCP delivers a stream in order.
             network.heldFrames[node].append((connectionID, channel, bytes))
+            if !network.receivingPaused[node] { releaseHeldFrames() }
             return
         }
         connection.decoders[node][channel]!.append(bytes)
@@ -106,14 +118,14 @@ extension Simulation {
         releaseHeldFrames()
     }
 
-    /// Frames held by max-buffers back-pressure go on once the receiver resumes reading.
+    /// Frames held by max-buffers back-pressure go on, in order, once the receiver resumes reading. They are fed
+    /// to the receiver directly rather than re-queued, so that no frame still on the wire can overtake them; if the
+    /// receiver pauses again part-way, the rest are held again in the same order.
     func releaseHeldFrames() {
         for node in 0..<2 where !network.receivingPaused[node] && !network.heldFrames[node].isEmpty {
             let held = network.heldFrames[node]
             network.heldFrames[node].removeAll()
-            for (id, channel, bytes) in held {
-                queue.schedule(.frame(to: node, connectionID: id, channel: channel, bytes: bytes), at: now)
-            }
+            for (id, channel, bytes) in held { receiveFrame(node: node, connectionID: id, channel: channel, bytes: bytes) }
         }
     }
 

@@ -66,7 +66,7 @@ extension Simulation {
         case .staleDelivery:
             for (id, node, channel, bytes) in recentFrames {
                 queue.schedule(
-                    .frame(to: node, connectionID: id, channel: channel, bytes: bytes),
+                    .replayedFrame(to: node, connectionID: id, channel: channel, bytes: bytes),
                     at: now + Int64(1 + random.next() % 3000) * milliseconds)
             }
         case .crash:

@@ -16,6 +16,8 @@ public struct SimulationResult: Sendable {
 
 enum SimulationEvent {
     case frame(to: Int, connectionID: UInt64, channel: PacketChannel, bytes: [UInt8])
+    /// A copy of an earlier frame, delivered late (the stale-delivery fault).
+    case replayedFrame(to: Int, connectionID: UInt64, channel: PacketChannel, bytes: [UInt8])
     case connectionClosed(node: Int, connectionID: UInt64, reason: String)
     case connectAttempt
     case diskDone(node: Int, incarnation: Int, token: UInt64, operation: DiskOperation)
@@ -24,6 +26,7 @@ enum SimulationEvent {
     case command(node: Int, OperatorCommand)
     case clearIOErrors(node: Int)
     case promoteIfDisconnected(node: Int)
+    case releaseHeldFrames
 }
 
 enum DiskOperation {
