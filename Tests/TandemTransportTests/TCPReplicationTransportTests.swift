@@ -112,6 +112,33 @@ struct TCPReplicationTransportTests {
         }
     }
 
+    @Test("startConnecting before start is remembered: the node connects once the listener is bound")
+    func startConnectingBeforeStart() async throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let ports = try await reserveLoopbackPorts(2, group: group)
+        let a = TestNode(name: "a")
+        let b = TestNode(name: "b")
+        let transports = [
+            try makeTransport(a, configuration(local: ports[0], peer: ports[1]), group: group),
+            try makeTransport(b, configuration(local: ports[1], peer: ports[0]), group: group),
+        ]
+        for transport in transports { transport.startConnecting() }
+        for transport in transports { try await transport.start() }
+        #expect(await eventually { a.connectedCount == 1 && b.connectedCount == 1 })
+        for transport in transports { await transport.shutdown() }
+        try await group.shutdownGracefully()
+    }
+
+    @Test("The peer-host check treats an IPv4-mapped IPv6 address as the IPv4 address")
+    func sameHost() {
+        #expect(TransportCore.sameHost("10.1.1.31", "10.1.1.31"))
+        #expect(TransportCore.sameHost("::FFFF:10.1.1.31", "10.1.1.31"))
+        #expect(TransportCore.sameHost("fe80::1", "FE80::1"))
+        #expect(!TransportCore.sameHost("10.1.1.32", "10.1.1.31"))
+        #expect(!TransportCore.sameHost("::ffff:10.1.1.32", "10.1.1.31"))
+        #expect(!TransportCore.sameHost(nil, "10.1.1.31"))
+    }
+
     @Test("stopConnecting stops the retries")
     func stopConnectingStopsRetries() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)

@@ -37,6 +37,8 @@ final class TransportCore {
     private let eventSink: @Sendable (ReplicationEvent) -> Void
 
     private var state = State.created
+    /// `startConnecting` came before `start` had bound the listener: connect once it has.
+    private var connectingRequestedBeforeStart = false
     private var machine: ConnectionPairingMachine
     private var selfBox: NIOLoopBoundBox<TransportCore>?
     private var listener: (any Channel)?
@@ -102,6 +104,10 @@ final class TransportCore {
             }
             let endpoint = channel.localAddress.flatMap(ReplicationEndpoint.init) ?? self.configuration.localAddress
             self.log(.notice, "listening on \(endpoint) for resource '\(self.configuration.resourceName)'")
+            if self.connectingRequestedBeforeStart {
+                self.connectingRequestedBeforeStart = false
+                self.startConnecting()
+            }
             return endpoint
         }.nonisolated()
     }
@@ -133,11 +139,13 @@ final class TransportCore {
     // MARK: From the node
 
     func startConnecting() {
+        if state == .created { connectingRequestedBeforeStart = true }
         guard state == .running else { return }
         perform(machine.startConnecting(now: now))
     }
 
     func stopConnecting() {
+        connectingRequestedBeforeStart = false
         guard state == .running else { return }
         perform(machine.stopConnecting(now: now))
     }
@@ -165,7 +173,8 @@ final class TransportCore {
     /// An accepted socket became active; returns the ID the machine gave it.
     func socketAccepted(_ handler: ReplicationSocketHandler, channel: any Channel) -> ConnectionPairingMachine.SocketID {
         let remote = channel.remoteAddress
-        let fromPeerHost = !configuration.acceptOnlyFromPeerHost || remote?.ipAddress == peerAddress.ipAddress
+        let fromPeerHost =
+            !configuration.acceptOnlyFromPeerHost || Self.sameHost(remote?.ipAddress, peerAddress.ipAddress)
         let (socket, actions) = machine.socketAccepted(
             fromPeerHost: fromPeerHost, remote: remote.map { "\($0)" } ?? "an unknown address", now: now)
         handler.assign(socket)
@@ -213,6 +222,21 @@ final class TransportCore {
         handler?.close(reason: "\(reason): \(detail)")
     }
 
+    /// Whether two numeric addresses name the same host. A listener on a dual-stack IPv6 socket sees an IPv4 peer
+    /// as `::ffff:a.b.c.d`, which is the same host as `a.b.c.d`.
+    static func sameHost(_ first: String?, _ second: String?) -> Bool {
+        guard let first, let second else { return false }
+        func unmapped(_ address: String) -> String {
+            let lowercased = address.lowercased()
+            let prefix = "::ffff:"
+            guard lowercased.hasPrefix(prefix), lowercased.dropFirst(prefix.count).contains(".") else {
+                return lowercased
+            }
+            return String(lowercased.dropFirst(prefix.count))
+        }
+        return unmapped(first) == unmapped(second)
+    }
+
     // MARK: Timers
 
     func tick() {
@@ -240,7 +264,8 @@ final class TransportCore {
             guard let target = sockets[socket] else { return }
             if hello.role == .accept && hello.channel == .meta && configuration.metaNoDelay != configuration.dataNoDelay {
                 // Accepted sockets start with the data socket's setting; the kind is known only now.
-                target.channel.setOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1).whenFailure { _ in }
+                let value: SocketOptionValue = configuration.metaNoDelay ? 1 : 0
+                target.channel.setOption(ChannelOptions.socketOption(.tcp_nodelay), value: value).whenFailure { _ in }
             }
             target.channel.writeAndFlush(ByteBuffer(bytes: hello.encode()), promise: nil)
         case .close(let socket, let reason):
