@@ -102,6 +102,7 @@ let package = Package(
                 "TandemTransport",
                 "TandemDrivers",
                 "ReplicationCore",
+                "TandemConfig",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

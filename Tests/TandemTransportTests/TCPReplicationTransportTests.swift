@@ -98,7 +98,7 @@ struct TCPReplicationTransportTests {
         try await withPair { a, b, _ in
             await connect(a, b)
             b.transport.setReceivingPaused(true)
-            // The pause travels to B's event loop; a round trip on the meta channel makes sure it got there.
+            _ = await b.transport.listeningAddress()  // a round trip through B's event loop: the pause is in force
             a.transport.send(.ping)
             #expect(await eventually { b.packets(on: .meta).count == 1 })
             for index in 0..<20 { a.transport.send(dataPacket(index)) }
@@ -109,6 +109,24 @@ struct TCPReplicationTransportTests {
             b.transport.setReceivingPaused(false)
             #expect(await eventually { b.packets(on: .data).count == 20 })
             #expect(b.packets(on: .data) == (0..<20).map { dataPacket($0) })
+        }
+    }
+
+    @Test("A peer that stops reading: the sender gives the connection up once its send queue passes the limit")
+    func sendQueueOverflow() async throws {
+        try await withPair(configure: {
+            $0.sendQueueBytesMax = 4 << 20
+            $0.sendBufferBytes = 64 << 10
+            $0.receiveBufferBytes = 64 << 10
+        }) { a, b, _ in
+            await connect(a, b)
+            b.transport.setReceivingPaused(true)
+            _ = await b.transport.listeningAddress()  // the pause is in force
+            // 8 MiB: more than the queue limit plus what the small socket buffers hold.
+            for index in 0..<256 { a.transport.send(dataPacket(index, bytes: 32 << 10)) }
+            #expect(await eventually { a.lostReasons == ["send queue over its limit"] }, "\(a.logs)")
+            #expect(await eventually { b.lostReasons.count == 1 })
+            #expect(a.logs.contains { $0.contains("the peer is not reading") })
         }
     }
 
@@ -159,7 +177,8 @@ struct TCPReplicationTransportTests {
         transport.startConnecting()
         #expect(await eventually { accepted.value >= 6 })
         transport.stopConnecting()
-        try await Task.sleep(for: .milliseconds(300))
+        _ = await transport.listeningAddress()  // a round trip through the event loop: the stop has been processed
+        try await Task.sleep(for: .milliseconds(300))  // a connect already on its way may still land
         let afterStop = accepted.value
         try await Task.sleep(for: .milliseconds(600))
         #expect(accepted.value == afterStop)

@@ -70,7 +70,8 @@ public final class TCPReplicationTransport: ReplicationTransport, Sendable {
         public static let helloTimeoutRange: ClosedRange<Duration> = .milliseconds(10) ... .seconds(600)
         public static let socketBufferBytesMax = 128 << 20
         public static let frameBytesMin = 64 << 10
-        public static let sendQueueBytesRange: ClosedRange<Int> = (1 << 20) ... (4 << 30)
+        /// At least a few of the largest frames (1 MiB + 80 bytes), which a single send may queue.
+        public static let sendQueueBytesRange: ClosedRange<Int> = (4 << 20) ... (4 << 30)
         public static let halfOpenSocketsRange: ClosedRange<Int> = 2 ... 1024
 
         /// The first value outside its limits, as a message for the operator; nil if all are within them.
