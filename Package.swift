@@ -25,6 +25,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
     ],
     targets: [
         // Configuration: drbd.conf, ha.cf, authkeys, haresources, their diagnostics and cross-checks. Pure parsing;
@@ -47,7 +48,17 @@ let package = Package(
             swiftSettings: optimisedSettings
         ),
         // Production transports (SwiftNIO) for replication and heartbeats.
-        .target(name: "TandemTransport", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
+        .target(
+            name: "TandemTransport",
+            dependencies: [
+                "TandemDrivers",
+                "ReplicationCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // The block-device frontend (FUSE + loop, NBD).
         .target(name: "DeviceFrontend", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
         // The deterministic simulator: runs the production drivers over a simulated network and disks.
@@ -83,6 +94,19 @@ let package = Package(
         .testTarget(
             name: "TandemSimulatorTests",
             dependencies: ["TandemSimulator", "ReplicationCore", "TandemConfig"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "TandemTransportTests",
+            dependencies: [
+                "TandemTransport",
+                "TandemDrivers",
+                "ReplicationCore",
+                "TandemConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -4,10 +4,13 @@ import TandemConfig
 /// The connection to the peer. Production: two NIO TCP connections (data and meta). Simulator: a lossy,
 /// partitionable simulated network. Incoming packets and connection events reach the node as `ReplicationEvent`s.
 public protocol ReplicationTransport {
-    /// Keep trying to connect (and accept connections) every connect-int until `stopConnecting`.
+    /// Keep trying to connect (and accept connections) every connect-int until `stopConnecting`, or until a
+    /// connection is established and ends: the machine calls this again when it is back in WFConnection, and the TCP
+    /// transport waits for that, so that no new connection exists before the node has heard of the old one's end.
     func startConnecting()
     func stopConnecting()
-    /// Close the current connection; the peer notices as a lost connection.
+    /// Close the current connection; the peer notices as a lost connection. The node itself gets no
+    /// `transportLost` for a drop it asked for.
     func dropConnection(reason: String)
     func send(_ packet: Packet)
     /// max-buffers back-pressure: stop or resume reading from the data connection.
