@@ -48,6 +48,14 @@ let package = Package(
         ),
         // Production transports (SwiftNIO) for replication and heartbeats.
         .target(name: "TandemTransport", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
+        // Production block and metadata stores over files and block devices: blocking pread/pwrite/fdatasync on
+        // dedicated threads, O_DIRECT where possible, the on-disk metadata and preserved-blocks files.
+        .target(name: "CTandemStorage"),
+        .target(
+            name: "TandemStorage",
+            dependencies: ["CTandemStorage", "ReplicationCore", "TandemDrivers", "TandemConfig"],
+            swiftSettings: strictSettings
+        ),
         // The block-device frontend (FUSE + loop, NBD).
         .target(name: "DeviceFrontend", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
         // The deterministic simulator: runs the production drivers over a simulated network and disks.
@@ -83,6 +91,11 @@ let package = Package(
         .testTarget(
             name: "TandemSimulatorTests",
             dependencies: ["TandemSimulator", "ReplicationCore", "TandemConfig"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "TandemStorageTests",
+            dependencies: ["TandemStorage", "ReplicationCore", "TandemDrivers", "TandemConfig"],
             swiftSettings: strictSettings
         ),
         .testTarget(
