@@ -59,6 +59,14 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // Production block and metadata stores over files and block devices: blocking pread/pwrite/fdatasync on
+        // dedicated threads, O_DIRECT where possible, the on-disk metadata and preserved-blocks files.
+        .target(name: "CTandemStorage"),
+        .target(
+            name: "TandemStorage",
+            dependencies: ["CTandemStorage", "ReplicationCore", "TandemDrivers", "TandemConfig"],
+            swiftSettings: strictSettings
+        ),
         // The block-device frontend (FUSE + loop, NBD).
         .target(name: "DeviceFrontend", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
         // The deterministic simulator: runs the production drivers over a simulated network and disks.
@@ -107,6 +115,11 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "TandemStorageTests",
+            dependencies: ["TandemStorage", "ReplicationCore", "TandemDrivers", "TandemConfig"],
             swiftSettings: strictSettings
         ),
         .testTarget(

@@ -139,28 +139,12 @@ final class SimulatedMetadata {
         for page in pages { bitmapPages[page.pageIndex] = BitmapPage.encode(pageIndex: page.pageIndex, words: page.words[...]) }
     }
 
-    /// Reads everything back as a restarting daemon would. Corrupt or missing blocks are errors; torn activity-log
-    /// slots are skipped, as recovery requires.
+    /// Reads everything back as a restarting daemon would, through the same assembly as the production store.
+    /// Corrupt or missing blocks are errors; torn activity-log slots are skipped, as recovery requires.
     func recover(sizeBytes: UInt64) throws -> RecoveredMetadata {
         guard let superblockBytes = superblock else { throw MetadataError(.truncated, "no superblock", block: "superblock") }
-        let decoded = try Superblock.decode(superblockBytes)
-        var transactions: [ActivityLogTransaction] = []
-        for slot in activityLogSlots.keys.sorted() {
-            if let transaction = try? ActivityLogTransaction.decode(activityLogSlots[slot]!, slotIndex: slot, ringSlots: ringSlots) {
-                transactions.append(transaction)
-            }
-        }
-        let activityLog = try ActivityLog(recoveredFrom: transactions, capacityExtents: capacityExtents, ringSlots: ringSlots)
-        let blockCount = sizeBytes / SyncBitmap.blockBytes
-        let wordCount = Int((blockCount + 63) / 64)
-        var words = Array(repeating: UInt64(0), count: wordCount)
-        for (page, bytes) in bitmapPages {
-            let pageWords = try BitmapPage.decode(bytes, expectedPageIndex: page)
-            let first = Int(page) * BitmapPage.wordsPerPage
-            for (offset, word) in pageWords.enumerated() where first + offset < wordCount { words[first + offset] = word }
-        }
-        return RecoveredMetadata(
-            superblock: SuperblockState(uuids: decoded.uuids, flags: decoded.flags, agreedSizeBytes: decoded.agreedSizeBytes),
-            wasUnclean: !decoded.isClean, bitmapWords: words, activityLog: activityLog, sizeBytes: sizeBytes)
+        return try RecoveredMetadata.assemble(
+            superblock: superblockBytes, activityLogSlots: activityLogSlots, bitmapPages: bitmapPages,
+            ringSlots: ringSlots, capacityExtents: capacityExtents, sizeBytes: sizeBytes)
     }
 }
