@@ -10,9 +10,8 @@ struct SimulatorSeedTests {
     /// Seeds per protocol in `swift test`. A longer run is `tandem sim --seed 1 --count 20000`.
     static let seedsPerProtocol: UInt64 = 500
     static let stepsPerRun = 120
-    /// Every fault except backing-device I/O errors: the detach-to-Diskless path still loses writes on a few seeds
-    /// (see `ioErrorsAreAKnownGap`), and a known failure must not hide new ones here.
-    static let faults = SimulationFaults.all.subtracting(.ioError)
+    /// Every fault the simulator knows, I/O errors included.
+    static let faults = SimulationFaults.all
 
     @Test("Protocol A keeps its guarantees over 500 seeded fault schedules", arguments: [ReplicationProtocol.a])
     func protocolA(_ replicationProtocol: ReplicationProtocol) { runSeeds(replicationProtocol, firstSeed: 100_000) }
@@ -33,33 +32,10 @@ struct SimulatorSeedTests {
                 failures.append(SimulationReport.failure(result))
             }
         }
-        // Known gap, recorded rather than hidden: a few seeds per 500 still fail (liveness after an unrelated-data
-        // refusal, a crashed former Primary whose activity-log bits a rule-40 "no sync" ignores, a paused resync
-        // that never resumes). Every failure is printed with its replay command; fixing them is the next step of
-        // the replication-core issue, after which this wrapper goes.
-        withKnownIssue("some seeds still fail; see the printed replay commands", isIntermittent: true) {
-            #expect(failures.isEmpty, "\(failures.count) of \(Self.seedsPerProtocol) seeds failed:\n\(failures.prefix(3).joined(separator: "\n"))")
-        }
+        #expect(
+            failures.isEmpty,
+            "\(failures.count) of \(Self.seedsPerProtocol) seeds failed:\n\(failures.prefix(3).joined(separator: "\n"))")
         print("\(replicationProtocol.rawValue): \(Self.seedsPerProtocol - UInt64(failures.count)) of \(Self.seedsPerProtocol) seeds passed")
-    }
-}
-
-@Suite("Simulator: I/O errors")
-struct SimulatorIOErrorTests {
-    /// Known gap, recorded rather than hidden: with I/O errors (on-io-error detach, a Diskless Primary served by its
-    /// peer, re-attach after repair) about 1 to 2 seeds in 100 end with different images or a lost committed write,
-    /// e.g. `tandem sim --seed 300142 --steps 120 --protocol C --trace`.
-    @Test("I/O errors: detach to Diskless and back keeps the guarantees (known gap on some seeds)")
-    func ioErrorsAreAKnownGap() {
-        var failures: [String] = []
-        for seed in UInt64(300_000)..<300_100 {
-            let options = SimulationOptions(seed: seed, steps: 120, replicationProtocol: .c)
-            let result = Simulation(options: options).run()
-            if !result.passed { failures.append(SimulationReport.failure(result)) }
-        }
-        withKnownIssue("detach/Diskless data loss on some seeds with I/O errors", isIntermittent: true) {
-            #expect(failures.isEmpty, "\(failures.count) of 100 seeds failed:\n\(failures.prefix(2).joined(separator: "\n"))")
-        }
     }
 }
 
