@@ -62,6 +62,7 @@ public enum HandshakeRefusal: String, Sendable, Hashable {
     case incompatibleSettings = "the peers' settings are incompatible"
     case authenticationFailed = "authentication of the peer failed"
     case differentSizes = "the backing devices have different sizes"
+    case disklessPrimaryMismatch = "the disk does not hold everything the Diskless Primary exposed"
 }
 
 /// How a detected split brain was settled.

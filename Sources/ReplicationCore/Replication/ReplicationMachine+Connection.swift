@@ -208,6 +208,7 @@ extension ReplicationMachine {
         peer.resolvesConflicts = parameters.conflictNonce > progress.ownNonce
         connection = .connected
         log("Handshake successful: agreed network protocol version \(Self.protocolVersion)")
+        if let detail = disklessPrimaryRefusal() { return refuseConnection(.disklessPrimaryMismatch, detail: detail) }
         // The peer forgot our pause with the old connection; it must know before any resync starts.
         if resyncPausedByUser { emit(.send(.pauseResync(true))) }
         runSyncDecision(now: now)
@@ -274,6 +275,24 @@ extension ReplicationMachine {
         }
     }
 
+    /// A Diskless Primary may only be served by a disk that holds everything it exposed: no blocks the Primary
+    /// wrote without the disk side confirming them stable (its bitmap: writes lost in flight when the disk side
+    /// crashed, or not resynced before its own disk failed). Otherwise the application would read older data
+    /// than it wrote, and the disk side's new generation would later make the detached disk's newer blocks lose;
+    /// the detached disk must come back (down, up) so that a resync can use its activity log. Both sides decide
+    /// alike from the handshake's bit counts.
+    private func disklessPrimaryRefusal() -> String? {
+        guard !(hasLocalDisk && peer.disk > .failed), hasLocalDisk || peer.disk > .failed else { return nil }
+        let disklessIsPrimary = hasLocalDisk ? peer.role == .primary : role == .primary
+        guard disklessIsPrimary else { return nil }
+        let unconfirmedBlocks = hasLocalDisk ? peer.bitsSet : bitmap.setCount
+        if unconfirmedBlocks > 0 {
+            return "the Diskless Primary wrote \(unconfirmedBlocks) blocks the disk side never confirmed stable; "
+                + "attach its disk again (down, up) so that a resync can recover them"
+        }
+        return nil
+    }
+
     /// One side has no disk: there is nothing to compare or sync (DRBD skips its sync handshake too). The disk
     /// side serves the Diskless side's I/O; a disk attached later meets the peer in a new handshake.
     private mutating func becomeConnectedAcrossDisklessSide() {
@@ -282,7 +301,21 @@ extension ReplicationMachine {
         }
         connection = .connected
         log(hasLocalDisk ? "The peer is Diskless: no sync; this node serves its I/O" : "No local disk: the peer serves all I/O")
+        startGenerationForDisklessPeer()
         emit(.send(.state(StatePacket(role: role, diskState: disk))))
+    }
+
+    /// The peer has no disk while one of us is Primary: from now on only our copy is current. A new generation
+    /// makes the peer's detached disk recognisably older (rule 50) when it is attached again, whether the disk
+    /// left while we were connected or the peer came back Diskless; without it, equal UUIDs (and a crashed-Primary
+    /// flag on the detached disk) would let its stale blocks win.
+    private mutating func startGenerationForDisklessPeer() {
+        guard hasLocalDisk, disk == .upToDate, uuids.bitmap == 0, peer.disk < .inconsistent,
+            role == .primary || peer.role == .primary
+        else { return }
+        uuids.startNewGeneration(fresh: freshUUID(), isPrimary: role == .primary)
+        log("new current UUID \(uuids) (the peer has no disk)")
+        persistSuperblock()
     }
 
     private mutating func becomeConnectedWithoutSync() {
@@ -481,15 +514,7 @@ extension ReplicationMachine {
         let previousDisk = peer.disk
         peer.role = state.role
         peer.disk = state.diskState
-        if previousDisk >= .inconsistent && previousDisk != .unknown && state.diskState < .inconsistent
-            && (role == .primary || peer.role == .primary) && disk == .upToDate && uuids.bitmap == 0
-        {
-            // The peer lost its disk while one of us is Primary: from now on only our copy is current. A new
-            // generation makes the peer's old disk recognisably older (rule 50) when it is attached again.
-            uuids.startNewGeneration(fresh: freshUUID(), isPrimary: role == .primary)
-            log("new current UUID \(uuids) (the peer lost its disk)")
-            persistSuperblock()
-        }
+        startGenerationForDisklessPeer()
         if connection == .verifyTarget { connection = .connected }
         if connection == .syncSource || connection == .pausedSyncSource, state.diskState == .upToDate,
             previousDisk < .upToDate
