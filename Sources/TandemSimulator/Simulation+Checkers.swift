@@ -26,6 +26,8 @@ extension Simulation {
                 lastSyncedAt[node] = now
             }
             checkGenerationMovesForward(node, status: status, peer: statuses[1 - node])
+            if status.disk == .diskless && hadDisk[node] { diskLossTimes[node].append(now) }
+            hadDisk[node] = status.disk >= .inconsistent
         }
         let established = statuses.map { $0?.connection.isEstablished ?? false }
         if established == [true, true] && wasEstablished != [true, true] {
@@ -104,20 +106,21 @@ extension Simulation {
         }
     }
 
-    /// Protocol A acknowledges once data is in the local send buffer: a crash of the writer can lose what the peer
-    /// never received. Protocol B acknowledges once data is in the peer's memory: only a crash of both nodes can
-    /// lose it. Protocol C loses nothing that was committed.
+    /// Protocol A acknowledges once data is in the local send buffer: a failure of the writer (a crash, or losing
+    /// its disk to I/O errors, after which the peer's copy is all there is) can lose what the peer never received.
+    /// Protocol B acknowledges once data is in the peer's memory: only a failure of both nodes can lose it.
+    /// Protocol C loses nothing that was committed.
     private func applyProtocolLossWindows() {
         guard settings.replicationProtocol != .c else { return }
         for (version, record) in workload.writes where record.committed && record.exemptReason == nil {
             guard let acknowledged = record.acknowledgedAt else { continue }
-            let writerCrashed = crashTimes[record.node].contains { $0 > acknowledged }
-            let peerCrashed = crashTimes[1 - record.node].contains { $0 > acknowledged }
-            if settings.replicationProtocol == .a && writerCrashed {
-                workload.writes[version]!.exemptReason = "protocol A loss window (writer crashed)"
+            let writerFailed = (crashTimes[record.node] + diskLossTimes[record.node]).contains { $0 > acknowledged }
+            let peerFailed = (crashTimes[1 - record.node] + diskLossTimes[1 - record.node]).contains { $0 > acknowledged }
+            if settings.replicationProtocol == .a && writerFailed {
+                workload.writes[version]!.exemptReason = "protocol A loss window (the writer failed)"
             }
-            if settings.replicationProtocol == .b && writerCrashed && peerCrashed {
-                workload.writes[version]!.exemptReason = "protocol B loss window (both crashed)"
+            if settings.replicationProtocol == .b && writerFailed && peerFailed {
+                workload.writes[version]!.exemptReason = "protocol B loss window (both nodes failed)"
             }
         }
     }

@@ -75,6 +75,9 @@ public final class Simulation {
     var wasEstablished = [false, false]
     var lastSyncedAt: [Int64] = [0, 0]
     var crashTimes: [[Int64]] = [[], []]
+    /// When each node lost its disk (detached after I/O errors): for the A/B loss windows, a failure like a crash.
+    var diskLossTimes: [[Int64]] = [[], []]
+    var hadDisk = [false, false]
     var retiredUUIDs: Set<UInt64> = []
     var lastCurrentUUID: [UInt64?] = [nil, nil]
 
