@@ -112,6 +112,8 @@ public final class ControlServer: Sendable {
         }
         let server = try await ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 64)
+            // A client that half-closes after its request (`socat`, `nc -N`) still gets its answer.
+            .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true) { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(ControlLineDecoder()))
