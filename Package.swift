@@ -154,7 +154,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TandemCLITests",
-            dependencies: ["TandemCLI", "TandemConfig", "TandemTestSupport"],
+            dependencies: ["TandemCLI", "TandemConfig", "ReplicationDaemon", "TandemTestSupport"],
             swiftSettings: strictSettings
         ),
     ]

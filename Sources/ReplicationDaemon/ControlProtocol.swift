@@ -271,4 +271,17 @@ public struct ResyncReport: Codable, Sendable, Hashable {
     public var speedKiBPerSecond: UInt64
     public var etaSeconds: UInt64?
     public var paused: Bool
+
+    public init(
+        direction: String, percentDone: Double, totalKiB: UInt64, remainingKiB: UInt64, speedKiBPerSecond: UInt64,
+        etaSeconds: UInt64?, paused: Bool
+    ) {
+        self.direction = direction
+        self.percentDone = percentDone
+        self.totalKiB = totalKiB
+        self.remainingKiB = remainingKiB
+        self.speedKiBPerSecond = speedKiBPerSecond
+        self.etaSeconds = etaSeconds
+        self.paused = paused
+    }
 }

@@ -15,11 +15,18 @@ final class ResourceObserver: ReplicationObserver {
             case client(@Sendable (ControlResponse) -> Void)
             /// The stop sequence's own commands: the outcome is left in `internalOutcomes`.
             case stopSequence
+            /// Nobody waits any more (an online verify runs for as long as the disk is large): only logged.
+            case detached
         }
 
         var waiter: Waiter
         var deadline: MonotonicInstant
         var what: String
+
+        var isDetached: Bool {
+            if case .detached = waiter { return true }
+            return false
+        }
     }
 
     let plan: ResourcePlan
@@ -43,6 +50,8 @@ final class ResourceObserver: ReplicationObserver {
         switch pending.waiter {
         case .stopSequence:
             internalOutcomes[commandID] = outcome
+        case .detached:
+            logger.notice("\(pending.what) finished: \(outcome)")
         case .client(let reply):
             switch outcome {
             case .done: reply(ControlResponse(.ok))
@@ -95,7 +104,7 @@ final class ResourceObserver: ReplicationObserver {
 
     /// Answers `timeout` to everyone whose deadline has passed. A late completion then finds nobody and is dropped.
     func expire(now: MonotonicInstant) {
-        for (id, pending) in commands where pending.deadline <= now {
+        for (id, pending) in commands where pending.deadline <= now && !pending.isDetached {
             commands[id] = nil
             timedOut(pending, commandID: id)
         }
@@ -112,6 +121,8 @@ final class ResourceObserver: ReplicationObserver {
             reply(ControlResponse(.timeout, "\(pending.what) did not complete in time; it may still complete"))
         case .stopSequence:
             if let commandID { internalOutcomes[commandID] = .refused("\(pending.what) did not complete in time") }
+        case .detached:
+            break
         }
     }
 

@@ -227,6 +227,13 @@ final class RunnerLoop {
                 waiter: .client(request.reply), deadline: now + timeout, what: Self.describe(command))
             logger.notice("operator: \(Self.describe(command))")
             node.handle(.command(id: id, command), now: now)
+            if case .verify = command, let pending = observer.commands[id], node.status.connection == .verifySource {
+                // As drbdadm verify: answer once the verify runs; its progress shows in status, its end in the log.
+                observer.commands[id]?.waiter = .detached
+                if case .client(let reply) = pending.waiter {
+                    reply(ControlResponse(.ok, "online verify started; watch 'tandem adm status'"))
+                }
+            }
         case .status:
             var response = ControlResponse(.ok)
             response.status = statusReport()

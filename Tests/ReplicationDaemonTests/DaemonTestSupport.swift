@@ -59,7 +59,7 @@ final class TestCluster: @unchecked Sendable {
         }
         let config = """
             resource r0 {
-              net { protocol C; connect-int 1; ping-int 1; ping-timeout 10; \(netOptions) }
+              net { protocol C; connect-int 1; ping-int 1; ping-timeout 10; verify-alg crc32c; \(netOptions) }
               disk { c-plan-ahead 0; resync-rate 200M; }
               handlers { after-resync-target "echo $DRBD_RESOURCE $DRBD_PEER $DRBD_PEER_ADDRESS >> \(root)/after-resync-target.log"; }
               \(extra)

@@ -12,7 +12,7 @@ import Testing
 /// backing files with internal metadata. Nothing here needs root (the daemons accept their own uid).
 @Suite("replicad end to end", .serialized, .timeLimit(.minutes(5)))
 struct ReplicadEndToEndTests {
-    @Test("create-md, up, initial sync after primary --force, replicated writes read back after a role switch, down and up, SIGTERM writes the metadata clean")
+    @Test("create-md, up, initial sync after primary --force, replicated writes, verify, invalidate, disconnect/connect, reads after a role switch, down and up, SIGTERM writes the metadata clean")
     func lifecycle() async throws {
         let cluster = try TestCluster()
         defer { cluster.tearDown() }
@@ -54,12 +54,33 @@ struct ReplicadEndToEndTests {
         let onSecondary = try cluster.read(beta, offsetBytes: 1 << 20, lengthBytes: 4096).0
         #expect(onSecondary.result == .refused && onSecondary.message?.contains("not Primary") == true)
 
+        // Online verify answers once it runs, and finds nothing; with no resync running, pause-sync is refused.
+        try cluster.admOK(alpha, "verify", "r0")
+        #expect(
+            await eventually {
+                cluster.status(alpha)?.connection == "Connected" && cluster.status(alpha)?.verifyMismatchesKiB == 0
+            }, "\(cluster.describe())")
+        let noResync = try cluster.adm(alpha, "pause-sync", "r0")
+        #expect(noResync.status == 10 && noResync.standardError.contains("no resync"), "\(noResync.standardError)")
+        // invalidate on the Secondary: a full resync from the Primary.
+        try cluster.admOK(beta, "invalidate", "r0")
+        await cluster.waitUntilInSync()
+        // Writes made while disconnected are in the bitmap and resynced at connect.
+        try cluster.admOK(alpha, "disconnect", "r0")
+        #expect(try cluster.admOK(alpha, "cstate", "r0").standardOutput == "StandAlone\n")
+        let third = pattern(bytes: 8192, seed: 3)
+        #expect(try cluster.write(alpha, offsetBytes: 12 << 20, third).result == .ok)
+        #expect((cluster.status(alpha)?.outOfSyncKiB ?? 0) >= 8)
+        try cluster.admOK(alpha, "connect", "r0")
+        await cluster.waitUntilInSync()
+
         let twoPrimaries = try cluster.adm(beta, "primary", "r0")
         #expect(twoPrimaries.status == 10 && twoPrimaries.standardError.contains("Primary"), "\(twoPrimaries.standardError)")
         try cluster.admOK(alpha, "secondary", "r0")
         try cluster.admOK(beta, "primary", "r0")
         #expect(try cluster.read(beta, offsetBytes: 1 << 20, lengthBytes: 32 * 1024).1 == first)
         #expect(try cluster.read(beta, offsetBytes: 9 << 20, lengthBytes: 16 * 1024).1 == second)
+        #expect(try cluster.read(beta, offsetBytes: 12 << 20, lengthBytes: 8192).1 == third)
         let generations = try cluster.nodes.map { try cluster.admOK($0, "get-gi", "r0").standardOutput }
         #expect(generations.allSatisfy { $0.split(separator: ":").count == 10 }, "\(generations)")
         #expect(generations[0].prefix(15) == generations[1].prefix(15), "same data generation: \(generations)")
