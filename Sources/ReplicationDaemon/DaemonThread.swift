@@ -66,8 +66,6 @@ final class DaemonThread: @unchecked Sendable {
         precondition(pthread_equal(thread, pthread_self()) == 0, "thread \(name) joined from itself")
         pthread_join(thread, nil)
     }
-
-    var isCurrent: Bool { pthread_equal(thread, pthread_self()) != 0 }
 }
 
 private final class ThreadBody {

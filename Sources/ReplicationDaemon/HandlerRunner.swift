@@ -34,13 +34,11 @@ final class HandlerRunner: @unchecked Sendable {
     private var queue: [Job] = []
     private var isStopped = false
     private var thread: DaemonThread?
-    /// Runs finished, for tests and status.
-    private(set) var finishedCount = 0
 
     init(name: String, timeout: Duration, logger: Logger) {
         self.timeout = timeout
         self.logger = logger
-        let thread = DaemonThread.start(name: "tandem-hnd") { [self] in self.run() }
+        let thread = DaemonThread.start(name: "tandem-h-\(name)") { [self] in self.run() }
         lock.withLock { self.thread = thread }
     }
 
@@ -68,10 +66,7 @@ final class HandlerRunner: @unchecked Sendable {
     }
 
     private func run() {
-        while let job = next() {
-            execute(job)
-            lock.withLock { finishedCount += 1 }
-        }
+        while let job = next() { execute(job) }
     }
 
     private func next() -> Job? {

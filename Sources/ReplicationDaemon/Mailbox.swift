@@ -57,8 +57,6 @@ final class Mailbox: @unchecked Sendable {
     private var controlRequests = 0
     private var isPressured = false
     private var pressureHandler: (@Sendable (Bool) -> Void)?
-    /// The most messages ever waiting at once, for `status`.
-    private(set) var highWaterMessages = 0
 
     /// Called with true when queued packets exceed the high-water mark and false when they fall below the low one,
     /// with the mailbox's lock held (so calls arrive in order); it must not block or post.
@@ -78,7 +76,6 @@ final class Mailbox: @unchecked Sendable {
                     pressureHandler?(true)
                 }
             }
-            highWaterMessages = max(highWaterMessages, messages.count)
             lock.broadcast()
         }
     }
@@ -89,7 +86,6 @@ final class Mailbox: @unchecked Sendable {
             guard !isClosed, controlRequests < Self.controlRequestsMaximum else { return false }
             controlRequests += 1
             messages.append(.request(request))
-            highWaterMessages = max(highWaterMessages, messages.count)
             lock.broadcast()
             return true
         }

@@ -36,8 +36,6 @@ final class ResourceObserver: ReplicationObserver {
     /// Application requests (the test/diagnostic `write`, `read`, `flush`) by request ID.
     var requests: [UInt64: Pending] = [:]
     var internalOutcomes: [UInt64: CommandOutcome] = [:]
-    /// Handler runs requested by the machine, for `status`.
-    private(set) var handlerRuns: [String] = []
 
     init(plan: ResourcePlan, logger: Logger, handlers: HandlerRunner) {
         self.plan = plan
@@ -93,8 +91,6 @@ final class ResourceObserver: ReplicationObserver {
             logger.info("handler \(handler.rawValue) is not configured; nothing to run")
             return
         }
-        handlerRuns.append(handler.rawValue)
-        if handlerRuns.count > 32 { handlerRuns.removeFirst() }
         handlers.submit(HandlerRunner.Job(handler: handler, command: command, environment: plan.handlerEnvironment()))
     }
 

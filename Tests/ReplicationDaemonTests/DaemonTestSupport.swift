@@ -136,7 +136,25 @@ final class TestCluster: @unchecked Sendable {
         #expect(answered && process.isRunning, "replicad for \(node.name) did not start:\n\(logText(node))")
     }
 
-    func pid(_ node: Node) -> pid_t? { processes[node.name].map(\.processIdentifier) }
+    /// Runs `tandem ARGUMENTS` that should exit on its own; kills it by PID if it has not within `patience`.
+    func runToExit(_ arguments: [String]) async throws -> (status: Int32?, output: String) {
+        let outputPath = root + "/run-\(UUID().uuidString.prefix(8)).out"
+        try #require(FileManager.default.createFile(atPath: outputPath, contents: nil))
+        let output = try #require(FileHandle(forWritingAtPath: outputPath))
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: Self.executable)
+        process.arguments = arguments
+        process.standardOutput = output
+        process.standardError = output
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        try output.close()
+        let exited = await eventually { !process.isRunning }
+        if !exited { kill(process.processIdentifier, SIGKILL) }
+        process.waitUntilExit()
+        let text = (try? String(contentsOfFile: outputPath, encoding: .utf8)) ?? ""
+        return (exited ? process.terminationStatus : nil, text)
+    }
 
     /// Sends `signal` to the node's daemon and waits (bounded) for it to exit; returns its exit status.
     func stopDaemon(_ node: Node, signal: Int32 = SIGTERM) async -> Int32? {

@@ -176,11 +176,10 @@ struct ReplicadEndToEndTests {
         write.dataBase64 = Data([1, 2, 3]).base64EncodedString()
         #expect(try alpha.client.send(write).result == .badRequest)
 
-        let second = try ExternalCommand.run(
-            TestCluster.executable,
+        let second = try await cluster.runToExit(
             ["replicad", "--foreground", "--config-dir", cluster.configDirectory, "--run-dir", alpha.runDirectory,
              "--node", "alpha"])
-        #expect(second.status == 10 && second.standardError.contains("already uses"), "\(second.standardError)")
+        #expect(second.status == 10 && second.output.contains("already uses"), "\(second.output)")
 
         #expect(await cluster.stopDaemon(alpha) == 0)
         #expect(!FileManager.default.fileExists(atPath: socketPath))

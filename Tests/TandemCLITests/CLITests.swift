@@ -37,7 +37,7 @@ struct CLITests {
     func help() throws {
         let run = try Self.tandem("--help")
         #expect(run.status == 0)
-        for verb in ["adm", "check", "takeover", "standby", "cl-status", "lab"] {
+        for verb in ["adm", "replicad", "check", "takeover", "standby", "cl-status", "lab"] {
             #expect(run.standardOutput.contains(verb), "missing \(verb) in:\n\(run.standardOutput)")
         }
         let adm = try Self.tandem("adm", "--help")
