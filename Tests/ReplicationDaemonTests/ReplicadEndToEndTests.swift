@@ -40,6 +40,9 @@ struct ReplicadEndToEndTests {
         #expect(
             try cluster.admOK(alpha, "status", "r0").standardOutput
                 == "r0 role:Primary\n  disk:UpToDate\n  beta role:Secondary\n    peer-disk:UpToDate\n")
+        let json = try cluster.admOK(beta, "status", "--json", "all").standardOutput
+        let reports = try JSONDecoder().decode([ResourceStatusReport].self, from: Data(json.utf8))
+        #expect(reports.count == 1 && reports.first?.peerRole == "Primary" && reports.first?.uuids != nil, "\(json)")
         let handlerLog = cluster.root + "/after-resync-target.log"
         #expect(
             await eventually {
