@@ -190,6 +190,27 @@ struct ReplicadEndToEndTests {
         #expect(gone.status == 20 && gone.standardError.contains("not running"))
     }
 
+    @Test(
+        "a client that is neither root nor the daemon's user is refused by its credentials (SO_PEERCRED), even when the socket's mode would let it in",
+        .enabled(if: getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")))
+    func peerCredentials() async throws {
+        let cluster = try TestCluster()
+        defer { cluster.tearDown() }
+        let alpha = cluster.alpha
+        try await cluster.startDaemon(alpha)
+        // Open the way the file modes would normally block, so that only the credentials check is left.
+        for directory in [cluster.root, alpha.directory, alpha.runDirectory] { chmod(directory, 0o755) }
+        chmod(ControlProtocol.socketPath(runDirectory: alpha.runDirectory), 0o666)
+        let outsider = try ExternalCommand.run(
+            "/usr/bin/setpriv",
+            ["--reuid=65534", "--regid=65534", "--clear-groups", TestCluster.executable, "adm", "status", "r0",
+             "--config-dir", cluster.configDirectory, "--run-dir", alpha.runDirectory, "--node", "alpha"])
+        #expect(outsider.status == 10, "\(outsider.standardError)")
+        #expect(outsider.standardError.contains("permission denied: uid 65534"), "\(outsider.standardError)")
+        #expect(try cluster.admOK(alpha, "status", "r0").standardOutput == "r0 role:Unconfigured\n")
+        #expect(await cluster.stopDaemon(alpha) == 0)
+    }
+
     @Test("a write error injected on the Primary's disk detaches it (on-io-error detach); I/O continues through the peer")
     func injectedWriteError() async throws {
         let cluster = try TestCluster()
