@@ -351,7 +351,13 @@ final class RunnerLoop {
     private func finish(clean: Bool, reply: @escaping @Sendable (ControlResponse) -> Void) {
         stop = nil
         finished = true
-        blocks.store.close()
+        if clean {
+            blocks.store.close()
+        } else {
+            // The drain failed, most likely on a hung disk: closing the store would wait for its stuck I/O threads
+            // for ever (and so would its deinit). The process is terminating; leave them behind so that it can.
+            _ = Unmanaged.passRetained(blocks.store)
+        }
         for case .request(let request) in mailbox.close() {
             request.reply(ControlResponse(.refused, "\(plan.resourceName) went down"))
         }
