@@ -26,6 +26,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         // Configuration: drbd.conf, ha.cf, authkeys, haresources, their diagnostics and cross-checks. Pure parsing;
@@ -67,6 +69,25 @@ let package = Package(
             dependencies: ["CTandemStorage", "ReplicationCore", "TandemDrivers", "TandemConfig"],
             swiftSettings: strictSettings
         ),
+        // The replication daemon (`tandem replicad`): one dedicated thread per resource running the production
+        // `ReplicationNode` over the TCP transport and the file stores, handlers, and the control socket the
+        // `tandem adm` verbs talk to. Also the control protocol's types and its blocking client.
+        .target(
+            name: "ReplicationDaemon",
+            dependencies: [
+                "CTandemStorage",
+                "ReplicationCore",
+                "TandemDrivers",
+                "TandemTransport",
+                "TandemStorage",
+                "TandemConfig",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // The block-device frontend (FUSE + loop, NBD).
         .target(name: "DeviceFrontend", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
         // The deterministic simulator: runs the production drivers over a simulated network and disks.
@@ -81,6 +102,8 @@ let package = Package(
                 "TandemConfig",
                 "ReplicationCore",
                 "TandemSimulator",
+                "TandemStorage",
+                "ReplicationDaemon",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings
@@ -123,8 +146,15 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "ReplicationDaemonTests",
+            dependencies: [
+                "ReplicationDaemon", "ReplicationCore", "TandemConfig", "TandemStorage", "TandemTestSupport",
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "TandemCLITests",
-            dependencies: ["TandemCLI", "TandemConfig", "TandemTestSupport"],
+            dependencies: ["TandemCLI", "TandemConfig", "ReplicationDaemon", "TandemTestSupport"],
             swiftSettings: strictSettings
         ),
     ]

@@ -1,8 +1,8 @@
 import ArgumentParser
 
-/// `tandem`: one executable for the replication daemon's admin verbs, the cluster manager's verbs, configuration
+/// `tandem`: one executable for the replication daemon and its admin verbs, the cluster manager's verbs, configuration
 /// checks and the lab.
-public struct TandemCommand: ParsableCommand {
+public struct TandemCommand: AsyncParsableCommand {
     public static let configuration = CommandConfiguration(
         commandName: "tandem",
         abstract: "Replicated block devices and failover for databases, in user space.",
@@ -11,8 +11,9 @@ public struct TandemCommand: ParsableCommand {
         --config-dir and answers to the same verbs. Exit codes: 0 success; 1 the configuration has problems; \
         10 the request was refused; 20 the daemon it needs is not available; 64 a usage error.
         """,
-        subcommands: [SimCommand.self, 
+        subcommands: [SimCommand.self,
             AdmCommand.self,
+            ReplicadCommand.self,
             CheckCommand.self,
             TakeoverCommand.self,
             StandbyCommand.self,
@@ -29,4 +30,21 @@ public enum TandemExitCode {
     public static let configurationProblems = ExitCode(1)
     public static let refused = ExitCode(10)
     public static let daemonUnavailable = ExitCode(20)
+}
+
+extension TandemCommand {
+    /// Parses `arguments` and runs the verb, awaiting the asynchronous ones (`replicad`); exits as ArgumentParser
+    /// does on errors.
+    public static func run(arguments: [String]) async {
+        do {
+            var command = try parseAsRoot(arguments)
+            if var asyncCommand = command as? any AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
 }

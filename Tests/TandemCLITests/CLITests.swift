@@ -10,15 +10,13 @@ struct CLITests {
         .deletingLastPathComponent()
     static let fixtures = packageRoot.appendingPathComponent("Tests/Fixtures").path
 
-    static var executable: String {
-        for configuration in ["debug", "release"] {
-            let path = packageRoot.appendingPathComponent(".build/\(configuration)/tandem").path
-            if FileManager.default.isExecutableFile(atPath: path) { return path }
-        }
-        return packageRoot.appendingPathComponent(".build/debug/tandem").path
-    }
+    static var executable: String { TandemExecutable.path(packageRoot: packageRoot) }
 
     static func tandem(_ arguments: String...) throws -> ExternalCommand.Output {
+        try tandem(arguments)
+    }
+
+    static func tandem(_ arguments: [String]) throws -> ExternalCommand.Output {
         #expect(FileManager.default.isExecutableFile(atPath: executable), "build the tandem executable first")
         return try ExternalCommand.run(executable, arguments)
     }
@@ -39,7 +37,7 @@ struct CLITests {
     func help() throws {
         let run = try Self.tandem("--help")
         #expect(run.status == 0)
-        for verb in ["adm", "check", "takeover", "standby", "cl-status", "lab"] {
+        for verb in ["adm", "replicad", "check", "takeover", "standby", "cl-status", "lab"] {
             #expect(run.standardOutput.contains(verb), "missing \(verb) in:\n\(run.standardOutput)")
         }
         let adm = try Self.tandem("adm", "--help")
@@ -86,11 +84,15 @@ struct CLITests {
         #expect(broken.standardOutput.isEmpty, "nothing half-printed on stdout")
     }
 
-    @Test("verbs that need the replication daemon fail clearly and change nothing")
+    @Test("verbs that need the replication daemon fail clearly with exit 20 when it is not running")
     func daemonVerbs() throws {
-        let run = try Self.tandem("adm", "primary", "--force", "r0", "--config-dir", Self.fixtures + "/seed004")
-        #expect(run.status == 20)
-        #expect(run.standardError.contains("not part of this build yet; nothing was changed"))
+        let runDirectory = FileManager.default.temporaryDirectory.appendingPathComponent("tandem-run-\(UUID())").path
+        for verb in [["primary", "--force", "r0"], ["status"], ["up", "all"], ["role", "r0"]] {
+            let run = try Self.tandem(
+                ["adm"] + verb + ["--config-dir", Self.fixtures + "/seed004", "--run-dir", runDirectory])
+            #expect(run.status == 20, "\(verb): \(run.standardError)")
+            #expect(run.standardError.contains("the replication daemon is not running"), "\(run.standardError)")
+        }
         let takeover = try Self.tandem("takeover")
         #expect(takeover.status == 20)
     }

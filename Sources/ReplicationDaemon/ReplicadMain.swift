@@ -1,0 +1,135 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import Foundation
+import Logging
+import NIOCore
+import NIOPosix
+import ServiceLifecycle
+import TandemConfig
+
+/// `tandem replicad --foreground`: the daemon process.
+///
+/// Start: takes the run directory's lock (`replicad.lock`; a second daemon on the same run directory is refused),
+/// writes `replicad.pid`, checks drbd.conf (a configuration with errors is refused with exit 1), binds the control
+/// socket and serves it. No resource is brought up: that is `tandem adm up`, as with drbdadm.
+///
+/// Stop: SIGTERM or SIGINT. The control socket stops accepting, every resource that is up is stopped (new I/O
+/// refused, disconnected, drained, metadata written clean), the sockets are closed and the files removed.
+public enum ReplicadMain {
+    /// Runs the daemon until SIGTERM; returns the process's exit code.
+    public static func run(options: DaemonOptions, logger: Logger) async -> Int32 {
+        umask(0o077)
+        let lock: LockFile
+        do {
+            lock = try LockFile.acquire(runDirectory: options.runDirectory)
+        } catch {
+            logger.critical("\(error.message)")
+            return error.exitCode
+        }
+        defer { lock.release() }
+        do {
+            let parsed = try DrbdConfParser.load(path: options.configPath)
+            for diagnostic in parsed.diagnostics { logger.warning("\(diagnostic.description)") }
+            let mine = parsed.model.resources.filter { $0.host(named: options.nodeName) != nil }.map(\.name.value)
+            if mine.isEmpty {
+                logger.warning(
+                    "\(options.configPath) defines no resource with an 'on \(options.nodeName)' section; nothing to serve until it does")
+            } else {
+                logger.notice("node \(options.nodeName): resources \(mine.joined(separator: ", ")) (bring them up with tandem adm up)")
+            }
+        } catch {
+            logger.critical("\(error.description)")
+            return 1
+        }
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let code = await serve(options: options, logger: logger, group: group)
+        try? await group.shutdownGracefully()
+        return code
+    }
+
+    private static func serve(options: DaemonOptions, logger: Logger, group: MultiThreadedEventLoopGroup) async
+        -> Int32
+    {
+        let daemon = ReplicationDaemon(options: options, logger: logger, eventLoopGroup: group)
+        let server: ControlServer
+        do {
+            server = try await ControlServer.bind(
+                path: options.socketPath, daemon: daemon, group: group, logger: logger)
+        } catch let error as DaemonStartError {
+            logger.critical("\(error.message)")
+            return error.exitCode
+        } catch {
+            logger.critical("cannot listen on \(options.socketPath): \(error)")
+            return 20
+        }
+        logger.notice("replicad for node \(options.nodeName) listening on \(options.socketPath) (pid \(getpid()))")
+        let service = DaemonService(daemon: daemon, server: server)
+        let serviceGroup = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: service)], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+        do {
+            try await serviceGroup.run()
+        } catch {
+            logger.error("replicad ended with an error: \(error)")
+            return 20
+        }
+        logger.notice("replicad stopped")
+        return 0
+    }
+}
+
+/// The daemon as a service: serve the control socket until a graceful shutdown (SIGTERM), then stop accepting,
+/// stop every resource (which answers the requests still waiting) and let the connections end.
+struct DaemonService: Service {
+    let daemon: ReplicationDaemon
+    let server: ControlServer
+
+    func run() async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            group.addTask { try await server.run() }
+            // Returns at SIGTERM, or throws when the group is cancelled (the server failed): stop either way.
+            try? await gracefulShutdown()
+            server.close()
+            await daemon.terminateAll()
+        }
+    }
+}
+
+/// `<run-dir>/replicad.lock`, held (flock) for the daemon's life, and `<run-dir>/replicad.pid`.
+struct LockFile: Sendable {
+    let descriptor: Int32
+    let pidPath: String
+
+    static func acquire(runDirectory: String) throws(DaemonStartError) -> LockFile {
+        do {
+            try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw DaemonStartError("cannot create the run directory \(runDirectory): \(error)", exitCode: 20)
+        }
+        let lockPath = runDirectory + "/replicad.lock"
+        let pidPath = runDirectory + "/replicad.pid"
+        let descriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard descriptor >= 0 else {
+            throw DaemonStartError(
+                "cannot open \(lockPath): \(String(cString: strerror(errno)))", exitCode: 20)
+        }
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            close(descriptor)
+            let holder = (try? String(contentsOfFile: pidPath, encoding: .utf8))?
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            throw DaemonStartError(
+                "another replicad (pid \(holder ?? "unknown")) already uses the run directory \(runDirectory)",
+                exitCode: 10)
+        }
+        try? "\(getpid())\n".write(toFile: pidPath, atomically: true, encoding: .utf8)
+        return LockFile(descriptor: descriptor, pidPath: pidPath)
+    }
+
+    func release() {
+        unlink(pidPath)
+        close(descriptor)
+    }
+}

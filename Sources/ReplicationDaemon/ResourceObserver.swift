@@ -1,0 +1,133 @@
+import Foundation
+import Logging
+import ReplicationCore
+import TandemConfig
+import TandemDrivers
+
+/// The replication node's observer inside the daemon: it answers the control requests waiting for a command or an
+/// application request to complete, logs the machine's lines, and hands handlers to the `HandlerRunner`.
+///
+/// Confined to the resource's thread, like the node that calls it.
+final class ResourceObserver: ReplicationObserver {
+    /// Someone waiting for a command or request: a control-socket client, or the resource's own stop sequence.
+    struct Pending {
+        enum Waiter {
+            case client(@Sendable (ControlResponse) -> Void)
+            /// The stop sequence's own commands: the outcome is left in `internalOutcomes`.
+            case stopSequence
+            /// Nobody waits any more (an online verify runs for as long as the disk is large): only logged.
+            case detached
+        }
+
+        var waiter: Waiter
+        var deadline: MonotonicInstant
+        var what: String
+
+        var isDetached: Bool {
+            if case .detached = waiter { return true }
+            return false
+        }
+    }
+
+    let plan: ResourcePlan
+    let logger: Logger
+    let handlers: HandlerRunner
+    var commands: [UInt64: Pending] = [:]
+    /// Application requests (the test/diagnostic `write`, `read`, `flush`) by request ID.
+    var requests: [UInt64: Pending] = [:]
+    var internalOutcomes: [UInt64: CommandOutcome] = [:]
+
+    init(plan: ResourcePlan, logger: Logger, handlers: HandlerRunner) {
+        self.plan = plan
+        self.logger = logger
+        self.handlers = handlers
+    }
+
+    func commandCompleted(commandID: UInt64, _ outcome: CommandOutcome) {
+        guard let pending = commands.removeValue(forKey: commandID) else { return }
+        switch pending.waiter {
+        case .stopSequence:
+            internalOutcomes[commandID] = outcome
+        case .detached:
+            logger.notice("\(pending.what) finished: \(outcome)")
+        case .client(let reply):
+            switch outcome {
+            case .done: reply(ControlResponse(.ok))
+            case .refused(let reason):
+                logger.notice("\(pending.what) refused: \(reason)")
+                reply(ControlResponse(.refused, reason))
+            }
+        }
+    }
+
+    func writeCompleted(requestID: UInt64, _ outcome: RequestOutcome) {
+        answer(requestID, outcome) { ControlResponse(.ok) }
+    }
+
+    func readCompleted(requestID: UInt64, _ outcome: RequestOutcome, payload: [UInt8]) {
+        answer(requestID, outcome) {
+            var response = ControlResponse(.ok)
+            response.dataBase64 = Data(payload).base64EncodedString()
+            return response
+        }
+    }
+
+    func flushCompleted(requestID: UInt64, _ outcome: RequestOutcome) {
+        answer(requestID, outcome) { ControlResponse(.ok) }
+    }
+
+    private func answer(_ requestID: UInt64, _ outcome: RequestOutcome, success: () -> ControlResponse) {
+        guard let pending = requests.removeValue(forKey: requestID), case .client(let reply) = pending.waiter else {
+            return
+        }
+        switch outcome {
+        case .success: reply(success())
+        case .failure(let failure): reply(ControlResponse(.refused, "\(pending.what) failed: \(failure.rawValue)"))
+        }
+    }
+
+    func runHandler(_ handler: DrbdHandler) {
+        guard let command = plan.handlers[handler] else {
+            logger.info("handler \(handler.rawValue) is not configured; nothing to run")
+            return
+        }
+        handlers.submit(HandlerRunner.Job(handler: handler, command: command, environment: plan.handlerEnvironment()))
+    }
+
+    func log(_ line: String) {
+        logger.notice("\(line)")
+    }
+
+    /// Answers `timeout` to everyone whose deadline has passed. A late completion then finds nobody and is dropped.
+    func expire(now: MonotonicInstant) {
+        for (id, pending) in commands where pending.deadline <= now && !pending.isDetached {
+            commands[id] = nil
+            timedOut(pending, commandID: id)
+        }
+        for (id, pending) in requests where pending.deadline <= now {
+            requests[id] = nil
+            timedOut(pending, commandID: nil)
+        }
+    }
+
+    private func timedOut(_ pending: Pending, commandID: UInt64?) {
+        logger.warning("\(pending.what) did not complete in time")
+        switch pending.waiter {
+        case .client(let reply):
+            reply(ControlResponse(.timeout, "\(pending.what) did not complete in time; it may still complete"))
+        case .stopSequence:
+            if let commandID { internalOutcomes[commandID] = .refused("\(pending.what) did not complete in time") }
+        case .detached:
+            break
+        }
+    }
+
+    /// Answers everyone still waiting: the resource is going away.
+    func failAll(_ message: String) {
+        for pending in Array(commands.values) + Array(requests.values) {
+            if case .client(let reply) = pending.waiter { reply(ControlResponse(.refused, message)) }
+        }
+        commands.removeAll()
+        requests.removeAll()
+    }
+}

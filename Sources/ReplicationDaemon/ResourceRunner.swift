@@ -1,0 +1,458 @@
+import Foundation
+import Logging
+import ReplicationCore
+import Synchronization
+import TandemConfig
+import TandemDrivers
+import TandemStorage
+import TandemTransport
+
+typealias DaemonNode = ReplicationNode<DaemonTransport, DaemonBlockStore, FileMetadataStore, ResourceObserver>
+
+/// One resource (volume 0) on this node: the production `ReplicationNode` on a dedicated thread.
+///
+/// The thread owns the node and everything the node touches synchronously (the metadata store, whose writes are
+/// durable and blocking: allowed here, since this thread is neither an event loop nor the cooperative pool). It takes
+/// messages from its `Mailbox` in arrival order: transport events (from the event loop), block-store completions
+/// (from the I/O threads) and control requests (from the control socket). It ticks the node every 100 ms on the
+/// monotonic clock, and expires control requests that waited too long.
+///
+/// Life cycle: `start` opens the disks, recovers the metadata (a crash leaves it unclean; the machine replays the
+/// activity log) and starts the node; a `stop` request drains it and writes the metadata clean; then the thread
+/// ends and `join` returns. The transport is started before and shut down after by the daemon, which owns it.
+final class ResourceRunner: Sendable {
+    static let tickInterval: Duration = .milliseconds(100)
+
+    let plan: ResourcePlan
+    let mailbox: Mailbox
+    private let thread = Mutex<DaemonThread?>(nil)
+
+    init(plan: ResourcePlan, mailbox: Mailbox) {
+        self.plan = plan
+        self.mailbox = mailbox
+    }
+
+    /// Starts the thread. `started` is called once, from the thread: `ok` once the node runs, or `failed` with the
+    /// reason (the disk or metadata could not be opened or recovered), after which the thread has ended.
+    func start(
+        transport: DaemonTransport, logger: Logger, handlerTimeout: Duration,
+        started: @escaping @Sendable (ControlResponse) -> Void
+    ) {
+        let plan = plan
+        let mailbox = mailbox
+        let handle = DaemonThread.start(name: "tandem-\(plan.resourceName)") {
+            switch RunnerLoop.open(plan: plan, mailbox: mailbox, transport: transport, logger: logger,
+                handlerTimeout: handlerTimeout)
+            {
+            case .failure(let failure):
+                for case .request(let request) in mailbox.close() {
+                    request.reply(ControlResponse(.refused, "\(plan.resourceName) is not up"))
+                }
+                started(ControlResponse(.failed, failure.message))
+            case .success(let loop):
+                started(ControlResponse(.ok))
+                loop.run()
+            }
+        }
+        thread.withLock { $0 = handle }
+    }
+
+    /// Sends a request to the thread and waits for its answer.
+    func submit(_ kind: RunnerRequest.Kind) async -> ControlResponse {
+        let mailbox = mailbox
+        let name = plan.resourceName
+        return await withCheckedContinuation { continuation in
+            let request = RunnerRequest(kind: kind) { continuation.resume(returning: $0) }
+            if !mailbox.post(request) {
+                continuation.resume(returning: ControlResponse(.refused, "\(name) is busy or going down; try again"))
+            }
+        }
+    }
+
+    /// Waits for the thread to end (after a stop, or a failed start).
+    func join() {
+        thread.withLock { $0 }?.join()
+    }
+}
+
+/// The resource thread's state. Created and used only on that thread.
+final class RunnerLoop {
+    struct OpenFailure: Error {
+        var message: String
+    }
+
+    /// A stop in progress: demote (for `down`), disconnect, wait for the node to drain, then close.
+    struct Stop {
+        enum Phase {
+            case demoting(commandID: UInt64)
+            case disconnecting(commandID: UInt64)
+            case draining
+        }
+
+        var mode: StopMode
+        var phase: Phase
+        var deadline: MonotonicInstant
+        var reply: @Sendable (ControlResponse) -> Void
+    }
+
+    let plan: ResourcePlan
+    let mailbox: Mailbox
+    let logger: Logger
+    var node: DaemonNode
+    let observer: ResourceObserver
+    let blocks: DaemonBlockStore
+    let metadata: FileMetadataStore
+    let handlers: HandlerRunner
+    private var stop: Stop?
+    private var finished = false
+    private var nextCommandID: UInt64 = 1
+    private var nextRequestID: UInt64 = 1
+
+    private init(
+        plan: ResourcePlan, mailbox: Mailbox, logger: Logger, node: DaemonNode, observer: ResourceObserver,
+        blocks: DaemonBlockStore, metadata: FileMetadataStore, handlers: HandlerRunner
+    ) {
+        self.plan = plan
+        self.mailbox = mailbox
+        self.logger = logger
+        self.node = node
+        self.observer = observer
+        self.blocks = blocks
+        self.metadata = metadata
+        self.handlers = handlers
+    }
+
+    // MARK: Opening
+
+    /// Opens the metadata and recovers it, opens the backing device, builds the machine and starts the node.
+    static func open(
+        plan: ResourcePlan, mailbox: Mailbox, transport: DaemonTransport, logger: Logger, handlerTimeout: Duration
+    ) -> Result<RunnerLoop, OpenFailure> {
+        for line in plan.notApplied { logger.warning("\(line)") }
+        let metadata: FileMetadataStore
+        let recovered: RecoveredMetadata
+        do {
+            metadata = try FileMetadataStore(
+                configuration: plan.metadataConfiguration,
+                environment: StorageEnvironment(log: { line in logger.notice("\(line)") }))
+            recovered = try metadata.recover()
+        } catch {
+            logger.error("attach failed: \(error)")
+            return .failure(OpenFailure(message: "\(plan.resourceName): attach failed: \(error)"))
+        }
+        let store: FileBlockStore
+        do {
+            store = try FileBlockStore(
+                path: plan.backingDisk, options: FileBlockStore.Options(dataSizeBytes: metadata.dataSizeBytes),
+                log: { line in logger.warning("\(line)") }, completions: { mailbox.post($0) })
+        } catch {
+            metadata.close()
+            logger.error("attach failed: \(error)")
+            return .failure(OpenFailure(message: "\(plan.resourceName): attach failed: \(error)"))
+        }
+        var settings = plan.settings
+        if let layout = metadata.layout {
+            // The metadata's activity-log geometry wins over drbd.conf's (FileMetadataStore.recover logs the clash).
+            settings.activityLogExtents = layout.activityLogExtents
+            settings.activityLogRingSlots = layout.activityLogSlots
+        }
+        var random = SystemRandomNumberGenerator()
+        let machine = ReplicationMachine(
+            settings: settings, recovered: recovered, randomSeed: UInt64.random(in: 1...UInt64.max, using: &random))
+        let handlers = HandlerRunner(name: plan.resourceName, timeout: handlerTimeout, logger: logger)
+        let observer = ResourceObserver(plan: plan, logger: logger, handlers: handlers)
+        let blocks = DaemonBlockStore(store: store)
+        var node = DaemonNode(machine: machine, transport: transport, blocks: blocks, metadata: metadata, observer: observer)
+        node.start(now: DaemonClock.now)
+        if node.metadataFailed {
+            store.close()
+            metadata.close()
+            handlers.stop()
+            return .failure(OpenFailure(message: "\(plan.resourceName): attach failed: the metadata could not be written"))
+        }
+        logger.notice(
+            "attached \(plan.backingDisk) (\(store.ioMode)), \(machine.sizeBytes) bytes of data, disk \(node.status.disk)")
+        return .success(
+            RunnerLoop(
+                plan: plan, mailbox: mailbox, logger: logger, node: node, observer: observer, blocks: blocks,
+                metadata: metadata, handlers: handlers))
+    }
+
+    // MARK: The loop
+
+    func run() {
+        var nextTick = DaemonClock.now + ResourceRunner.tickInterval
+        while !finished {
+            for message in mailbox.take(until: nextTick) {
+                switch message {
+                case .event(let event):
+                    if !finished { handle(event) }
+                case .request(let request):
+                    if finished {
+                        request.reply(ControlResponse(.refused, "\(plan.resourceName) went down"))
+                    } else {
+                        handle(request)
+                    }
+                }
+            }
+            guard !finished else { break }
+            let now = DaemonClock.now
+            if now >= nextTick {
+                node.handle(.tick, now: now)
+                observer.expire(now: now)
+                nextTick = nextTick + ResourceRunner.tickInterval
+                if nextTick < now { nextTick = now + ResourceRunner.tickInterval }
+            }
+            advanceStop(now: now)
+        }
+    }
+
+    private func handle(_ event: ReplicationEvent) {
+        if case .localIOCompleted = event { blocks.completionArrived() }
+        node.handle(event, now: DaemonClock.now)
+    }
+
+    private func handle(_ request: RunnerRequest) {
+        let now = DaemonClock.now
+        if stop != nil {
+            switch request.kind {
+            case .status, .dumpMetadata: break
+            default: return request.reply(ControlResponse(.refused, "\(plan.resourceName) is going down"))
+            }
+        }
+        switch request.kind {
+        case .command(let command, let timeout):
+            let id = allocateCommandID()
+            observer.commands[id] = ResourceObserver.Pending(
+                waiter: .client(request.reply), deadline: now + timeout, what: Self.describe(command))
+            logger.notice("operator: \(Self.describe(command))")
+            node.handle(.command(id: id, command), now: now)
+            if case .verify = command, let pending = observer.commands[id], node.status.connection == .verifySource {
+                // As drbdadm verify: answer once the verify runs; its progress shows in status, its end in the log.
+                observer.commands[id]?.waiter = .detached
+                if case .client(let reply) = pending.waiter {
+                    reply(ControlResponse(.ok, "online verify started; watch 'tandem adm status'"))
+                }
+            }
+        case .status:
+            var response = ControlResponse(.ok)
+            response.status = statusReport()
+            request.reply(response)
+        case .write(let offset, let payload, let forceUnitAccess, let timeout):
+            let id = allocateRequestID(request, now + timeout, "write of \(payload.count) bytes at \(offset)")
+            node.handle(
+                .write(ApplicationWrite(requestID: id, offsetBytes: offset, payload: payload,
+                    forceUnitAccess: forceUnitAccess)), now: now)
+        case .read(let offset, let length, let timeout):
+            let id = allocateRequestID(request, now + timeout, "read of \(length) bytes at \(offset)")
+            node.handle(.read(requestID: id, range: BlockRange(sector: offset / 512, sizeBytes: length)), now: now)
+        case .flush(let timeout):
+            let id = allocateRequestID(request, now + timeout, "flush")
+            node.handle(.flush(requestID: id), now: now)
+        case .dumpMetadata:
+            var response = ControlResponse(.ok)
+            response.dump = metadata.dump()
+            request.reply(response)
+        case .fault(let fault):
+            request.reply(applyFault(fault))
+        case .stop(let mode, let timeout):
+            beginStop(mode: mode, deadline: now + timeout, reply: request.reply)
+        }
+    }
+
+    private func allocateCommandID() -> UInt64 {
+        defer { nextCommandID += 1 }
+        return nextCommandID
+    }
+
+    private func allocateRequestID(_ request: RunnerRequest, _ deadline: MonotonicInstant, _ what: String) -> UInt64 {
+        let id = nextRequestID
+        nextRequestID += 1
+        observer.requests[id] = ResourceObserver.Pending(waiter: .client(request.reply), deadline: deadline, what: what)
+        return id
+    }
+
+    /// A command issued by the stop sequence itself.
+    private func internalCommand(_ command: OperatorCommand, deadline: MonotonicInstant) -> UInt64 {
+        let id = allocateCommandID()
+        observer.commands[id] = ResourceObserver.Pending(
+            waiter: .stopSequence, deadline: deadline, what: Self.describe(command))
+        node.handle(.command(id: id, command), now: DaemonClock.now)
+        return id
+    }
+
+    static func describe(_ command: OperatorCommand) -> String {
+        switch command {
+        case .promote(let force): force ? "primary --force" : "primary"
+        case .demote: "secondary"
+        case .connect(let discard): discard ? "connect --discard-my-data" : "connect"
+        case .disconnect: "disconnect"
+        case .invalidate: "invalidate"
+        case .invalidateRemote: "invalidate-remote"
+        case .verify: "verify"
+        case .pauseResync: "pause-sync"
+        case .resumeResync: "resume-sync"
+        case .outdate: "outdate"
+        case .newCurrentUUID(let clear): clear ? "new-current-uuid --clear-bitmap" : "new-current-uuid"
+        case .detach: "detach"
+        }
+    }
+
+    // MARK: Stopping
+
+    private func beginStop(mode: StopMode, deadline: MonotonicInstant, reply: @escaping @Sendable (ControlResponse) -> Void) {
+        logger.notice(mode == .down ? "going down" : "shutting down (terminating)")
+        let phase: Stop.Phase
+        if mode == .down && node.status.role == .primary {
+            phase = .demoting(commandID: internalCommand(.demote, deadline: deadline))
+        } else {
+            phase = .disconnecting(commandID: internalCommand(.disconnect, deadline: deadline))
+        }
+        stop = Stop(mode: mode, phase: phase, deadline: deadline, reply: reply)
+    }
+
+    private func advanceStop(now: MonotonicInstant) {
+        guard var current = stop else { return }
+        switch current.phase {
+        case .demoting(let id):
+            guard let outcome = observer.internalOutcomes.removeValue(forKey: id) else { return }
+            if case .refused(let reason) = outcome {
+                stop = nil
+                return current.reply(ControlResponse(.refused, "\(plan.resourceName) cannot go down: \(reason)"))
+            }
+            current.phase = .disconnecting(commandID: internalCommand(.disconnect, deadline: current.deadline))
+            stop = current
+        case .disconnecting(let id):
+            guard observer.internalOutcomes.removeValue(forKey: id) != nil else { return }
+            current.phase = .draining
+            stop = current
+            advanceStop(now: now)
+        case .draining:
+            let status = node.status
+            let drained = status.connection == .standAlone && status.requestsInFlight == 0 && blocks.outstanding == 0
+            if drained { return finish(clean: true, reply: current.reply) }
+            guard now >= current.deadline else { return }
+            let stuck =
+                "connection \(status.connection.rawValue), \(status.requestsInFlight) requests in flight, "
+                + "\(blocks.outstanding) disk requests outstanding"
+            switch current.mode {
+            case .down:
+                stop = nil
+                current.reply(ControlResponse(
+                    .timeout, "\(plan.resourceName) did not drain in time (\(stuck)); it stays up, disconnected"))
+            case .terminate:
+                logger.error("did not drain in time (\(stuck)); leaving the metadata unclean")
+                finish(clean: false, reply: current.reply)
+            }
+        }
+    }
+
+    /// Closes the disk, writes the metadata clean (unless the drain failed) and ends the loop.
+    private func finish(clean: Bool, reply: @escaping @Sendable (ControlResponse) -> Void) {
+        stop = nil
+        finished = true
+        if clean {
+            blocks.store.close()
+        } else {
+            // The drain failed, most likely on a hung disk: closing the store would wait for its stuck I/O threads
+            // for ever (and so would its deinit). The process is terminating; leave them behind so that it can.
+            _ = Unmanaged.passRetained(blocks.store)
+        }
+        for case .request(let request) in mailbox.close() {
+            request.reply(ControlResponse(.refused, "\(plan.resourceName) went down"))
+        }
+        observer.failAll("\(plan.resourceName) went down")
+        var wroteClean = false
+        if clean {
+            node.shutdown(now: DaemonClock.now)
+            wroteClean = !node.metadataFailed
+        }
+        metadata.close()
+        handlers.stop()
+        if wroteClean {
+            logger.notice("down: metadata written clean")
+            reply(ControlResponse(.ok))
+        } else {
+            logger.error("down: the metadata was not written clean; the activity log is replayed at the next attach")
+            reply(ControlResponse(.failed, "\(plan.resourceName) went down without writing its metadata clean"))
+        }
+    }
+
+    // MARK: Status and faults
+
+    func statusReport() -> ResourceStatusReport {
+        let status = node.status
+        var report = ResourceStatusReport(name: plan.resourceName, node: plan.nodeName, peerNode: plan.peerName)
+        report.volume = plan.volumeNumber
+        report.up = true
+        report.role = status.role.rawValue
+        report.disk = status.disk.description
+        report.connection = status.connection.rawValue
+        report.peerRole = status.peerRole.rawValue
+        report.peerDisk = status.peerDisk.description
+        report.uuids = GenerationIdentifiers(
+            current: status.uuids.current, bitmap: status.uuids.bitmap, history1: status.uuids.history1,
+            history2: status.uuids.history2)
+        report.flags = Self.flagNames(node.machine.flags)
+        report.sizeBytes = node.machine.sizeBytes
+        report.outOfSyncKiB = status.outOfSyncBytes / 1024
+        report.resync = status.resync.map { figures in
+            ResyncReport(
+                direction: figures.direction.rawValue, percentDone: figures.percentDone,
+                totalKiB: figures.totalBytes / 1024, remainingKiB: figures.remainingBytes / 1024,
+                speedKiBPerSecond: figures.averageBytesPerSecond / 1024, etaSeconds: figures.estimatedSecondsRemaining,
+                paused: figures.paused)
+        }
+        report.verifyMismatchesKiB = status.verifyMismatches.map { $0 * SyncBitmap.blockBytes / 1024 }
+        report.requestsInFlight = status.requestsInFlight
+        report.ioMode = blocks.store.ioMode.description
+        report.replicationProtocol = plan.settings.replicationProtocol.rawValue
+        report.backingDevice = plan.backingDisk
+        report.device = plan.device.path
+        return report
+    }
+
+    static func flagNames(_ flags: MetadataFlags) -> [String] {
+        let names: [(MetadataFlags, String)] = [
+            (.consistent, "consistent"), (.wasUpToDate, "was-up-to-date"), (.primaryIndicator, "primary"),
+            (.connectedIndicator, "connected"), (.fullSync, "full-sync"), (.peerOutdated, "peer-outdated"),
+            (.crashedPrimary, "crashed-primary"), (.activityLogClean, "al-clean"),
+            (.activityLogDisabled, "al-disabled"),
+        ]
+        return names.filter { flags.contains($0.0) }.map(\.1)
+    }
+
+    private func applyFault(_ fault: FaultRequest) -> ControlResponse {
+        let faults = blocks.store.faults
+        switch fault.action {
+        case .add:
+            let kinds: StorageFaults.Kinds
+            switch fault.kinds ?? "both" {
+            case "reads": kinds = .reads
+            case "writes": kinds = .writes
+            case "both": kinds = .readsAndWrites
+            default: return ControlResponse(.badRequest, "fault kinds must be reads, writes or both")
+            }
+            guard let offset = fault.offsetBytes, let length = fault.lengthBytes, length > 0,
+                offset <= UInt64.max - length
+            else {
+                return ControlResponse(.badRequest, "fault add needs offsetBytes and a positive lengthBytes")
+            }
+            do {
+                try faults.add(StorageFaults.Rule(kinds: kinds, rangeBytes: offset..<offset + length))
+            } catch {
+                return ControlResponse(.refused, error.description)
+            }
+        case .clear:
+            faults.clear()
+        case .list:
+            break
+        case .flushes:
+            faults.failFlushes = fault.failFlushes ?? true
+        }
+        logger.warning("test fault injection: \(fault.action.rawValue); rules now \(faults.rules)")
+        var response = ControlResponse(.ok)
+        response.faults = faults.rules.map(\.description) + (faults.failFlushes ? ["fail every flush"] : [])
+        return response
+    }
+}
