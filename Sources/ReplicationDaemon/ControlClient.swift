@@ -50,8 +50,16 @@ public struct ControlClient: Sendable {
             throw ControlClientError(.noAnswer, "the request cannot be encoded")
         }
         line.append(UInt8(ascii: "\n"))
-        try write(descriptor, Array(line))
-        let answer = try readLine(descriptor)
+        let answer: [UInt8]
+        do throws(ControlClientError) {
+            try write(descriptor, Array(line))
+            answer = try readLine(descriptor)
+        } catch {
+            // The daemon may answer and close before reading the whole request (a refusal by credentials, a line
+            // over the limit): its answer, if one arrived, says more than our broken pipe.
+            guard let early = try? readLine(descriptor) else { throw error }
+            answer = early
+        }
         do {
             return try JSONDecoder().decode(ControlResponse.self, from: Data(answer))
         } catch {
