@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The lab demo: a two-node MariaDB cluster in network namespaces that fails over and prints what happened.
-# The lab is not built yet; until it is, this builds Tandem and shows what works today on the seeds' configs.
+# The lab is not built yet; until it is, this builds Tandem and shows what works today: the seeds' configs checked,
+# and two replicad processes replicating on loopback (scripts/replication-demo.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-dependencies.sh
@@ -18,3 +19,6 @@ chmod 600 "$work/authkeys"
 echo
 echo "== tandem adm dump data (the effective drbd.conf, normalized from DRBD 8.3 syntax)"
 "$tandem" adm dump data --config-dir "$work"
+echo
+echo "== replication between two replicad processes on loopback (create-md, up, primary --force, sync, role switch)"
+bash scripts/replication-demo.sh "$tandem"
