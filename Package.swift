@@ -142,7 +142,7 @@ let package = Package(
         ),
         .testTarget(
             name: "TandemStorageTests",
-            dependencies: ["TandemStorage", "ReplicationCore", "TandemDrivers", "TandemConfig"],
+            dependencies: ["TandemStorage", "ReplicationCore", "TandemDrivers", "TandemConfig", "TandemTestSupport"],
             swiftSettings: strictSettings
         ),
         .testTarget(
