@@ -89,7 +89,16 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         // The block-device frontend (FUSE + loop, NBD).
-        .target(name: "DeviceFrontend", dependencies: ["TandemDrivers"], swiftSettings: strictSettings),
+        // The NBD server is a pure session machine plus a thin NIO shell; the backend is injected, so this target
+        // does not depend on the replication core.
+        .target(
+            name: "DeviceFrontend",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // The deterministic simulator: runs the production drivers over a simulated network and disks.
         .target(
             name: "TandemSimulator", dependencies: ["TandemDrivers", "ReplicationCore", "TandemConfig"],
@@ -149,6 +158,16 @@ let package = Package(
             name: "ReplicationDaemonTests",
             dependencies: [
                 "ReplicationDaemon", "ReplicationCore", "TandemConfig", "TandemStorage", "TandemTestSupport",
+            ],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "DeviceFrontendTests",
+            dependencies: [
+                "DeviceFrontend",
+                "TandemTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
             ],
             swiftSettings: strictSettings
         ),
