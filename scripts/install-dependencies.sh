@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   drbd-utils   # drbdadm / drbdadm-84: the external oracle for drbd.conf parsing
   kmod         # modinfo, which drbdadm 9 calls to look for a kernel module (there is none; it copes)
+  libnbd-bin   # nbdinfo, nbdcopy: an independent NBD client for the NBD server tests
   python3      # the replication demo's small control-socket client
   util-linux   # setpriv: the replicad test that an outsider uid is refused by its credentials
 )

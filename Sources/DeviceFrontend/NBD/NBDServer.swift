@@ -128,13 +128,25 @@ final class NBDSessionHandler: ChannelDuplexHandler {
         context.close(promise: nil)
     }
 
-    /// Back-pressure: while the machine has paused reading, NIO's read requests are held here.
+    /// Back-pressure both ways: while the machine has paused reading (in-flight limit) or the socket's send buffer
+    /// is full (a client that sends but does not read its replies), NIO's read requests are held here.
     func read(context: ChannelHandlerContext) {
-        if readingPaused {
+        if readingPaused || !context.channel.isWritable {
             readPending = true
         } else {
             context.read()
         }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        resumeReadingIfAllowed(context)
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func resumeReadingIfAllowed(_ context: ChannelHandlerContext) {
+        guard readPending, !readingPaused, context.channel.isWritable else { return }
+        readPending = false
+        context.read()
     }
 
     private func completed(handle: UInt64, _ completion: NBDCompletion) {
@@ -154,10 +166,7 @@ final class NBDSessionHandler: ChannelDuplexHandler {
                 readingPaused = true
             case .resumeReading:
                 readingPaused = false
-                if readPending {
-                    readPending = false
-                    context.read()
-                }
+                resumeReadingIfAllowed(context)
             case .disconnect(let reason):
                 log("NBD connection closed: \(reason)")
                 context.flush()
