@@ -13,18 +13,22 @@ struct SimulatorSeedTests {
     /// Every fault the simulator knows, I/O errors included.
     static let faults = SimulationFaults.all
 
-    @Test("Protocol A keeps its guarantees over 500 seeded fault schedules", arguments: [ReplicationProtocol.a])
-    func protocolA(_ replicationProtocol: ReplicationProtocol) { runSeeds(replicationProtocol, firstSeed: 100_000) }
+    /// Each protocol's seeds run in chunks, so that the test runner can spread them evenly over the cores.
+    static let seedsPerChunk: UInt64 = 100
+    static let chunks = Array(0..<seedsPerProtocol / seedsPerChunk)
 
-    @Test("Protocol B keeps its guarantees over 500 seeded fault schedules", arguments: [ReplicationProtocol.b])
-    func protocolB(_ replicationProtocol: ReplicationProtocol) { runSeeds(replicationProtocol, firstSeed: 200_000) }
+    @Test("Protocol A keeps its guarantees over 500 seeded fault schedules", arguments: chunks)
+    func protocolA(chunk: UInt64) { runSeeds(.a, firstSeed: 100_000 + chunk * Self.seedsPerChunk) }
 
-    @Test("Protocol C keeps its guarantees over 500 seeded fault schedules", arguments: [ReplicationProtocol.c])
-    func protocolC(_ replicationProtocol: ReplicationProtocol) { runSeeds(replicationProtocol, firstSeed: 300_000) }
+    @Test("Protocol B keeps its guarantees over 500 seeded fault schedules", arguments: chunks)
+    func protocolB(chunk: UInt64) { runSeeds(.b, firstSeed: 200_000 + chunk * Self.seedsPerChunk) }
+
+    @Test("Protocol C keeps its guarantees over 500 seeded fault schedules", arguments: chunks)
+    func protocolC(chunk: UInt64) { runSeeds(.c, firstSeed: 300_000 + chunk * Self.seedsPerChunk) }
 
     private func runSeeds(_ replicationProtocol: ReplicationProtocol, firstSeed: UInt64) {
         var failures: [String] = []
-        for seed in firstSeed..<firstSeed + Self.seedsPerProtocol {
+        for seed in firstSeed..<firstSeed + Self.seedsPerChunk {
             let options = SimulationOptions(
                 seed: seed, steps: Self.stepsPerRun, replicationProtocol: replicationProtocol, faults: Self.faults)
             let result = Simulation(options: options).run()
@@ -32,10 +36,11 @@ struct SimulatorSeedTests {
                 failures.append(SimulationReport.failure(result))
             }
         }
+        let range = "\(firstSeed)..<\(firstSeed + Self.seedsPerChunk)"
         #expect(
             failures.isEmpty,
-            "\(failures.count) of \(Self.seedsPerProtocol) seeds failed:\n\(failures.prefix(3).joined(separator: "\n"))")
-        print("\(replicationProtocol.rawValue): \(Self.seedsPerProtocol - UInt64(failures.count)) of \(Self.seedsPerProtocol) seeds passed")
+            "\(failures.count) of the seeds \(range) failed:\n\(failures.prefix(3).joined(separator: "\n"))")
+        print("\(replicationProtocol.rawValue): \(Self.seedsPerChunk - UInt64(failures.count)) of the seeds \(range) passed")
     }
 }
 
