@@ -140,6 +140,7 @@ let package = Package(
             name: "TandemTransportTests",
             dependencies: [
                 "TandemTransport",
+                "TandemTestSupport",
                 "TandemDrivers",
                 "ReplicationCore",
                 "TandemConfig",

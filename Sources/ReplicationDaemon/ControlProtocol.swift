@@ -250,15 +250,10 @@ public struct GenerationIdentifiers: Codable, Sendable, Hashable {
     public var history2: String
 
     public init(current: UInt64, bitmap: UInt64, history1: UInt64, history2: UInt64) {
-        self.current = Self.hex(current)
-        self.bitmap = Self.hex(bitmap)
-        self.history1 = Self.hex(history1)
-        self.history2 = Self.hex(history2)
-    }
-
-    static func hex(_ value: UInt64) -> String {
-        let digits = String(value, radix: 16, uppercase: true)
-        return String(repeating: "0", count: 16 - digits.count) + digits
+        self.current = current.fixedWidthHex
+        self.bitmap = bitmap.fixedWidthHex
+        self.history1 = history1.fixedWidthHex
+        self.history2 = history2.fixedWidthHex
     }
 }
 

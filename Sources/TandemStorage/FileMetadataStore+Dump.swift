@@ -43,7 +43,7 @@ extension FileMetadataStore {
             "  generation UUIDs (current:bitmap:history1:history2): \(superblock.uuids)",
             "  flags: \(describeFlags(superblock.flags))",
             "  agreed size: \(superblock.agreedSizeBytes) bytes",
-            "  device UUID: \(hex(superblock.deviceUUID))",
+            "  device UUID: \(superblock.deviceUUID.fixedWidthHex)",
             "  al-extents: \(superblock.layout.activityLogExtents), ring slots: \(superblock.layout.activityLogSlots)",
         ]
     }

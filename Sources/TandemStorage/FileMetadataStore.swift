@@ -85,7 +85,7 @@ public final class FileMetadataStore: MetadataStore, Sendable {
         public var description: String {
             var text =
                 "created metadata: \(layout.usableDataBytes) bytes of data, \(layout.metadataSizeBytes) bytes of "
-                + "metadata at offset \(layout.metadataOffsetBytes), device UUID \(hex(deviceUUID))"
+                + "metadata at offset \(layout.metadataOffsetBytes), device UUID \(deviceUUID.fixedWidthHex)"
             if let overwritten { text += "; overwrote \(overwritten)" }
             return text
         }
@@ -310,5 +310,5 @@ func describeFlags(_ flags: MetadataFlags) -> String {
         (.crashedPrimary, "crashed-primary"), (.activityLogClean, "al-clean"), (.activityLogDisabled, "al-disabled"),
     ]
     let set = names.filter { flags.contains($0.0) }.map(\.1)
-    return "\(set.isEmpty ? "none" : set.joined(separator: ", ")) (\(hex(flags.rawValue)))"
+    return "\(set.isEmpty ? "none" : set.joined(separator: ", ")) (\(flags.rawValue.prefixedHex))"
 }

@@ -163,7 +163,7 @@ public struct PreservedBlocksHeader: Sendable, Hashable {
             throw StorageError(.preservedFileCorrupt, "preserved-blocks header is truncated: \(error)")
         }
         guard fields.magic == Self.magic else {
-            throw StorageError(.preservedFileCorrupt, "not a preserved-blocks file (magic \(hex(fields.magic)))")
+            throw StorageError(.preservedFileCorrupt, "not a preserved-blocks file (magic \(fields.magic.prefixedHex))")
         }
         guard fields.version == currentFormatVersion else {
             throw StorageError(
@@ -196,7 +196,7 @@ public struct PreservedBlocksHeader: Sendable, Hashable {
         guard stored == computed else {
             throw StorageError(
                 .preservedFileCorrupt,
-                "header checksum mismatch (stored \(hex(stored)), computed \(hex(computed))): the file is damaged")
+                "header checksum mismatch (stored \(stored.prefixedHex), computed \(computed.prefixedHex)): the file is damaged")
         }
         let decoded: PreservedBlocksHeader?
         let total: UInt64
@@ -326,8 +326,8 @@ public final class PreservedBlocksReader: Sendable {
         guard crc.value == range.checksum else {
             throw StorageError(
                 .preservedFileCorrupt,
-                "range \(index) ([\(range.offsetBytes), +\(range.lengthBytes))) has checksum \(hex(crc.value)), "
-                    + "expected \(hex(range.checksum)): its data is damaged")
+                "range \(index) ([\(range.offsetBytes), +\(range.lengthBytes))) has checksum \(crc.value.prefixedHex), "
+                    + "expected \(range.checksum.prefixedHex): its data is damaged")
         }
     }
 
@@ -354,13 +354,3 @@ enum MetadataBlockBytes {
     }
 }
 
-/// Fixed-width upper-case hexadecimal for magic numbers and checksums in messages.
-func hex(_ value: UInt32) -> String {
-    let digits = String(value, radix: 16, uppercase: true)
-    return "0x" + String(repeating: "0", count: max(0, 8 - digits.count)) + digits
-}
-
-func hex(_ value: UInt64) -> String {
-    let digits = String(value, radix: 16, uppercase: true)
-    return String(repeating: "0", count: max(0, 16 - digits.count)) + digits
-}

@@ -215,6 +215,7 @@ struct MetadataErrorTests {
     func descriptionFormat() {
         let error = MetadataError(.invalidField, "bytes per bit is 512, expected 4096", block: "superblock")
         #expect(error.description == "superblock: bytes per bit is 512, expected 4096")
-        #expect(hex32(0xBEEF) == "0x0000BEEF")
+        #expect((0xBEEF as UInt32).prefixedHex == "0x0000BEEF")
+        #expect((0xAB as UInt64).fixedWidthHex == "00000000000000AB")
     }
 }

@@ -282,7 +282,7 @@ struct PacketCodecRoundTripTests {
             bytes >= PacketCodec.maximumBlockBytes ? "1MiB+\(bytes - PacketCodec.maximumBlockBytes)" : "\(bytes)"
         }
         let expected = PacketCommand.allCases.map { command in
-            ["`\(PacketCodec.hex(command.rawValue))`", caseNames[command]!, channels[command]!.rawValue,
+            ["`\(command.rawValue.prefixedHex)`", caseNames[command]!, channels[command]!.rawValue,
              documentedSize(command.maximumPayloadBytes)]
         }
         let documented = text.split(separator: "\n").filter { $0.hasPrefix("| `0x") }.map { line in

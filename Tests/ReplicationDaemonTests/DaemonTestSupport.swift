@@ -231,34 +231,6 @@ func eventually(timeout: Duration = patience, _ condition: () -> Bool) async -> 
     return condition()
 }
 
-/// Free TCP ports on 127.0.0.1: bound to port 0 and closed again.
-func freeLoopbackPorts(_ count: Int) throws -> [UInt16] {
-    var descriptors: [Int32] = []
-    defer { for descriptor in descriptors { close(descriptor) } }
-    var ports: [UInt16] = []
-    for _ in 0..<count {
-        let descriptor = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        try #require(descriptor >= 0)
-        descriptors.append(descriptor)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        address.sin_port = 0
-        let bound = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-                bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
-            }
-        }
-        try #require(bound == 0)
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
-        }
-        ports.append(UInt16(bigEndian: address.sin_port))
-    }
-    return ports
-}
-
 /// Sends raw bytes on the control socket and returns the first response line (or nil if the daemon closed).
 func rawExchange(socketPath: String, _ bytes: [UInt8]) throws -> String? {
     let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)

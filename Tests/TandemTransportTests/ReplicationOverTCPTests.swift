@@ -5,6 +5,7 @@ import NIOPosix
 import ReplicationCore
 import TandemConfig
 import TandemDrivers
+import TandemTestSupport
 import Testing
 
 @testable import TandemTransport
@@ -126,7 +127,7 @@ struct ReplicationOverTCPTests {
     @Test("Two nodes connect, resync after a forced promotion, replicate a protocol C write, and reconnect")
     func endToEnd() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        let ports = try await reserveLoopbackPorts(2, group: group)
+        let ports = try freeLoopbackPorts(2)
         let nodes = [MemoryNode(name: "a"), MemoryNode(name: "b")]
         var transports: [TCPReplicationTransport] = []
         for (index, node) in nodes.enumerated() {

@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ReplicationCore
+import TandemTestSupport
 import Testing
 
 @testable import TandemTransport
@@ -133,7 +134,7 @@ struct TCPReplicationTransportTests {
     @Test("startConnecting before start is remembered: the node connects once the listener is bound")
     func startConnectingBeforeStart() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        let ports = try await reserveLoopbackPorts(2, group: group)
+        let ports = try freeLoopbackPorts(2)
         let a = TestNode(name: "a")
         let b = TestNode(name: "b")
         let transports = [
@@ -161,7 +162,7 @@ struct TCPReplicationTransportTests {
     func stopConnectingStopsRetries() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let node = TestNode(name: "a")
-        let ports = try await reserveLoopbackPorts(1, group: group)
+        let ports = try freeLoopbackPorts(1)
         // A peer that accepts and closes at once, counting attempts.
         let accepted = NIOLockedValueBoxCounter()
         let peer = try await ServerBootstrap(group: group)
@@ -191,7 +192,7 @@ struct TCPReplicationTransportTests {
     @Test("Bind failures say what is wrong: address in use, address not local, not an IP address, bad limits")
     func bindFailures() async throws {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        let ports = try await reserveLoopbackPorts(2, group: group)
+        let ports = try freeLoopbackPorts(2)
         let first = try makeTransport(TestNode(name: "first"), configuration(local: ports[0], peer: ports[1]), group: group)
         try await first.start()
         let second = try makeTransport(TestNode(name: "second"), configuration(local: ports[0], peer: ports[1]), group: group)

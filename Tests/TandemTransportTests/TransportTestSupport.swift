@@ -2,6 +2,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ReplicationCore
+import TandemTestSupport
 import Testing
 
 @testable import TandemTransport
@@ -66,20 +67,6 @@ final class TestNode: Sendable {
     }
 }
 
-/// Finds free loopback ports by binding to port 0 and closing again (SO_REUSEADDR lets the transport rebind).
-func reserveLoopbackPorts(_ count: Int, group: any EventLoopGroup) async throws -> [UInt16] {
-    var channels: [any Channel] = []
-    for _ in 0..<count {
-        let channel = try await ServerBootstrap(group: group)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .bind(host: "127.0.0.1", port: 0).get()
-        channels.append(channel)
-    }
-    let ports = channels.map { UInt16($0.localAddress!.port!) }
-    for channel in channels { try await channel.close() }
-    return ports
-}
-
 func configuration(local: UInt16, peer: UInt16, resource: String = "r0") -> TCPReplicationTransport.Configuration {
     var configuration = TCPReplicationTransport.Configuration(
         resourceName: resource, localAddress: ReplicationEndpoint(host: "127.0.0.1", port: local),
@@ -110,7 +97,7 @@ func withPair(
     let b = TestNode(name: "b")
     var started: [TCPReplicationTransport] = []
     do {
-        let ports = try await reserveLoopbackPorts(2, group: group)
+        let ports = try freeLoopbackPorts(2)
         var configurationA = configuration(local: ports[0], peer: ports[1])
         var configurationB = configuration(local: ports[1], peer: ports[0])
         configure(&configurationA)

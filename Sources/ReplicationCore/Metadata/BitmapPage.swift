@@ -76,7 +76,7 @@ public enum BitmapPage {
                 "holds page index \(storedIndex), expected \(expectedPageIndex) (misdirected write)", block: block)
         }
         guard reserved == 0 else {
-            throw MetadataError(.invalidField, "reserved field is \(hex32(reserved)), expected 0", block: block)
+            throw MetadataError(.invalidField, "reserved field is \(reserved.prefixedHex), expected 0", block: block)
         }
         return words
     }

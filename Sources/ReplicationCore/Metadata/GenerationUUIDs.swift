@@ -67,10 +67,6 @@ public struct GenerationUUIDs: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String {
-        func hex(_ value: UInt64) -> String {
-            let digits = String(value, radix: 16, uppercase: true)
-            return String(repeating: "0", count: max(0, 16 - digits.count)) + digits
-        }
-        return "\(hex(current)):\(hex(bitmap)):\(hex(history1)):\(hex(history2))"
+        "\(current.fixedWidthHex):\(bitmap.fixedWidthHex):\(history1.fixedWidthHex):\(history2.fixedWidthHex)"
     }
 }

@@ -37,12 +37,6 @@ public struct MetadataError: Error, Sendable, Hashable, CustomStringConvertible 
     public var description: String { "\(blockDescription): \(message)" }
 }
 
-/// Fixed-width upper-case hexadecimal, for magic numbers and checksums in error messages.
-func hex32(_ value: UInt32) -> String {
-    let digits = String(value, radix: 16, uppercase: true)
-    return "0x" + String(repeating: "0", count: max(0, 8 - digits.count)) + digits
-}
-
 /// The framing shared by every 4 KiB metadata block (superblock, bitmap page, activity-log transaction): a u32 magic
 /// at byte 0 and a CRC-32C at byte 8 computed over the whole block with its own four bytes taken as zero. Keeping the
 /// magic and checksum at the same offsets in every block kind and every format version is what lets the checksum be
@@ -82,14 +76,14 @@ enum MetadataBlock {
         }
         let magic = readUInt32(bytes, at: magicOffset)
         guard magics.contains(magic) else {
-            let expected = magics.map(hex32).joined(separator: " or ")
-            throw MetadataError(.badMagic, "bad magic \(hex32(magic)) (expected \(expected))", block: block)
+            let expected = magics.map(\.prefixedHex).joined(separator: " or ")
+            throw MetadataError(.badMagic, "bad magic \(magic.prefixedHex) (expected \(expected))", block: block)
         }
         let stored = readUInt32(bytes, at: checksumOffset)
         let computed = checksum(of: bytes)
         guard stored == computed else {
             throw MetadataError(
-                .checksumMismatch, "checksum mismatch (stored \(hex32(stored)), computed \(hex32(computed)))",
+                .checksumMismatch, "checksum mismatch (stored \(stored.prefixedHex), computed \(computed.prefixedHex))",
                 block: block)
         }
         return magic

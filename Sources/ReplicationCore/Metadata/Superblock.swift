@@ -145,7 +145,7 @@ public struct Superblock: Sendable, Hashable {
     /// Why this superblock must not be written, or nil. Decoding refuses exactly what encoding refuses.
     func problem() -> String? {
         let unknown = flags.rawValue & ~MetadataFlags.known.rawValue
-        if unknown != 0 { return "unknown flag bits \(hex32(unknown))" }
+        if unknown != 0 { return "unknown flag bits \(unknown.prefixedHex)" }
         if let problem = layout.problem() { return problem }
         guard agreedSizeBytes <= layout.coverableDataBytes else {
             return "agreed size \(agreedSizeBytes) exceeds the \(layout.coverableDataBytes) bytes the bitmap covers"

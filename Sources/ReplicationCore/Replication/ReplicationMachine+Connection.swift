@@ -260,14 +260,10 @@ extension ReplicationMachine {
         case .refuse(let refusal):
             refuseConnection(refusal, detail: decision.description)
         case .noSync:
-            if role == .primary && peer.role == .primary && !settings.allowTwoPrimaries {
-                return refuseConnection(.twoPrimaries, detail: "both nodes are Primary")
-            }
+            if refusedAsTwoPrimaries() { return }
             becomeConnectedWithoutSync()
         case .sync(let direction, let full):
-            if role == .primary && peer.role == .primary && !settings.allowTwoPrimaries {
-                return refuseConnection(.twoPrimaries, detail: "both nodes are Primary")
-            }
+            if refusedAsTwoPrimaries() { return }
             let victim = decision.splitBrain.map { _ in direction == .target } ?? false
             startBitmapExchange(
                 direction: direction, full: full,
@@ -293,12 +289,17 @@ extension ReplicationMachine {
         return nil
     }
 
+    /// Both nodes Primary without allow-two-primaries: the connection is refused, whatever the data says.
+    private mutating func refusedAsTwoPrimaries() -> Bool {
+        guard role == .primary && peer.role == .primary && !settings.allowTwoPrimaries else { return false }
+        refuseConnection(.twoPrimaries, detail: "both nodes are Primary")
+        return true
+    }
+
     /// One side has no disk: there is nothing to compare or sync (DRBD skips its sync handshake too). The disk
     /// side serves the Diskless side's I/O; a disk attached later meets the peer in a new handshake.
     private mutating func becomeConnectedAcrossDisklessSide() {
-        if role == .primary && peer.role == .primary && !settings.allowTwoPrimaries {
-            return refuseConnection(.twoPrimaries, detail: "both nodes are Primary")
-        }
+        if refusedAsTwoPrimaries() { return }
         connection = .connected
         log(hasLocalDisk ? "The peer is Diskless: no sync; this node serves its I/O" : "No local disk: the peer serves all I/O")
         startGenerationForDisklessPeer()

@@ -56,7 +56,7 @@ public struct ChannelHello: Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String {
-        "\(role) hello for \(channel) channel of '\(resourceName)' (nonce \(PacketCodec.hex(sessionNonce)), attempt \(attempt))"
+        "\(role) hello for \(channel) channel of '\(resourceName)' (nonce \(sessionNonce.prefixedHex), attempt \(attempt))"
     }
 
     /// Why `name` cannot travel in a hello, or nil if it can. Configuration checks this before any socket is opened.
@@ -118,7 +118,7 @@ public struct ChannelHello: Sendable, Hashable, CustomStringConvertible {
             guard magic == Self.magic else {
                 throw ChannelHelloError(
                     .badMagic,
-                    "the socket starts with \(PacketCodec.hex(magic)), expected \(PacketCodec.hex(Self.magic)): "
+                    "the socket starts with \(magic.prefixedHex), expected \(Self.magic.prefixedHex): "
                         + (magic == PacketCodec.magic
                             ? "a packet frame without a hello" : "not a Tandem replication peer"))
             }
@@ -137,7 +137,7 @@ public struct ChannelHello: Sendable, Hashable, CustomStringConvertible {
         guard checksum == computed else {
             throw ChannelHelloError(
                 .checksumMismatch,
-                "hello says \(PacketCodec.hex(checksum)), its bytes compute \(PacketCodec.hex(computed))")
+                "hello says \(checksum.prefixedHex), its bytes compute \(computed.prefixedHex)")
         }
         let channel: PacketChannel
         switch prefix[6] {

@@ -197,7 +197,7 @@ public enum PacketCodec {
         case .uuids(let uuids):
             let known: UUIDExchangeFlags = [.discardMyData, .crashedPrimary, .inconsistent, .skipInitialSync]
             let unknown = uuids.flags.rawValue & ~known.rawValue
-            guard unknown == 0 else { throw invalid("unknown flag bits \(hex(unknown))") }
+            guard unknown == 0 else { throw invalid("unknown flag bits \(unknown.prefixedHex)") }
         case .state(let state):
             guard state.role != .unknown else { throw invalid("a peer cannot report its own role as Unknown") }
             guard state.diskState != .unknown else {
@@ -213,7 +213,7 @@ public enum PacketCodec {
         case .data(let data):
             let known: DataFlags = [.forceUnitAccess, .flush, .sendReceiveAck, .sendWriteAck, .mayClearOutOfSync]
             let unknown = data.flags.rawValue & ~known.rawValue
-            guard unknown == 0 else { throw invalid("unknown flag bits \(hex(unknown))") }
+            guard unknown == 0 else { throw invalid("unknown flag bits \(unknown.prefixedHex)") }
             try checkRange(data.range, allowsEmpty: data.flags.contains(.flush), command: command)
             try checkPayload(data.payload, matches: data.range, command: command)
         case .resyncRequest(let request), .verifyRequest(let request), .readRequest(let request):
@@ -290,11 +290,6 @@ public enum PacketCodec {
         }
     }
 
-    static func hex(_ value: some BinaryInteger & FixedWidthInteger) -> String {
-        let digits = String(value, radix: 16, uppercase: true)
-        let width = value.bitWidth / 4
-        return "0x" + String(repeating: "0", count: max(0, width - digits.count)) + digits
-    }
 }
 
 extension ByteWriter {

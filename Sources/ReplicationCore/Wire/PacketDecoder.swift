@@ -66,12 +66,12 @@ public struct PacketDecoder: Sendable {
         let checksum = bigEndian(UInt32.self, at: start + PacketCodec.checksumOffset)
 
         guard magic == PacketCodec.magic else {
-            let expected = PacketCodec.hex(PacketCodec.magic)
-            throw WireError(.badMagic, "frame starts with \(PacketCodec.hex(magic)), expected \(expected)")
+            let expected = PacketCodec.magic.prefixedHex
+            throw WireError(.badMagic, "frame starts with \(magic.prefixedHex), expected \(expected)")
         }
         guard let command = PacketCommand(rawValue: commandCode) else {
             throw WireError(
-                .unknownCommand, "command code \(PacketCodec.hex(commandCode)) is not known to this version")
+                .unknownCommand, "command code \(commandCode.prefixedHex) is not known to this version")
         }
         guard volume == 0 else {
             throw WireError(
@@ -101,7 +101,7 @@ public struct PacketDecoder: Sendable {
         guard computed == checksum else {
             throw WireError(
                 .checksumMismatch,
-                "header says \(PacketCodec.hex(checksum)), frame computes \(PacketCodec.hex(computed))",
+                "header says \(checksum.prefixedHex), frame computes \(computed.prefixedHex)",
                 command: command)
         }
         readIndex = frameEnd
