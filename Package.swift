@@ -76,6 +76,7 @@ let package = Package(
             name: "ReplicationDaemon",
             dependencies: [
                 "CTandemStorage",
+                "DeviceFrontend",
                 "ReplicationCore",
                 "TandemDrivers",
                 "TandemTransport",

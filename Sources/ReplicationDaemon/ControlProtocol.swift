@@ -205,6 +205,8 @@ public struct ResourceListing: Codable, Sendable, Hashable {
 public struct ResourceStatusReport: Codable, Sendable, Hashable {
     public var name: String
     public var volume: Int
+    /// The device's minor number (drbd.conf's `device ... minor N`).
+    public var minor: Int?
     public var node: String
     public var peerNode: String?
     /// false for a resource that is configured but not up: the remaining fields then say "Unconfigured".
@@ -228,6 +230,15 @@ public struct ResourceStatusReport: Codable, Sendable, Hashable {
     public var backingDevice: String?
     /// The device drbd.conf names. No block-device frontend exists yet, so nothing appears there.
     public var device: String?
+    /// /proc/drbd's counters.
+    public var counters: ResourceCounters?
+    /// Who holds the device open (NBD clients, with their process where known); `secondary` and `down` are refused
+    /// while this is not empty.
+    public var heldOpenBy: [String]?
+    /// Where this resource's split-brain victims' blocks are kept (`tandem adm restore-discarded`).
+    public var preserveDirectory: String?
+    /// The NBD export's URIs (the Unix socket, and TCP if configured), as nbdinfo and nbdcopy take them.
+    public var nbdExports: [String]?
 
     public init(name: String, node: String, peerNode: String?) {
         self.name = name
@@ -240,6 +251,50 @@ public struct ResourceStatusReport: Codable, Sendable, Hashable {
         self.connection = "Unconfigured"
         self.peerRole = "Unconfigured"
         self.peerDisk = "Unconfigured"
+    }
+}
+
+/// /proc/drbd's counters (DRBD 8.4's names in the comments). Traffic is cumulative since `up`.
+public struct ResourceCounters: Codable, Sendable, Hashable {
+    /// ns: replicated payload sent to the peer.
+    public var networkSentKiB: UInt64
+    /// nr: replicated payload received from the peer.
+    public var networkReceivedKiB: UInt64
+    /// dw: written to the backing device.
+    public var diskWrittenKiB: UInt64
+    /// dr: read from the backing device.
+    public var diskReadKiB: UInt64
+    /// al: activity-log transactions written.
+    public var activityLogUpdates: UInt64
+    /// bm: bitmap pages written.
+    public var bitmapUpdates: UInt64
+    /// lo: requests on the backing device, not yet completed.
+    public var localPending: Int
+    /// pe: writes sent to the peer, not yet acknowledged.
+    public var peerPending: Int
+    /// ua: the peer's writes received here, not yet acknowledged.
+    public var unacknowledged: Int
+    /// ap: application requests not yet completed.
+    public var applicationPending: Int
+    /// ep: epochs not yet barrier-acknowledged.
+    public var epochs: Int
+
+    public init(
+        networkSentKiB: UInt64, networkReceivedKiB: UInt64, diskWrittenKiB: UInt64, diskReadKiB: UInt64,
+        activityLogUpdates: UInt64, bitmapUpdates: UInt64, localPending: Int, peerPending: Int, unacknowledged: Int,
+        applicationPending: Int, epochs: Int
+    ) {
+        self.networkSentKiB = networkSentKiB
+        self.networkReceivedKiB = networkReceivedKiB
+        self.diskWrittenKiB = diskWrittenKiB
+        self.diskReadKiB = diskReadKiB
+        self.activityLogUpdates = activityLogUpdates
+        self.bitmapUpdates = bitmapUpdates
+        self.localPending = localPending
+        self.peerPending = peerPending
+        self.unacknowledged = unacknowledged
+        self.applicationPending = applicationPending
+        self.epochs = epochs
     }
 }
 

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import DeviceFrontend
 import Foundation
 import Logging
 import NIOCore
@@ -188,13 +189,9 @@ public final class ControlServer: Sendable {
 
     /// SO_PEERCRED: only root and the daemon's own user may control it.
     private func credentialsProblem(_ channel: any Channel) async -> String? {
-        guard let provider = channel as? any SocketOptionProvider else {
-            return "cannot read the client's credentials"
-        }
+        guard let request = UnixPeerCredentials.of(channel) else { return "cannot read the client's credentials" }
         do {
-            let credentials: PeerCredentials = try await provider.unsafeGetSocketOption(
-                level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED)
-            ).get()
+            let credentials = try await request.get()
             if credentials.uid == 0 || credentials.uid == getuid() { return nil }
             return "permission denied: uid \(credentials.uid) (pid \(credentials.pid)) may not control replicad"
         } catch {
@@ -232,14 +229,6 @@ public final class ControlServer: Sendable {
         data.append(UInt8(ascii: "\n"))
         return ByteBuffer(bytes: data)
     }
-}
-
-/// Linux's `struct ucred` (pid_t pid; uid_t uid; gid_t gid), which Glibc only declares with _GNU_SOURCE and Swift
-/// therefore cannot see: three 32-bit fields, the same size and layout.
-struct PeerCredentials: Sendable {
-    var pid: Int32 = 0
-    var uid: UInt32 = 0
-    var gid: UInt32 = 0
 }
 
 /// Why the daemon could not start, with the exit code the CLI uses.

@@ -37,15 +37,41 @@ final class ReceivePause: Sendable {
     }
 }
 
+/// /proc/drbd's traffic counters for one resource, in bytes (reported in KiB). Confined to the resource's thread,
+/// like the node whose environment updates them.
+final class TrafficCounters {
+    /// Replicated payload (application writes, resync and read replies) sent to and received from the peer.
+    var networkSentBytes: UInt64 = 0
+    var networkReceivedBytes: UInt64 = 0
+    var diskWrittenBytes: UInt64 = 0
+    var diskReadBytes: UInt64 = 0
+    var activityLogTransactions: UInt64 = 0
+    var bitmapPageWrites: UInt64 = 0
+
+    /// The payload a packet carries, as DRBD's ns/nr count it: data, not headers or control packets.
+    static func payloadBytes(_ packet: Packet) -> UInt64 {
+        switch packet {
+        case .data(let data): UInt64(data.payload.count)
+        case .resyncReply(let reply), .readReply(let reply): UInt64(reply.payload.count)
+        default: 0
+        }
+    }
+}
+
 /// The transport as the replication node sees it: the TCP transport, with the pause shared with the mailbox.
 struct DaemonTransport: ReplicationTransport {
     let inner: TCPReplicationTransport
     let pause: ReceivePause
+    let counters: TrafficCounters
 
     func startConnecting() { inner.startConnecting() }
     func stopConnecting() { inner.stopConnecting() }
     func dropConnection(reason: String) { inner.dropConnection(reason: reason) }
-    func send(_ packet: Packet) { inner.send(packet) }
+
+    func send(_ packet: Packet) {
+        counters.networkSentBytes += TrafficCounters.payloadBytes(packet)
+        inner.send(packet)
+    }
     func setReceivingPaused(_ paused: Bool) { pause.setByMachine(paused) }
 }
 
@@ -53,18 +79,24 @@ struct DaemonTransport: ReplicationTransport {
 /// not been handled yet, so that a stop knows when the disk is quiet. Confined to the resource's thread.
 final class DaemonBlockStore: BlockStore {
     let store: FileBlockStore
+    let counters: TrafficCounters
     /// Submitted, completion not yet handled by the resource's thread.
     private(set) var outstanding = 0
 
-    init(store: FileBlockStore) { self.store = store }
+    init(store: FileBlockStore, counters: TrafficCounters) {
+        self.store = store
+        self.counters = counters
+    }
 
     func submitWrite(token: UInt64, range: BlockRange, payload: [UInt8], forceUnitAccess: Bool) {
         outstanding += 1
+        counters.diskWrittenBytes += UInt64(payload.count)
         store.submitWrite(token: token, range: range, payload: payload, forceUnitAccess: forceUnitAccess)
     }
 
     func submitRead(token: UInt64, range: BlockRange) {
         outstanding += 1
+        counters.diskReadBytes += UInt64(range.sizeBytes)
         store.submitRead(token: token, range: range)
     }
 
@@ -77,5 +109,30 @@ final class DaemonBlockStore: BlockStore {
     func completionArrived() {
         precondition(outstanding > 0, "a block-store completion without a request outstanding")
         outstanding -= 1
+    }
+}
+
+/// The metadata store as the replication node sees it: `FileMetadataStore`, counting activity-log transactions and
+/// bitmap page writes (/proc/drbd's `al` and `bm`). Confined to the resource's thread.
+struct DaemonMetadataStore: MetadataStore {
+    let store: FileMetadataStore
+    let counters: TrafficCounters
+
+    func writeSuperblock(_ state: SuperblockState) throws(MetadataStoreError) {
+        try store.writeSuperblock(state)
+    }
+
+    func writeActivityLog(_ transaction: ActivityLogTransaction) throws(MetadataStoreError) {
+        counters.activityLogTransactions += 1
+        try store.writeActivityLog(transaction)
+    }
+
+    func writeBitmap(_ pages: [BitmapPageContents]) throws(MetadataStoreError) {
+        counters.bitmapPageWrites += UInt64(pages.count)
+        try store.writeBitmap(pages)
+    }
+
+    func preserveDivergedBlocks(_ blocks: [Range<UInt64>], reason: String) throws(MetadataStoreError) {
+        try store.preserveDivergedBlocks(blocks, reason: reason)
     }
 }

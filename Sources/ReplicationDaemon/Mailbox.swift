@@ -39,12 +39,15 @@ enum StopMode: Sendable {
 ///   max-buffers throttle, which only sees packets the thread has handled). The thread handles a batch before it
 ///   takes the next, so at most about twice the high-water mark of packets is held;
 /// - storage completions are bounded by the machine's requests in flight;
-/// - control requests beyond `controlRequestsMaximum` waiting are refused (`post` returns false).
+/// - control requests beyond `controlRequestsMaximum` waiting are refused (`post` returns false);
+/// - device requests are bounded by the frontend that sends them (the NBD export: connections times requests in
+///   flight per connection, each at most one replicated request's size).
 final class Mailbox: @unchecked Sendable {
     // @unchecked: every mutable field is only touched with `lock` held.
     enum Message: Sendable {
         case event(ReplicationEvent)
         case request(RunnerRequest)
+        case device(DeviceRequest)
     }
 
     static let packetBytesHighWater = 64 << 20
@@ -86,6 +89,16 @@ final class Mailbox: @unchecked Sendable {
             guard !isClosed, controlRequests < Self.controlRequestsMaximum else { return false }
             controlRequests += 1
             messages.append(.request(request))
+            lock.broadcast()
+            return true
+        }
+    }
+
+    /// Queues a device request; false (and the request is not queued) when the thread is gone.
+    func post(_ request: DeviceRequest) -> Bool {
+        lock.withLock {
+            guard !isClosed else { return false }
+            messages.append(.device(request))
             lock.broadcast()
             return true
         }

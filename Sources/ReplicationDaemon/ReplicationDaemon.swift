@@ -1,3 +1,4 @@
+import DeviceFrontend
 import Foundation
 import Logging
 import NIOCore
@@ -26,6 +27,9 @@ public struct DaemonOptions: Sendable {
     public var stopTimeout: Duration = .seconds(30)
     /// Where split-brain victims' blocks are kept, one folder per resource; nil for /var/lib/tandem/preserved.
     public var preserveDirectory: String?
+    /// Resources whose NBD export also listens on TCP, by resource name. Every resource that is up exports on its
+    /// Unix socket (`nbdSocketPath`) in any case.
+    public var nbdTCPAddresses: [String: NBDTCPAddress] = [:]
 
     public init(configDirectory: String, runDirectory: String, nodeName: String) {
         self.configDirectory = configDirectory
@@ -35,6 +39,25 @@ public struct DaemonOptions: Sendable {
 
     public var configPath: String { (configDirectory as NSString).appendingPathComponent("drbd.conf") }
     public var socketPath: String { ControlProtocol.socketPath(runDirectory: runDirectory) }
+    public var nbdDirectory: String { (runDirectory as NSString).appendingPathComponent("nbd") }
+
+    /// `<run-dir>/nbd/<resource>.sock`: the resource's NBD export (export name = the resource name).
+    public func nbdSocketPath(resource: String) -> String {
+        (nbdDirectory as NSString).appendingPathComponent("\(resource).sock")
+    }
+}
+
+/// Where a resource's NBD export listens on TCP (`--nbd-tcp RESOURCE=HOST:PORT`).
+public struct NBDTCPAddress: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
 /// The replication daemon: the table of resources that are up on this node, and the answers to control requests.
@@ -55,6 +78,8 @@ public final class ReplicationDaemon: Sendable {
     struct RunningResource: Sendable {
         var runner: ResourceRunner
         var transport: TCPReplicationTransport
+        /// The NBD export's listeners: the Unix socket, and TCP if configured.
+        var exports: [NBDServer]
     }
 
     public let options: DaemonOptions
@@ -290,6 +315,7 @@ public final class ReplicationDaemon: Sendable {
         if !registered {
             _ = await resource.runner.submit(.stop(.terminate, timeout: options.stopTimeout))
             resource.runner.join()
+            for server in resource.exports { try? await server.close() }
             await resource.transport.shutdown()
             release(name)
             return ControlResponse(.refused, "replicad is shutting down")
@@ -334,7 +360,7 @@ public final class ReplicationDaemon: Sendable {
         let handlerTimeout = options.handlerTimeout
         let response = await withCheckedContinuation { continuation in
             runner.start(
-                transport: DaemonTransport(inner: transport, pause: pause), logger: resourceLogger,
+                transport: transport, pause: pause, logger: resourceLogger,
                 handlerTimeout: handlerTimeout, started: { continuation.resume(returning: $0) })
         }
         guard response.result == .ok else {
@@ -343,7 +369,49 @@ public final class ReplicationDaemon: Sendable {
             await transport.shutdown()
             return .failure(ResponseError(response))
         }
-        return .success(RunningResource(runner: runner, transport: transport))
+        switch await startExports(plan, runner: runner, mailbox: mailbox, logger: resourceLogger) {
+        case .success(let exports):
+            return .success(RunningResource(runner: runner, transport: transport, exports: exports))
+        case .failure(let error):
+            _ = await runner.submit(.stop(.terminate, timeout: options.stopTimeout))
+            runner.join()
+            await transport.shutdown()
+            return .failure(error)
+        }
+    }
+
+    /// Starts the resource's NBD export on `<run-dir>/nbd/<resource>.sock` (a 0700 directory, a 0600 socket: the
+    /// device is root's) and on TCP if configured.
+    private func startExports(
+        _ plan: ResourcePlan, runner: ResourceRunner, mailbox: Mailbox, logger: Logger
+    ) async -> Result<[NBDServer], ResponseError> {
+        let name = plan.resourceName
+        let sizeBytes = await runner.submit(.status).status?.sizeBytes ?? 0
+        let backend = ReplicatedDeviceBackend(
+            resourceName: name, sizeBytes: sizeBytes, state: runner.exportState, mailbox: mailbox)
+        let export = NBDServer.Export(name: name, backend: backend)
+        var addresses: [NBDServer.Address] = [.unixDomainSocket(path: options.nbdSocketPath(resource: name))]
+        if let tcp = options.nbdTCPAddresses[name] { addresses.append(.tcp(host: tcp.host, port: tcp.port)) }
+        do {
+            try FileManager.default.createDirectory(
+                atPath: options.nbdDirectory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        } catch {
+            return .failure(ResponseError(.failed, "\(name): cannot create \(options.nbdDirectory): \(error)"))
+        }
+        var servers: [NBDServer] = []
+        for address in addresses {
+            do {
+                let server = try await NBDServer.start(
+                    address: address, exports: [export], limits: ReplicatedDeviceBackend.limits, group: group,
+                    log: { line in logger.notice("\(line)") })
+                servers.append(server)
+                logger.notice("NBD export: \(Self.nbdURI(address, export: name))")
+            } catch {
+                for server in servers { try? await server.close() }
+                return .failure(ResponseError(.failed, "\(name): cannot start the NBD export on \(address): \(error)"))
+            }
+        }
+        return .success(servers)
     }
 
     func takeDown(_ name: String, mode: StopMode) async -> ControlResponse {
@@ -372,6 +440,7 @@ public final class ReplicationDaemon: Sendable {
             return response
         }
         resource.runner.join()
+        for server in resource.exports { try? await server.close() }
         await resource.transport.shutdown()
         release(name)
         return response
@@ -400,7 +469,11 @@ public final class ReplicationDaemon: Sendable {
     // MARK: status and dump-md
 
     private func status(_ name: String) async -> ControlResponse {
-        if let resource = running(name) { return await resource.runner.submit(.status) }
+        if let resource = running(name) {
+            var response = await resource.runner.submit(.status)
+            response.status?.nbdExports = resource.exports.map { Self.nbdURI($0.address, export: name) }
+            return response
+        }
         switch lookup(name) {
         case .problem(let response): return response
         case .found(let resource):
@@ -408,6 +481,14 @@ public final class ReplicationDaemon: Sendable {
             let peer = resource.hosts.first { !$0.names.contains { $0.value == options.nodeName } }
             response.status = ResourceStatusReport(name: name, node: options.nodeName, peerNode: peer?.displayName)
             return response
+        }
+    }
+
+    /// The export's NBD URI, as nbdinfo, nbdcopy and qemu-img take it.
+    static func nbdURI(_ address: NBDServer.Address, export: String) -> String {
+        switch address {
+        case .unixDomainSocket(let path): "nbd+unix:///\(export)?socket=\(path)"
+        case .tcp: "nbd://\(address)/\(export)"
         }
     }
 

@@ -17,15 +17,21 @@ final class ResourceObserver: ReplicationObserver {
             case stopSequence
             /// Nobody waits any more (an online verify runs for as long as the disk is large): only logged.
             case detached
+            /// A device frontend's I/O. It never expires: a block device's request ends when the engine ends it
+            /// (completed, or failed because no good copy is reachable), as a DRBD request does.
+            case device(@Sendable (DeviceOutcome) -> Void)
         }
 
         var waiter: Waiter
         var deadline: MonotonicInstant
         var what: String
 
-        var isDetached: Bool {
-            if case .detached = waiter { return true }
-            return false
+        /// Whether a deadline applies: not to a detached command nor to device I/O.
+        var expires: Bool {
+            switch waiter {
+            case .detached, .device: false
+            case .client, .stopSequence: true
+            }
         }
     }
 
@@ -48,7 +54,7 @@ final class ResourceObserver: ReplicationObserver {
         switch pending.waiter {
         case .stopSequence:
             internalOutcomes[commandID] = outcome
-        case .detached:
+        case .detached, .device:
             logger.notice("\(pending.what) finished: \(outcome)")
         case .client(let reply):
             switch outcome {
@@ -61,28 +67,30 @@ final class ResourceObserver: ReplicationObserver {
     }
 
     func writeCompleted(requestID: UInt64, _ outcome: RequestOutcome) {
-        answer(requestID, outcome) { ControlResponse(.ok) }
+        answer(requestID, outcome, payload: [])
     }
 
     func readCompleted(requestID: UInt64, _ outcome: RequestOutcome, payload: [UInt8]) {
-        answer(requestID, outcome) {
-            var response = ControlResponse(.ok)
-            response.dataBase64 = Data(payload).base64EncodedString()
-            return response
-        }
+        answer(requestID, outcome, payload: payload)
     }
 
     func flushCompleted(requestID: UInt64, _ outcome: RequestOutcome) {
-        answer(requestID, outcome) { ControlResponse(.ok) }
+        answer(requestID, outcome, payload: [])
     }
 
-    private func answer(_ requestID: UInt64, _ outcome: RequestOutcome, success: () -> ControlResponse) {
-        guard let pending = requests.removeValue(forKey: requestID), case .client(let reply) = pending.waiter else {
-            return
-        }
-        switch outcome {
-        case .success: reply(success())
-        case .failure(let failure): reply(ControlResponse(.refused, "\(pending.what) failed: \(failure.rawValue)"))
+    private func answer(_ requestID: UInt64, _ outcome: RequestOutcome, payload: [UInt8]) {
+        guard let pending = requests.removeValue(forKey: requestID) else { return }
+        switch (pending.waiter, outcome) {
+        case (.device(let completion), .success): completion(.success(payload))
+        case (.device(let completion), .failure(let failure)): completion(.failure(failure))
+        case (.client(let reply), .success):
+            var response = ControlResponse(.ok)
+            if !payload.isEmpty { response.dataBase64 = Data(payload).base64EncodedString() }
+            reply(response)
+        case (.client(let reply), .failure(let failure)):
+            reply(ControlResponse(.refused, "\(pending.what) failed: \(failure.rawValue)"))
+        case (.stopSequence, _), (.detached, _):
+            break
         }
     }
 
@@ -100,11 +108,11 @@ final class ResourceObserver: ReplicationObserver {
 
     /// Answers `timeout` to everyone whose deadline has passed. A late completion then finds nobody and is dropped.
     func expire(now: MonotonicInstant) {
-        for (id, pending) in commands where pending.deadline <= now && !pending.isDetached {
+        for (id, pending) in commands where pending.deadline <= now && pending.expires {
             commands[id] = nil
             timedOut(pending, commandID: id)
         }
-        for (id, pending) in requests where pending.deadline <= now {
+        for (id, pending) in requests where pending.deadline <= now && pending.expires {
             requests[id] = nil
             timedOut(pending, commandID: nil)
         }
@@ -117,7 +125,7 @@ final class ResourceObserver: ReplicationObserver {
             reply(ControlResponse(.timeout, "\(pending.what) did not complete in time; it may still complete"))
         case .stopSequence:
             if let commandID { internalOutcomes[commandID] = .refused("\(pending.what) did not complete in time") }
-        case .detached:
+        case .detached, .device:
             break
         }
     }
@@ -125,7 +133,11 @@ final class ResourceObserver: ReplicationObserver {
     /// Answers everyone still waiting: the resource is going away.
     func failAll(_ message: String) {
         for pending in Array(commands.values) + Array(requests.values) {
-            if case .client(let reply) = pending.waiter { reply(ControlResponse(.refused, message)) }
+            switch pending.waiter {
+            case .client(let reply): reply(ControlResponse(.refused, message))
+            case .device(let completion): completion(.unavailable)
+            case .stopSequence, .detached: break
+            }
         }
         commands.removeAll()
         requests.removeAll()

@@ -7,7 +7,7 @@ import TandemDrivers
 import TandemStorage
 import TandemTransport
 
-typealias DaemonNode = ReplicationNode<DaemonTransport, DaemonBlockStore, FileMetadataStore, ResourceObserver>
+typealias DaemonNode = ReplicationNode<DaemonTransport, DaemonBlockStore, DaemonMetadataStore, ResourceObserver>
 
 /// One resource (volume 0) on this node: the production `ReplicationNode` on a dedicated thread.
 ///
@@ -25,6 +25,8 @@ final class ResourceRunner: Sendable {
 
     let plan: ResourcePlan
     let mailbox: Mailbox
+    /// The role and the device's holders, shared with the device frontends.
+    let exportState = DeviceExportState()
     private let thread = Mutex<DaemonThread?>(nil)
 
     init(plan: ResourcePlan, mailbox: Mailbox) {
@@ -35,19 +37,18 @@ final class ResourceRunner: Sendable {
     /// Starts the thread. `started` is called once, from the thread: `ok` once the node runs, or `failed` with the
     /// reason (the disk or metadata could not be opened or recovered), after which the thread has ended.
     func start(
-        transport: DaemonTransport, logger: Logger, handlerTimeout: Duration,
+        transport: TCPReplicationTransport, pause: ReceivePause, logger: Logger, handlerTimeout: Duration,
         started: @escaping @Sendable (ControlResponse) -> Void
     ) {
         let plan = plan
         let mailbox = mailbox
+        let exportState = exportState
         let handle = DaemonThread.start(name: "tandem-\(plan.resourceName)") {
-            switch RunnerLoop.open(plan: plan, mailbox: mailbox, transport: transport, logger: logger,
-                handlerTimeout: handlerTimeout)
+            switch RunnerLoop.open(plan: plan, mailbox: mailbox, exportState: exportState, transport: transport,
+                pause: pause, logger: logger, handlerTimeout: handlerTimeout)
             {
             case .failure(let failure):
-                for case .request(let request) in mailbox.close() {
-                    request.reply(ControlResponse(.refused, "\(plan.resourceName) is not up"))
-                }
+                RunnerLoop.refuseAll(mailbox.close(), "\(plan.resourceName) is not up")
                 started(ControlResponse(.failed, failure.message))
             case .success(let loop):
                 started(ControlResponse(.ok))
@@ -97,23 +98,28 @@ final class RunnerLoop {
 
     let plan: ResourcePlan
     let mailbox: Mailbox
+    let exportState: DeviceExportState
     let logger: Logger
     var node: DaemonNode
     let observer: ResourceObserver
     let blocks: DaemonBlockStore
     let metadata: FileMetadataStore
     let handlers: HandlerRunner
+    let counters: TrafficCounters
     private var stop: Stop?
     private var finished = false
     private var nextCommandID: UInt64 = 1
     private var nextRequestID: UInt64 = 1
 
     private init(
-        plan: ResourcePlan, mailbox: Mailbox, logger: Logger, node: DaemonNode, observer: ResourceObserver,
-        blocks: DaemonBlockStore, metadata: FileMetadataStore, handlers: HandlerRunner
+        plan: ResourcePlan, mailbox: Mailbox, exportState: DeviceExportState, logger: Logger, node: DaemonNode,
+        observer: ResourceObserver, blocks: DaemonBlockStore, metadata: FileMetadataStore, handlers: HandlerRunner,
+        counters: TrafficCounters
     ) {
+        self.counters = counters
         self.plan = plan
         self.mailbox = mailbox
+        self.exportState = exportState
         self.logger = logger
         self.node = node
         self.observer = observer
@@ -126,7 +132,8 @@ final class RunnerLoop {
 
     /// Opens the metadata and recovers it, opens the backing device, builds the machine and starts the node.
     static func open(
-        plan: ResourcePlan, mailbox: Mailbox, transport: DaemonTransport, logger: Logger, handlerTimeout: Duration
+        plan: ResourcePlan, mailbox: Mailbox, exportState: DeviceExportState, transport: TCPReplicationTransport,
+        pause: ReceivePause, logger: Logger, handlerTimeout: Duration
     ) -> Result<RunnerLoop, OpenFailure> {
         for line in plan.notApplied { logger.warning("\(line)") }
         let metadata: FileMetadataStore
@@ -161,8 +168,11 @@ final class RunnerLoop {
             settings: settings, recovered: recovered, randomSeed: UInt64.random(in: 1...UInt64.max, using: &random))
         let handlers = HandlerRunner(name: plan.resourceName, timeout: handlerTimeout, logger: logger)
         let observer = ResourceObserver(plan: plan, logger: logger, handlers: handlers)
-        let blocks = DaemonBlockStore(store: store)
-        var node = DaemonNode(machine: machine, transport: transport, blocks: blocks, metadata: metadata, observer: observer)
+        let counters = TrafficCounters()
+        let blocks = DaemonBlockStore(store: store, counters: counters)
+        var node = DaemonNode(
+            machine: machine, transport: DaemonTransport(inner: transport, pause: pause, counters: counters),
+            blocks: blocks, metadata: DaemonMetadataStore(store: metadata, counters: counters), observer: observer)
         node.start(now: DaemonClock.now)
         if node.metadataFailed {
             store.close()
@@ -172,10 +182,11 @@ final class RunnerLoop {
         }
         logger.notice(
             "attached \(plan.backingDisk) (\(store.ioMode)), \(machine.sizeBytes) bytes of data, disk \(node.status.disk)")
+        exportState.publish(role: node.status.role)
         return .success(
             RunnerLoop(
-                plan: plan, mailbox: mailbox, logger: logger, node: node, observer: observer, blocks: blocks,
-                metadata: metadata, handlers: handlers))
+                plan: plan, mailbox: mailbox, exportState: exportState, logger: logger, node: node,
+                observer: observer, blocks: blocks, metadata: metadata, handlers: handlers, counters: counters))
     }
 
     // MARK: The loop
@@ -193,9 +204,16 @@ final class RunnerLoop {
                     } else {
                         handle(request)
                     }
+                case .device(let request):
+                    if finished || stop != nil {
+                        request.completion(.unavailable)
+                    } else {
+                        handle(request)
+                    }
                 }
             }
             guard !finished else { break }
+            exportState.publish(role: node.status.role)
             let now = DaemonClock.now
             if now >= nextTick {
                 node.handle(.tick, now: now)
@@ -208,7 +226,11 @@ final class RunnerLoop {
     }
 
     private func handle(_ event: ReplicationEvent) {
-        if case .localIOCompleted = event { blocks.completionArrived() }
+        switch event {
+        case .localIOCompleted: blocks.completionArrived()
+        case .packet(let packet): counters.networkReceivedBytes += TrafficCounters.payloadBytes(packet)
+        default: break
+        }
         node.handle(event, now: DaemonClock.now)
     }
 
@@ -222,6 +244,10 @@ final class RunnerLoop {
         }
         switch request.kind {
         case .command(let command, let timeout):
+            if case .demote = command, let refusal = exportState.heldOpenRefusal(resource: plan.resourceName) {
+                logger.notice("operator: secondary refused: \(refusal)")
+                return request.reply(ControlResponse(.refused, refusal))
+            }
             let id = allocateCommandID()
             observer.commands[id] = ResourceObserver.Pending(
                 waiter: .client(request.reply), deadline: now + timeout, what: Self.describe(command))
@@ -256,7 +282,45 @@ final class RunnerLoop {
         case .fault(let fault):
             request.reply(applyFault(fault))
         case .stop(let mode, let timeout):
+            if mode == .down, let refusal = exportState.heldOpenRefusal(resource: plan.resourceName) {
+                logger.notice("operator: down refused: \(refusal)")
+                return request.reply(ControlResponse(.refused, refusal))
+            }
             beginStop(mode: mode, deadline: now + timeout, reply: request.reply)
+        }
+    }
+
+    /// A device frontend's read, write or flush, through the replication engine like any application I/O.
+    private func handle(_ request: DeviceRequest) {
+        let now = DaemonClock.now
+        let id = nextRequestID
+        nextRequestID += 1
+        let event: ReplicationEvent
+        let what: String
+        switch request.operation {
+        case .read(let offset, let length):
+            event = .read(requestID: id, range: BlockRange(sector: offset / 512, sizeBytes: length))
+            what = "device read of \(length) bytes at \(offset)"
+        case .write(let offset, let payload, let forceUnitAccess):
+            event = .write(ApplicationWrite(
+                requestID: id, offsetBytes: offset, payload: payload, forceUnitAccess: forceUnitAccess))
+            what = "device write of \(payload.count) bytes at \(offset)"
+        case .flush:
+            event = .flush(requestID: id)
+            what = "device flush"
+        }
+        observer.requests[id] = ResourceObserver.Pending(waiter: .device(request.completion), deadline: now, what: what)
+        node.handle(event, now: now)
+    }
+
+    /// Answers every request left in a closed mailbox.
+    static func refuseAll(_ messages: [Mailbox.Message], _ reason: String) {
+        for message in messages {
+            switch message {
+            case .request(let request): request.reply(ControlResponse(.refused, reason))
+            case .device(let request): request.completion(.unavailable)
+            case .event: break
+            }
         }
     }
 
@@ -358,9 +422,8 @@ final class RunnerLoop {
             // for ever (and so would its deinit). The process is terminating; leave them behind so that it can.
             _ = Unmanaged.passRetained(blocks.store)
         }
-        for case .request(let request) in mailbox.close() {
-            request.reply(ControlResponse(.refused, "\(plan.resourceName) went down"))
-        }
+        Self.refuseAll(mailbox.close(), "\(plan.resourceName) went down")
+        exportState.publish(role: .secondary)
         observer.failAll("\(plan.resourceName) went down")
         var wroteClean = false
         if clean {
@@ -384,6 +447,8 @@ final class RunnerLoop {
         let status = node.status
         var report = ResourceStatusReport(name: plan.resourceName, node: plan.nodeName, peerNode: plan.peerName)
         report.volume = plan.volumeNumber
+        report.minor = plan.device.minor
+        report.preserveDirectory = plan.metadataConfiguration.preserveDirectory
         report.up = true
         report.role = status.role.rawValue
         report.disk = status.disk.description
@@ -405,6 +470,14 @@ final class RunnerLoop {
         }
         report.verifyMismatchesKiB = status.verifyMismatches.map { $0 * SyncBitmap.blockBytes / 1024 }
         report.requestsInFlight = status.requestsInFlight
+        report.counters = ResourceCounters(
+            networkSentKiB: counters.networkSentBytes / 1024, networkReceivedKiB: counters.networkReceivedBytes / 1024,
+            diskWrittenKiB: counters.diskWrittenBytes / 1024, diskReadKiB: counters.diskReadBytes / 1024,
+            activityLogUpdates: counters.activityLogTransactions, bitmapUpdates: counters.bitmapPageWrites,
+            localPending: blocks.outstanding, peerPending: status.peerPendingWrites,
+            unacknowledged: status.receivedWritesUnacknowledged, applicationPending: status.requestsInFlight,
+            epochs: status.epochsInFlight)
+        report.heldOpenBy = exportState.holders
         report.ioMode = blocks.store.ioMode.description
         report.replicationProtocol = plan.settings.replicationProtocol.rawValue
         report.backingDevice = plan.backingDisk

@@ -17,7 +17,8 @@ public struct AdmCommand: ParsableCommand {
             DaemonVerb.NewCurrentUUID.self,
             DaemonVerb.Role.self, DaemonVerb.ConnectionState.self, DaemonVerb.DiskState.self,
             DaemonVerb.GetGenerationIdentifiers.self, DaemonVerb.ShowGenerationIdentifiers.self,
-            DaemonVerb.Status.self, DaemonVerb.DumpMetadata.self,
+            DaemonVerb.Status.self, DaemonVerb.Proc.self, DaemonVerb.DumpMetadata.self,
+            RestoreDiscardedCommand.self,
         ]
     )
 

@@ -191,16 +191,59 @@ enum DaemonVerb {
         static let configuration = CommandConfiguration(commandName: "status", abstract: "Print resource status in drbdadm-9 style.")
         @OptionGroup var target: ResourceArguments
         @Flag(help: "Print JSON (an array of resource objects).") var json = false
+        @OptionGroup var watch: WatchOptions
         @OptionGroup var global: GlobalOptions
         func run() throws {
-            var reports: [ResourceStatusReport] = []
-            try AdmSession(verb: "status", global).eachStatus(target) { report in
-                if json { reports.append(report) } else { print(StatusText.render(report), terminator: "") }
+            let session = AdmSession(verb: "status", global)
+            try watch.repeatOutput {
+                var reports: [ResourceStatusReport] = []
+                try session.eachStatus(target) { reports.append($0) }
+                return json ? try StatusText.json(reports) : reports.map(StatusText.render).joined()
             }
-            if json {
-                let encoder = JSONEncoder()
-                encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-                print(String(decoding: try encoder.encode(reports), as: UTF8.self))
+        }
+    }
+
+    struct Proc: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "proc", abstract: "Print resource status in /proc/drbd style, with counters and sync progress.")
+        @OptionGroup var target: ResourceArguments
+        @Flag(help: "Print JSON (the same facts as 'status --json').") var json = false
+        @OptionGroup var watch: WatchOptions
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            let session = AdmSession(verb: "proc", global)
+            try watch.repeatOutput {
+                var reports: [ResourceStatusReport] = []
+                try session.eachStatus(target) { reports.append($0) }
+                return json ? try StatusText.json(reports) : ProcText.render(reports)
+            }
+        }
+    }
+
+    /// `--watch`: print again every `--interval` seconds, in place (the screen is cleared first), until interrupted
+    /// or `--iterations` prints.
+    struct WatchOptions: ParsableArguments {
+        @Flag(help: "Refresh in place until interrupted.") var watch = false
+        @Option(help: ArgumentHelp("Seconds between refreshes with --watch.", valueName: "seconds"))
+        var interval: Double = 1
+        @Option(help: ArgumentHelp("Stop after this many refreshes (for scripts).", valueName: "count"))
+        var iterations: Int?
+
+        func validate() throws {
+            guard (0.1...3600).contains(interval) else { throw ValidationError("--interval must be 0.1...3600 seconds") }
+            if let iterations, iterations < 1 { throw ValidationError("--iterations must be at least 1") }
+        }
+
+        func repeatOutput(_ render: () throws -> String) throws {
+            guard watch else { return print(try render(), terminator: "") }
+            var printed = 0
+            while iterations.map({ printed < $0 }) ?? true {
+                let text = try render()
+                // Home, clear the screen, then the new text: the refresh replaces the old one in place.
+                print("\u{1B}[H\u{1B}[2J" + text, terminator: "")
+                fflush(nil)  // all streams: strict concurrency forbids naming the C global `stdout`
+                printed += 1
+                if iterations.map({ printed < $0 }) ?? true { usleep(useconds_t(interval * 1_000_000)) }
             }
         }
     }

@@ -36,12 +36,39 @@ struct ReplicadCommand: AsyncParsableCommand {
         "Where split-brain victims' blocks are kept (default /var/lib/tandem/preserved).", valueName: "dir"))
     var preserveDirectory: String?
 
+    @Option(name: .customLong("nbd-tcp"), help: ArgumentHelp(
+        "Also serve RESOURCE's NBD export on TCP at HOST:PORT (repeatable; [v6]:PORT for IPv6). Every resource "
+            + "that is up is exported on <run-dir>/nbd/RESOURCE.sock in any case.", valueName: "resource=host:port"))
+    var nbdTCP: [String] = []
+
     @OptionGroup var global: GlobalOptions
 
     func validate() throws {
         guard (1...3600).contains(handlerTimeoutSeconds) else {
             throw ValidationError("--handler-timeout must be 1...3600 seconds")
         }
+        _ = try Self.parseNBDTCP(nbdTCP)
+    }
+
+    /// `r0=10.0.0.1:10809`, `r0=[fd00::1]:10809`, one address per resource.
+    static func parseNBDTCP(_ values: [String]) throws -> [String: NBDTCPAddress] {
+        var addresses: [String: NBDTCPAddress] = [:]
+        for value in values {
+            let usage = "--nbd-tcp '\(value)': expected RESOURCE=HOST:PORT (IPv6: RESOURCE=[ADDRESS]:PORT)"
+            guard let equals = value.firstIndex(of: "="), let colon = value.lastIndex(of: ":"), equals < colon
+            else { throw ValidationError(usage) }
+            let resource = String(value[..<equals])
+            var host = String(value[value.index(after: equals)..<colon])
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            guard !resource.isEmpty, !host.isEmpty, let port = Int(value[value.index(after: colon)...]),
+                (1...65535).contains(port)
+            else { throw ValidationError(usage) }
+            guard addresses[resource] == nil else {
+                throw ValidationError("--nbd-tcp names \(resource) twice; one TCP address per resource")
+            }
+            addresses[resource] = NBDTCPAddress(host: host, port: port)
+        }
+        return addresses
     }
 
     func run() async throws {
@@ -49,6 +76,7 @@ struct ReplicadCommand: AsyncParsableCommand {
             configDirectory: global.configDirectory, runDirectory: global.runDirectory, nodeName: global.nodeName)
         options.handlerTimeout = .seconds(handlerTimeoutSeconds)
         options.preserveDirectory = preserveDirectory
+        options.nbdTCPAddresses = try Self.parseNBDTCP(nbdTCP)
         guard foreground else { return try startInBackground(options) }
         let level: Logger.Level = verbose ? .debug : .info
         LoggingSystem.bootstrap { label in
@@ -71,6 +99,7 @@ struct ReplicadCommand: AsyncParsableCommand {
         ]
         if verbose { arguments.append("--verbose") }
         if let preserveDirectory { arguments += ["--preserve-dir", preserveDirectory] }
+        for value in nbdTCP { arguments += ["--nbd-tcp", value] }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }

@@ -42,6 +42,13 @@ enum StatusText {
         return lines.joined(separator: "\n") + "\n"
     }
 
+    /// `status --json`: an array of resource objects.
+    static func json(_ reports: [ResourceStatusReport]) throws -> String {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        return String(decoding: try encoder.encode(reports), as: UTF8.self) + "\n"
+    }
+
     struct Generations {
         var uuids: GenerationIdentifiers
         var flags: Set<String>

@@ -10,12 +10,37 @@ import Synchronization
 public protocol NBDBackend: AnyObject, Sendable {
     var sizeBytes: UInt64 { get }
     var isWritable: Bool { get }
+    /// Why new clients may not use the export now, or nil (the default). Read when a connection starts.
+    var unavailableReason: String? { get }
+    /// A client entered transmission on this export (it holds the device open) and, later, left it. `client` is
+    /// unique per connection; `description` says who it is, for "held open by" messages. Default: nothing.
+    func clientAttached(_ client: NBDClient)
+    func clientDetached(_ client: NBDClient)
     /// Completes with `.success(data:)` holding exactly `length` bytes, or a failure.
     func read(offset: UInt64, length: UInt32, completion: @escaping @Sendable (NBDCompletion) -> Void)
     func write(offset: UInt64, bytes: [UInt8], fua: Bool, completion: @escaping @Sendable (NBDCompletion) -> Void)
     func flush(completion: @escaping @Sendable (NBDCompletion) -> Void)
     func trim(offset: UInt64, length: UInt32, fua: Bool, completion: @escaping @Sendable (NBDCompletion) -> Void)
     func writeZeroes(offset: UInt64, length: UInt32, fua: Bool, completion: @escaping @Sendable (NBDCompletion) -> Void)
+}
+
+extension NBDBackend {
+    public var unavailableReason: String? { nil }
+    public func clientAttached(_ client: NBDClient) {}
+    public func clientDetached(_ client: NBDClient) {}
+}
+
+/// One client connection, as a backend sees it.
+public struct NBDClient: Sendable, Hashable, CustomStringConvertible {
+    /// Unique within the process.
+    public var connectionID: UInt64
+    /// "pid 4242 (nbdcopy)" on a Unix socket, the peer address on TCP.
+    public var description: String
+
+    public init(connectionID: UInt64, description: String) {
+        self.connectionID = connectionID
+        self.description = description
+    }
 }
 
 /// A backend over an array in memory, for tests and demos. Trim zeroes the range (reads after a trim are then

@@ -1,6 +1,7 @@
 import Foundation
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// An NBD server: listens on a Unix domain socket (or TCP), runs one `NBDSessionMachine` per connection and hands
 /// the I/O actions to the backend of the export the client chose.
@@ -14,20 +15,30 @@ public final class NBDServer: Sendable {
         }
     }
 
-    public enum Address: Sendable, Hashable {
+    public enum Address: Sendable, Hashable, CustomStringConvertible {
         case unixDomainSocket(path: String)
         case tcp(host: String, port: Int)
+
+        public var description: String {
+            switch self {
+            case .unixDomainSocket(let path): path
+            case .tcp(let host, let port): host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            }
+        }
     }
 
     private let channel: any Channel
     private let socketPath: String?
+    /// The address asked for at `start`.
+    public let address: Address
 
     /// The bound address (for TCP with port 0, the port the system chose).
     public var localAddress: SocketAddress? { channel.localAddress }
 
-    private init(channel: any Channel, socketPath: String?) {
+    private init(channel: any Channel, socketPath: String?, address: Address) {
         self.channel = channel
         self.socketPath = socketPath
+        self.address = address
     }
 
     /// Binds and starts accepting. The first export is the default one (the empty name selects it). `log` receives
@@ -38,10 +49,16 @@ public final class NBDServer: Sendable {
     ) async throws -> NBDServer {
         precondition(!exports.isEmpty, "an NBD server needs at least one export")
         precondition(Set(exports.map(\.name)).count == exports.count, "export names must be unique")
+        let connections = ConnectionCounter(maximum: limits.connectionsMax)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                guard connections.admit() else {
+                    log("NBD connection refused: \(limits.connectionsMax) connections are open already")
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in connections.release() }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(
                         NBDSessionHandler(exports: exports, limits: limits, log: log))
                 }
@@ -49,13 +66,19 @@ public final class NBDServer: Sendable {
         switch address {
         case .unixDomainSocket(let path):
             let channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
-            return NBDServer(channel: channel, socketPath: path)
+            // The export is the raw device: only its owner (root) may connect, whatever the umask was.
+            guard chmod(path, 0o600) == 0 else {
+                let code = errno
+                try? await channel.close()
+                throw IOError(errnoCode: code, reason: "chmod 0600 \(path)")
+            }
+            return NBDServer(channel: channel, socketPath: path, address: address)
         case .tcp(let host, let port):
             let channel = try await bootstrap
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
                 .bind(host: host, port: port).get()
-            return NBDServer(channel: channel, socketPath: nil)
+            return NBDServer(channel: channel, socketPath: nil, address: address)
         }
     }
 
@@ -65,6 +88,49 @@ public final class NBDServer: Sendable {
         if let socketPath { try? FileManager.default.removeItem(atPath: socketPath) }
     }
 }
+
+/// Counts a server's open connections against its limit.
+private final class ConnectionCounter: Sendable {
+    private let open = Mutex(0)
+    let maximum: Int
+
+    init(maximum: Int) { self.maximum = maximum }
+
+    func admit() -> Bool {
+        open.withLock { count in
+            guard count < maximum else { return false }
+            count += 1
+            return true
+        }
+    }
+
+    func release() { open.withLock { $0 -= 1 } }
+}
+
+/// Linux's `struct ucred` (pid_t pid; uid_t uid; gid_t gid), which Glibc only declares with _GNU_SOURCE and Swift
+/// therefore cannot see: three 32-bit fields, the same size and layout. Read with SO_PEERCRED.
+public struct UnixPeerCredentials: Sendable {
+    public var pid: Int32 = 0
+    public var uid: UInt32 = 0
+    public var gid: UInt32 = 0
+    public init() {}
+
+    /// The peer's credentials, or nil when the channel is not a Unix socket that can report them.
+    public static func of(_ channel: any Channel) -> EventLoopFuture<UnixPeerCredentials>? {
+        guard let provider = channel as? any SocketOptionProvider else { return nil }
+        return provider.unsafeGetSocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_PEERCRED))
+    }
+
+    /// "pid 4242 (nbdcopy)": the command name from procfs, when the process is still there to ask.
+    public var processDescription: String {
+        let comm = (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        return comm.map { "pid \(pid) (\($0))" } ?? "pid \(pid)"
+    }
+}
+
+/// Unique connection numbers for `NBDClient`.
+private let nextConnectionID = Atomic<UInt64>(1)
 
 /// The per-connection shell: bytes in, machine, actions out. Confined to its channel's event loop.
 final class NBDSessionHandler: ChannelDuplexHandler {
@@ -78,15 +144,23 @@ final class NBDSessionHandler: ChannelDuplexHandler {
     private var context: ChannelHandlerContext?
     private var backend: (any NBDBackend)?
     private var greeted = false
+    private var client: NBDClient
+    /// The backend this connection holds open (between entering transmission and closing).
+    private var attachedBackend: (any NBDBackend)?
     private var readingPaused = false
     private var readPending = false
 
     init(exports: [NBDServer.Export], limits: NBDLimits, log: @escaping @Sendable (String) -> Void) {
-        // Sizes and writability are read when the connection starts, so a new connection sees the current role.
+        // Sizes, writability and availability are read when the connection starts, so a new connection sees the
+        // current role.
         machine = NBDSessionMachine(
             exports: exports.map {
-                NBDExport(name: $0.name, sizeBytes: $0.backend.sizeBytes, isWritable: $0.backend.isWritable)
+                NBDExport(
+                    name: $0.name, sizeBytes: $0.backend.sizeBytes, isWritable: $0.backend.isWritable,
+                    unavailableReason: $0.backend.unavailableReason)
             }, limits: limits)
+        client = NBDClient(
+            connectionID: nextConnectionID.wrappingAdd(1, ordering: .relaxed).oldValue, description: "NBD client")
         backends = Dictionary(uniqueKeysWithValues: exports.map { ($0.name, $0.backend) })
         self.log = log
     }
@@ -98,6 +172,7 @@ final class NBDSessionHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         self.context = nil
+        detach()
     }
 
     func channelActive(context: ChannelHandlerContext) {
@@ -105,9 +180,30 @@ final class NBDSessionHandler: ChannelDuplexHandler {
         context.fireChannelActive()
     }
 
+    /// Says who the client is, for "held open by" messages: its process on a Unix socket, its address on TCP.
+    /// Negotiation takes round trips, so the answer is in long before a client can enter transmission.
+    private func identifyClient(_ context: ChannelHandlerContext) {
+        switch context.channel.remoteAddress {
+        case .unixDomainSocket?, nil: break
+        case let address?:
+            client.description = "NBD client \(address)"
+            return
+        }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        UnixPeerCredentials.of(context.channel)?.whenSuccess { credentials in
+            bound.value.client.description = "NBD client \(credentials.processDescription)"
+        }
+    }
+
+    private func detach() {
+        attachedBackend?.clientDetached(client)
+        attachedBackend = nil
+    }
+
     private func greet(_ context: ChannelHandlerContext) {
         guard !greeted else { return }
         greeted = true
+        identifyClient(context)
         perform(machine.connected(), context)
     }
 
@@ -119,6 +215,7 @@ final class NBDSessionHandler: ChannelDuplexHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         _ = machine.connectionClosed()
+        detach()
         context.fireChannelInactive()
     }
 
@@ -162,6 +259,8 @@ final class NBDSessionHandler: ChannelDuplexHandler {
                 lastWrite = context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)))
             case .startTransmission(let export):
                 backend = backends[export.name]
+                backend?.clientAttached(client)
+                attachedBackend = backend
             case .pauseReading:
                 readingPaused = true
             case .resumeReading:

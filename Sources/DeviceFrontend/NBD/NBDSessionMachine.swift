@@ -3,11 +3,15 @@ public struct NBDExport: Sendable, Hashable {
     public var name: String
     public var sizeBytes: UInt64
     public var isWritable: Bool
+    /// Why a client may not use the export now (a replicated device that is not Primary), or nil. Negotiation
+    /// refuses it with this text.
+    public var unavailableReason: String?
 
-    public init(name: String, sizeBytes: UInt64, isWritable: Bool) {
+    public init(name: String, sizeBytes: UInt64, isWritable: Bool, unavailableReason: String? = nil) {
         self.name = name
         self.sizeBytes = sizeBytes
         self.isWritable = isWritable
+        self.unavailableReason = unavailableReason
     }
 
     /// The transmission flags advertised for this export. A read-only export advertises none of the write-side
@@ -35,6 +39,8 @@ public struct NBDLimits: Sendable, Hashable {
     public var inFlightRequestsMax: Int = 16
     /// Options accepted in one negotiation before the server gives up on the client.
     public var optionsPerNegotiationMax: Int = 64
+    /// Connections one server holds at once (counted by the server, not the session); more are closed on accept.
+    public var connectionsMax: Int = 16
 
     public init() {}
 }
@@ -249,6 +255,10 @@ public struct NBDSessionMachine: Sendable {
                 close(&actions, reason: "NBD_OPT_EXPORT_NAME for an unknown export")
                 return
             }
+            if let reason = chosen.unavailableReason {
+                close(&actions, reason: "NBD_OPT_EXPORT_NAME for \(chosen.name), which is unavailable: \(reason)")
+                return
+            }
             actions.append(.sendBytes(NBDProtocol.exportNameReply(
                 sizeBytes: chosen.sizeBytes, flags: chosen.transmissionFlags, noZeroes: noZeroes)))
             enterTransmission(chosen, into: &actions)
@@ -266,6 +276,7 @@ public struct NBDSessionMachine: Sendable {
             guard let chosen = lookUpExport(nameBytes: request.nameBytes) else {
                 return error(.errorUnknown, "no such export")
             }
+            if let reason = chosen.unavailableReason { return error(.errorPolicy, reason) }
             let wantsBlockSize = request.infoRequests.contains(.blockSize)
             if option == .go && !wantsBlockSize {
                 return error(.errorBlockSizeRequired, "requests must be \(limits.blockSizeBytesMin)-byte aligned")

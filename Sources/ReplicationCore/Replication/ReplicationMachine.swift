@@ -121,7 +121,10 @@ public struct ReplicationMachine: Sendable {
         ReplicationStatus(
             role: role, disk: disk, connection: connection, peerRole: peer.role, peerDisk: peer.disk, uuids: uuids,
             outOfSyncBytes: bitmap.setCount * SyncBitmap.blockBytes, resync: resync.map(\.figures),
-            verifyMismatches: verify?.mismatchedBlocks ?? lastVerifyMismatchedBlocks, requestsInFlight: requests.count)
+            verifyMismatches: verify?.mismatchedBlocks ?? lastVerifyMismatchedBlocks, requestsInFlight: requests.count,
+            peerPendingWrites: requests.values.reduce(0) { $0 + ($1.network == .awaitingAck ? 1 : 0) },
+            receivedWritesUnacknowledged: receivedEpochs.reduce(0) { $0 + $1.outstanding + $1.buffered.count },
+            epochsInFlight: max(1, transferLog.count))
     }
 
     // MARK: Events
@@ -251,6 +254,12 @@ public struct ReplicationStatus: Sendable, Hashable {
     public var resync: ResyncFigures?
     public var verifyMismatches: UInt64?
     public var requestsInFlight: Int
+    /// Writes sent to the peer and not yet acknowledged (/proc/drbd's `pe`).
+    public var peerPendingWrites: Int
+    /// The peer's writes received here and not yet acknowledged (`ua`).
+    public var receivedWritesUnacknowledged: Int
+    /// Epochs sent and not yet barrier-acknowledged, at least the open one (`ep`).
+    public var epochsInFlight: Int
 }
 
 /// What we know of the peer.
