@@ -12,82 +12,200 @@ import Testing
 /// for times: a slow machine only makes them slower.
 let patience: Duration = .seconds(60)
 
-/// Two nodes, alpha and beta, on loopback: one drbd.conf (two free ports, backing files and meta-disk internal in a
-/// temporary folder), a run directory each, and `tandem replicad --foreground` processes started and stopped by PID.
-/// `tearDown` kills whatever still runs (by PID) and removes every file.
+/// Two nodes, alpha and beta: one drbd.conf each (backing files and meta-disk internal in a temporary folder), a
+/// run directory each, and `tandem replicad --foreground` processes started and stopped by PID. `tearDown` kills
+/// whatever still runs (by PID), deletes the namespaces it made and removes every file.
+///
+/// Two networks:
+/// - `.loopback`: both daemons in this network namespace, on two free loopback ports;
+/// - `.namespaces`: one network namespace per node (`ip netns`), joined by a veth pair with 10.213.0.1/24 (alpha)
+///   and 10.213.0.2/24 (beta); the daemons and every `tandem adm` run inside their node's namespace, as on two
+///   machines. The pair is private to the test, so the addresses cannot collide with anything, and `cutLink` /
+///   `healLink` take the veth down and up. Needs root and iproute2, and fails loudly without them.
 final class TestCluster: @unchecked Sendable {
     // @unchecked: used by one test at a time; the processes are only started and stopped from that test.
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
     static var executable: String { TandemExecutable.path(packageRoot: packageRoot) }
-    static let diskBytes = 16 << 20
+
+    enum Network {
+        case loopback
+        case namespaces
+    }
 
     struct Node {
         var name: String
         var directory: String
+        /// The network namespace the node runs in, or nil on loopback.
+        var namespace: String?
+        /// The node's end of the veth pair (in its namespace), or nil on loopback.
+        var interface: String?
+        var address: String
+        var configDirectory: String { directory + "/conf" }
         var runDirectory: String { directory + "/run" }
         var disk: String { directory + "/disk.img" }
         var log: String { directory + "/replicad.log" }
+        var preserveRoot: String { directory + "/preserved" }
         var client: ControlClient { ControlClient(runDirectory: runDirectory) }
+        var nbdSocket: String { runDirectory + "/nbd/r0.sock" }
+        var nbdURI: String { "nbd+unix:///r0?socket=\(nbdSocket)" }
     }
 
     let root: String
-    let configDirectory: String
     let nodes: [Node]
-    let ports: [UInt16]
+    let network: Network
+    let diskBytes: Int
     private var processes: [String: Process] = [:]
 
     var alpha: Node { nodes[0] }
     var beta: Node { nodes[1] }
+    /// alpha's drbd.conf folder (both nodes' files are the same unless `nodeNetOptions` differ).
+    var configDirectory: String { alpha.configDirectory }
 
-    /// `netOptions` and `extra` go into the resource's `net { }` and body.
-    init(netOptions: String = "", extra: String = "") throws {
+    /// `netOptions` and `extra` go into the resource's `net { }` and body, `nodeNetOptions[i]` and `protocols[i]`
+    /// into node i's `net { }` only (to make the nodes disagree), `diskOptions` into `disk { }`.
+    init(
+        network: Network = .loopback, diskBytes: Int = 16 << 20, netOptions: String = "", extra: String = "",
+        diskOptions: String = "c-plan-ahead 0; resync-rate 200M;", nodeNetOptions: [String] = ["", ""],
+        protocols: [String] = ["C", "C"]
+    ) throws {
         // Short paths: a Unix socket path has at most 107 bytes.
         let base = FileManager.default.fileExists(atPath: "/tmp") ? "/tmp" : NSTemporaryDirectory()
-        root = "\(base)/tdm-\(UUID().uuidString.prefix(8))"
-        configDirectory = root + "/conf"
-        nodes = [Node(name: "alpha", directory: root + "/alpha"), Node(name: "beta", directory: root + "/beta")]
-        ports = try freeLoopbackPorts(2)
-        for directory in [configDirectory] + nodes.map(\.directory) {
-            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let tag = String(UUID().uuidString.prefix(8)).lowercased()
+        root = "\(base)/tdm-\(tag)"
+        self.network = network
+        self.diskBytes = diskBytes
+        let ports: [UInt16]
+        switch network {
+        case .loopback:
+            ports = try freeLoopbackPorts(2)
+            nodes = [
+                Node(name: "alpha", directory: root + "/alpha", address: "127.0.0.1"),
+                Node(name: "beta", directory: root + "/beta", address: "127.0.0.1"),
+            ]
+        case .namespaces:
+            ports = [7789, 7789]
+            nodes = [
+                Node(name: "alpha", directory: root + "/alpha", namespace: "tdm\(tag)a", interface: "tdm\(tag)a",
+                    address: "10.213.0.1"),
+                Node(name: "beta", directory: root + "/beta", namespace: "tdm\(tag)b", interface: "tdm\(tag)b",
+                    address: "10.213.0.2"),
+            ]
         }
         for node in nodes {
+            try FileManager.default.createDirectory(atPath: node.configDirectory, withIntermediateDirectories: true)
             try #require(FileManager.default.createFile(atPath: node.disk, contents: nil))
             let handle = try #require(FileHandle(forWritingAtPath: node.disk))
-            try handle.truncate(atOffset: UInt64(Self.diskBytes))
+            try handle.truncate(atOffset: UInt64(diskBytes))
             try handle.close()
         }
-        let config = """
-            resource r0 {
-              net { protocol C; connect-int 1; ping-int 1; ping-timeout 10; verify-alg crc32c; \(netOptions) }
-              disk { c-plan-ahead 0; resync-rate 200M; }
-              handlers { after-resync-target "echo $DRBD_RESOURCE $DRBD_PEER $DRBD_PEER_ADDRESS >> \(root)/after-resync-target.log"; }
-              \(extra)
-              on alpha { device /dev/drbd0 minor 0; disk \(nodes[0].disk); address 127.0.0.1:\(ports[0]); meta-disk internal; }
-              on beta { device /dev/drbd0 minor 0; disk \(nodes[1].disk); address 127.0.0.1:\(ports[1]); meta-disk internal; }
-            }
-            """
-        try config.write(toFile: configDirectory + "/drbd.conf", atomically: true, encoding: .utf8)
+        for (index, node) in nodes.enumerated() {
+            let config = """
+                resource r0 {
+                  net { protocol \(protocols[index]); connect-int 1; ping-int 1; ping-timeout 10; verify-alg crc32c; \(netOptions) \(nodeNetOptions[index]) }
+                  disk { \(diskOptions) }
+                  handlers { after-resync-target "echo $DRBD_RESOURCE $DRBD_PEER $DRBD_PEER_ADDRESS >> \(root)/after-resync-target.log"; }
+                  \(extra)
+                  on alpha { device /dev/drbd0 minor 0; disk \(nodes[0].disk); address \(nodes[0].address):\(ports[0]); meta-disk internal; }
+                  on beta { device /dev/drbd0 minor 0; disk \(nodes[1].disk); address \(nodes[1].address):\(ports[1]); meta-disk internal; }
+                }
+                """
+            try config.write(toFile: node.configDirectory + "/drbd.conf", atomically: true, encoding: .utf8)
+        }
+        if network == .namespaces { try makeNamespaces() }
     }
 
-    /// Kills every daemon still running (SIGKILL, by PID) and removes the folder.
+    /// Two namespaces and a veth pair between them, addressed and up. Half-made namespaces are deleted on failure.
+    private func makeNamespaces() throws {
+        let ip = try Self.requiredTool("ip", package: "iproute2")
+        do {
+            for node in nodes { try Self.run(ip, ["netns", "add", node.namespace!]) }
+            try Self.run(ip, [
+                "link", "add", alpha.interface!, "netns", alpha.namespace!, "type", "veth", "peer", "name",
+                beta.interface!, "netns", beta.namespace!,
+            ])
+            for node in nodes {
+                try Self.run(ip, ["-n", node.namespace!, "addr", "add", "\(node.address)/24", "dev", node.interface!])
+                try Self.run(ip, ["-n", node.namespace!, "link", "set", node.interface!, "up"])
+                try Self.run(ip, ["-n", node.namespace!, "link", "set", "lo", "up"])
+            }
+        } catch {
+            deleteNamespaces()
+            throw error
+        }
+    }
+
+    private func deleteNamespaces() {
+        guard network == .namespaces, let ip = Self.tool("ip") else { return }
+        // Deleting a namespace removes the veth end in it, and with it the pair.
+        for node in nodes { _ = try? ExternalCommand.run(ip, ["netns", "del", node.namespace!]) }
+    }
+
+    /// Takes `node`'s end of the veth pair down: the link is cut both ways, as a pulled cable.
+    func cutLink(_ node: Node) throws {
+        try Self.run(try Self.requiredTool("ip", package: "iproute2"), ["-n", node.namespace!, "link", "set", node.interface!, "down"])
+    }
+
+    func healLink(_ node: Node) throws {
+        try Self.run(try Self.requiredTool("ip", package: "iproute2"), ["-n", node.namespace!, "link", "set", node.interface!, "up"])
+    }
+
+    /// Kills every daemon still running (SIGKILL, by PID), deletes the namespaces and removes the folder.
     func tearDown() {
         for (_, process) in processes where process.isRunning {
             kill(process.processIdentifier, SIGKILL)
             process.waitUntilExit()
         }
         processes.removeAll()
+        deleteNamespaces()
         try? FileManager.default.removeItem(atPath: root)
+    }
+
+    /// The program and arguments that run `arguments` on `node`: inside its namespace when it has one.
+    /// `ip netns exec` execs the program, so the process's PID is the program's own.
+    func onNode(_ node: Node, _ executable: String, _ arguments: [String]) -> (String, [String]) {
+        guard let namespace = node.namespace, let ip = Self.tool("ip") else { return (executable, arguments) }
+        return (ip, ["netns", "exec", namespace, executable] + arguments)
+    }
+
+    /// Runs a program on `node` (in its namespace) to completion.
+    func runOnNode(_ node: Node, _ executable: String, _ arguments: [String]) throws -> ExternalCommand.Output {
+        let (program, all) = onNode(node, executable, arguments)
+        return try ExternalCommand.run(program, all)
+    }
+
+    static func tool(_ name: String) -> String? {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"].map { "\($0)/\(name)" }
+            .first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
+    /// The tool's path; a missing tool fails the test with what to install.
+    static func requiredTool(_ name: String, package: String) throws -> String {
+        try #require(tool(name), "\(name) not found: install \(package)")
+    }
+
+    /// Runs a setup command that must succeed.
+    @discardableResult
+    static func run(_ executable: String, _ arguments: [String]) throws -> ExternalCommand.Output {
+        let output = try ExternalCommand.run(executable, arguments)
+        try #require(
+            output.status == 0,
+            "\(executable) \(arguments.joined(separator: " ")) exited \(output.status): \(output.standardError)")
+        return output
     }
 
     // MARK: The CLI
 
-    /// `tandem adm VERB ARGS --config-dir ... --run-dir ... --node NAME`.
+    /// `tandem adm VERB ARGS --config-dir ... --run-dir ... --node NAME`, on the node (in its namespace).
     func adm(_ node: Node, _ arguments: String...) throws -> ExternalCommand.Output {
-        try ExternalCommand.run(
-            Self.executable,
+        try admArray(node, arguments)
+    }
+
+    func admArray(_ node: Node, _ arguments: [String]) throws -> ExternalCommand.Output {
+        try runOnNode(
+            node, Self.executable,
             ["adm"] + arguments + [
-                "--config-dir", configDirectory, "--run-dir", node.runDirectory, "--node", node.name,
+                "--config-dir", node.configDirectory, "--run-dir", node.runDirectory, "--node", node.name,
             ])
     }
 
@@ -96,11 +214,7 @@ final class TestCluster: @unchecked Sendable {
     func admOK(_ node: Node, _ arguments: String..., sourceLocation: SourceLocation = #_sourceLocation) throws
         -> ExternalCommand.Output
     {
-        let output = try ExternalCommand.run(
-            Self.executable,
-            ["adm"] + arguments + [
-                "--config-dir", configDirectory, "--run-dir", node.runDirectory, "--node", node.name,
-            ])
+        let output = try admArray(node, arguments)
         #expect(
             output.status == 0, "tandem adm \(arguments.joined(separator: " ")) on \(node.name): \(output.standardError)",
             sourceLocation: sourceLocation)
@@ -109,8 +223,8 @@ final class TestCluster: @unchecked Sendable {
 
     // MARK: Daemons
 
-    /// Starts `tandem replicad --foreground` for `node` and waits until it answers.
-    func startDaemon(_ node: Node) async throws {
+    /// Starts `tandem replicad --foreground` for `node` (in its namespace) and waits until it answers.
+    func startDaemon(_ node: Node, extraDaemonArguments: [String] = []) async throws {
         try FileManager.default.createDirectory(atPath: node.runDirectory, withIntermediateDirectories: true)
         if !FileManager.default.fileExists(atPath: node.log) {
             try #require(FileManager.default.createFile(atPath: node.log, contents: nil))
@@ -118,11 +232,12 @@ final class TestCluster: @unchecked Sendable {
         let log = try #require(FileHandle(forWritingAtPath: node.log))
         try log.seekToEnd()
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: Self.executable)
-        process.arguments = [
-            "replicad", "--foreground", "--config-dir", configDirectory, "--run-dir", node.runDirectory, "--node",
-            node.name, "--preserve-dir", root + "/preserved-\(node.name)", "--handler-timeout", "10",
-        ]
+        let (program, arguments) = onNode(node, Self.executable, [
+            "replicad", "--foreground", "--config-dir", node.configDirectory, "--run-dir", node.runDirectory, "--node",
+            node.name, "--preserve-dir", node.preserveRoot, "--handler-timeout", "10",
+        ] + extraDaemonArguments)
+        process.executableURL = URL(fileURLWithPath: program)
+        process.arguments = arguments
         process.standardOutput = log
         process.standardError = log
         process.standardInput = FileHandle.nullDevice

@@ -57,7 +57,9 @@ struct VerifyProgress: Sendable {
 extension ReplicationMachine {
     /// Resync requests cover up to this many bytes of consecutive out-of-sync blocks.
     public static let resyncRequestBytesMaximum = 128 * 1024
-    static let verifyRequestBytesMaximum = 32 * 1024
+    /// Online verify compares one bitmap block per request, as DRBD does (BM_BLOCK_SIZE): a mismatch then marks
+    /// exactly the blocks that differ, and the report and the resync that follows are no larger than the damage.
+    static let verifyRequestBytesMaximum = Int(SyncBitmap.blockBytes)
 
     // MARK: Bitmap exchange
 
