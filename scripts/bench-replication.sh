@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Benchmark (not a test): fio through the NBD export of the Primary in three configurations, side by side in one run:
+#   1. protocol C, connected to the peer over a veth link between two network namespaces;
+#   2. the same resource StandAlone (disconnected);
+#   3. the raw backing file (fio's psync engine with O_DIRECT, on the same file system).
+# For each: sequential 1 MiB writes (MB/s, queue depth 16) and 4 KiB random writes at queue depth 1, each followed by
+# a flush (fsync over NBD, fdatasync on the file): IOPS and completion latency p50/p99. Then the ratios to raw.
+#
+# Usage: sudo scripts/bench-replication.sh [PATH-TO-TANDEM]   (default: a release build, made if missing)
+# Environment: BENCH_SIZE (default 512M, written sequentially), BENCH_SECONDS (default 10, per random-write run).
+# Needs root, iproute2, fio (with its nbd engine) and python3. Everything is made in a temporary directory and two
+# namespaces named tdmbench-a/-b (10.213.9.1/.2, private to them) and removed on exit; the daemons are stopped by PID.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ $EUID -eq 0 ]] || { echo "bench-replication.sh needs root (network namespaces)" >&2; exit 1; }
+for tool in ip fio python3; do
+    command -v "$tool" >/dev/null || { echo "bench-replication.sh: $tool is missing (scripts/install-dependencies.sh)" >&2; exit 1; }
+done
+fio --enghelp=nbd >/dev/null 2>&1 || { echo "bench-replication.sh: this fio has no nbd engine" >&2; exit 1; }
+if [[ -n ${1:-} ]]; then
+    tandem=$(realpath "$1")
+else
+    swift build -c release --product tandem >&2
+    tandem=$(realpath .build/release/tandem)
+fi
+size=${BENCH_SIZE:-512M}
+seconds=${BENCH_SECONDS:-10}
+work=$(mktemp -d /tmp/tandem-bench.XXXXXX)
+ns_a=tdmbench-a ns_b=tdmbench-b
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    ip netns del "$ns_a" 2>/dev/null || true
+    ip netns del "$ns_b" 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+ip netns add "$ns_a"
+ip netns add "$ns_b"
+ip link add tdmbench-a netns "$ns_a" type veth peer name tdmbench-b netns "$ns_b"
+ip -n "$ns_a" addr add 10.213.9.1/24 dev tdmbench-a
+ip -n "$ns_b" addr add 10.213.9.2/24 dev tdmbench-b
+for ns in "$ns_a" "$ns_b"; do
+    ip -n "$ns" link set lo up
+    ip -n "$ns" link set "$ns" up  # each namespace's veth end has the namespace's name
+done
+
+mkdir -p "$work/conf" "$work/alpha" "$work/beta"
+truncate -s 1G "$work/alpha/disk.img" "$work/beta/disk.img" "$work/raw.img"
+cat > "$work/conf/drbd.conf" <<EOF
+resource r0 {
+  net { protocol C; connect-int 1; ping-int 1; max-buffers 8000; sndbuf-size 0; }
+  disk { c-plan-ahead 0; resync-rate 500M; al-extents 1237; }
+  on alpha { device /dev/drbd0 minor 0; disk $work/alpha/disk.img; address 10.213.9.1:7789; meta-disk internal; }
+  on beta  { device /dev/drbd0 minor 0; disk $work/beta/disk.img;  address 10.213.9.2:7789; meta-disk internal; }
+}
+EOF
+declare -A namespace=([alpha]=$ns_a [beta]=$ns_b)
+adm() { local node=$1; shift; ip netns exec "${namespace[$node]}" "$tandem" adm "$@" --config-dir "$work/conf" --run-dir "$work/$node/run" --node "$node"; }
+wait_for() { # NODE PATTERN: poll status (bounded: 120 s)
+    local deadline=$((SECONDS + 120))
+    until adm "$1" status r0 | grep -q "$2"; do
+        ((SECONDS < deadline)) || { echo "gave up waiting for '$2' on $1" >&2; adm "$1" status r0 >&2; exit 1; }
+        sleep 0.3
+    done
+}
+
+for node in alpha beta; do
+    adm "$node" create-md r0 >/dev/null
+    mkdir -p "$work/$node/run"
+    ip netns exec "${namespace[$node]}" "$tandem" replicad --foreground --config-dir "$work/conf" \
+        --run-dir "$work/$node/run" --node "$node" --preserve-dir "$work/$node/preserved" \
+        >"$work/$node/replicad.log" 2>&1 &
+    pids+=($!)
+done
+for node in alpha beta; do
+    deadline=$((SECONDS + 30))
+    until [[ -S $work/$node/run/replicad.sock ]]; do
+        ((SECONDS < deadline)) || { echo "replicad on $node did not start" >&2; cat "$work/$node/replicad.log" >&2; exit 1; }
+        sleep 0.1
+    done
+done
+for node in alpha beta; do adm "$node" up r0; done
+wait_for alpha "peer-disk:Inconsistent"
+adm alpha new-current-uuid --clear-bitmap r0
+adm alpha primary r0
+wait_for alpha "peer-disk:UpToDate"
+uri="nbd+unix:///r0?socket=$work/alpha/run/nbd/r0.sock"
+
+# fio JOB-NAME ARGS...: one fio run, its JSON kept for the report.
+run_fio() {
+    local name=$1; shift
+    fio --name="$name" --output-format=json --output="$work/$name.json" "$@" >/dev/null
+}
+measure() { # LABEL ENGINE-ARGS...
+    local label=$1; shift
+    echo "measuring: $label" >&2
+    run_fio "$label-seq" "$@" --rw=write --bs=1M --iodepth=16 --size="$size"
+    run_fio "$label-sync" "$@" --rw=randwrite --bs=4k --iodepth=1 --fsync=1 --size="$size" \
+        --time_based --runtime="$seconds"
+}
+nbd_engine=(--ioengine=nbd --uri="$uri")
+measure connected "${nbd_engine[@]}"
+adm alpha disconnect r0
+wait_for alpha "connection:StandAlone"
+measure standalone "${nbd_engine[@]}"
+measure raw --ioengine=psync --direct=1 --filename="$work/raw.img"
+adm alpha proc r0 >&2
+
+python3 - "$work" <<'EOF'
+import json, sys
+work = sys.argv[1]
+def job(name):
+    with open(f"{work}/{name}.json") as f:
+        return json.load(f)["jobs"][0]["write"]
+rows = []
+for label in ["connected", "standalone", "raw"]:
+    seq, sync = job(f"{label}-seq"), job(f"{label}-sync")
+    clat = sync["clat_ns"]["percentile"]
+    # With --fsync=1 every write is followed by a flush, so 1/IOPS is the latency of a durable 4 KiB write.
+    rows.append((label, seq["bw_bytes"] / 1e6, sync["iops"], 1e6 / max(sync["iops"], 1e-9),
+                 clat["50.000000"] / 1e3, clat["99.000000"] / 1e3))
+names = {"connected": "protocol C, connected (veth)", "standalone": "StandAlone (no peer)", "raw": "raw backing file"}
+print(f"{'configuration':30} {'seq 1M MB/s':>11} {'sync 4k IOPS':>12} {'durable 4k us':>13} {'write p50 us':>12} {'write p99 us':>12}")
+for label, mbps, iops, durable, p50, p99 in rows:
+    print(f"{names[label]:30} {mbps:11.1f} {iops:12.0f} {durable:13.0f} {p50:12.0f} {p99:12.0f}")
+raw = rows[2]
+print("\nratios to the raw backing file (higher is better for MB/s and IOPS, lower for latency):")
+for label, mbps, iops, durable, p50, p99 in rows[:2]:
+    print(f"  {names[label]:30} MB/s {mbps / raw[1]:.2f}x   sync IOPS {iops / raw[2]:.2f}x   durable 4k latency {durable / raw[3]:.2f}x")
+c, s = rows[0], rows[1]
+print(f"\nconnected vs StandAlone: MB/s {c[1] / s[1]:.2f}x, sync IOPS {c[2] / s[2]:.2f}x, durable 4k latency {c[3] / s[3]:.2f}x")
+EOF
