@@ -94,19 +94,21 @@ run_fio() {
     local name=$1; shift
     fio --name="$name" --output-format=json --output="$work/$name.json" "$@" >/dev/null
 }
-measure() { # LABEL ENGINE-ARGS...
-    local label=$1; shift
+measure() { # LABEL FLUSH-OPTION ENGINE-ARGS...
+    local label=$1 flush=$2; shift 2
     echo "measuring: $label" >&2
     run_fio "$label-seq" "$@" --rw=write --bs=1M --iodepth=16 --size="$size"
-    run_fio "$label-sync" "$@" --rw=randwrite --bs=4k --iodepth=1 --fsync=1 --size="$size" \
+    run_fio "$label-sync" "$@" --rw=randwrite --bs=4k --iodepth=1 "$flush" --size="$size" \
         --time_based --runtime="$seconds"
 }
+# The flush after each write: NBD_CMD_FLUSH through the nbd engine (--fsync), fdatasync on the raw file (what
+# replicad's block store calls for a flush; fsync would also write the file's timestamps).
 nbd_engine=(--ioengine=nbd --uri="$uri")
-measure connected "${nbd_engine[@]}"
+measure connected --fsync=1 "${nbd_engine[@]}"
 adm alpha disconnect r0
 wait_for alpha "connection:StandAlone"
-measure standalone "${nbd_engine[@]}"
-measure raw --ioengine=psync --direct=1 --filename="$work/raw.img"
+measure standalone --fsync=1 "${nbd_engine[@]}"
+measure raw --fdatasync=1 --ioengine=psync --direct=1 --filename="$work/raw.img"
 adm alpha proc r0 >&2
 
 python3 - "$work" <<'EOF'

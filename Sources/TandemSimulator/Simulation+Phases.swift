@@ -106,8 +106,9 @@ extension Simulation {
         case 0:
             command(node, .disconnect)
             queue.schedule(.command(node: node, .connect(discardMyData: false)), at: now + Int64(random.next() % 3000) * Self.nanosecondsPerMillisecond)
-        case 1 where status.role == .secondary && random.next() % 3 == 0:
-            command(node, .invalidate)
+        case 1 where random.next() % 3 == 0:
+            // A full resync, asked for by the node to be overwritten or by the one whose data wins.
+            command(node, status.role == .secondary ? .invalidate : .invalidateRemote)
         case 2:
             command(node, .verify)
         case 3:

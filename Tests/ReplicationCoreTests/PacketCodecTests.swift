@@ -46,6 +46,7 @@ private let samples: [Packet] = [
     .stateChangeRequest(StateChangeRequest(requestID: 3, newRole: .primary)),
     .stateChangeReply(
         StateChangeReply(requestID: 3, granted: false, reason: "peer is Primary and allow-two-primaries is off")),
+    .invalidateRequest(requestID: 4),
     .pauseResync(true),
     .readRequest(BlockRequest(range: BlockRange(sector: 48, sizeBytes: 4096), requestID: 13)),
     .readReply(BlockReply(range: BlockRange(sector: 48, sizeBytes: 512), requestID: 13, payload: pattern(512))),
@@ -235,7 +236,8 @@ struct PacketCodecRoundTripTests {
             .sizes: 0x0005, .uuids: 0x0006, .state: 0x0007, .bitmapChunk: 0x0008, .syncUUID: 0x0009,
             .data: 0x0100, .barrier: 0x0101, .resyncRequest: 0x0110, .checksumResyncRequest: 0x0111,
             .resyncReply: 0x0112, .verifyRequest: 0x0120, .verifyReply: 0x0121, .outOfSync: 0x0130,
-            .stateChangeRequest: 0x0140, .stateChangeReply: 0x0141, .pauseResync: 0x0150,
+            .stateChangeRequest: 0x0140, .stateChangeReply: 0x0141, .invalidateRequest: 0x0142,
+            .pauseResync: 0x0150,
             .readRequest: 0x0160, .readReply: 0x0161,
             .ping: 0x0200, .pingAck: 0x0201, .receiveAck: 0x0210, .writeAck: 0x0211, .negativeAck: 0x0212,
             .resyncWriteAck: 0x0213, .barrierAck: 0x0220,

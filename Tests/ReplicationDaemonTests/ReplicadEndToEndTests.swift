@@ -68,6 +68,16 @@ struct ReplicadEndToEndTests {
         // invalidate on the Secondary: a full resync from the Primary.
         try cluster.admOK(beta, "invalidate", "r0")
         await cluster.waitUntilInSync()
+        // invalidate-remote on the Primary: the same full resync, asked for from the side whose data wins. The
+        // peer's answer comes after it invalidated, so the resync is under way when the verb returns.
+        let received = cluster.status(beta)?.counters?.networkReceivedKiB ?? 0
+        try cluster.admOK(alpha, "invalidate-remote", "r0")
+        #expect(cluster.status(alpha)?.peerDisk != "UpToDate", "\(cluster.describe())")
+        await cluster.waitUntilInSync()
+        let resynced = (cluster.status(beta)?.counters?.networkReceivedKiB ?? 0) - received
+        #expect(resynced >= UInt64(cluster.diskBytes / 2048), "a full resync: \(resynced) KiB")
+        let onPrimary = try cluster.adm(beta, "invalidate-remote", "r0")
+        #expect(onPrimary.status == 10 && onPrimary.standardError.contains("Primary"), "\(onPrimary.standardError)")
         // Writes made while disconnected are in the bitmap and resynced at connect.
         try cluster.admOK(alpha, "disconnect", "r0")
         #expect(try cluster.admOK(alpha, "cstate", "r0").standardOutput == "StandAlone\n")

@@ -368,6 +368,7 @@ extension ReplicationMachine {
         handshake = nil
         bitmapExchange = nil
         pendingPromotionFailed("the connection was lost during the promotion; retry")
+        pendingRemoteInvalidationFailed("the connection was lost before the peer answered; retry")
         abandonResyncAndVerify()
         failReadsFromPeer()
         if wasEstablished { markTransferLogOutOfSync() }
@@ -485,6 +486,7 @@ extension ReplicationMachine {
         case .uuids(let packet): receivePeerUUIDs(packet, now: now)
         case .stateChangeRequest(let request): receiveStateChangeRequest(request)
         case .stateChangeReply(let reply): receiveStateChangeReply(reply, now: now)
+        case .invalidateRequest(let requestID): receiveInvalidateRequest(requestID: requestID, now: now)
         case .bitmapChunk(let chunk): receiveBitmapChunk(chunk, now: now)
         case .syncUUID(let uuid): receiveSyncUUID(uuid, now: now)
         case .resyncRequest(let request): serveResyncRequest(request, peerDigest: nil)

@@ -8,8 +8,7 @@ extension ReplicationMachine {
         case .connect(let discardMyData): outcome = connect(discardMyData: discardMyData)
         case .disconnect: outcome = disconnect()
         case .invalidate: outcome = invalidate(now: now)
-        case .invalidateRemote:
-            outcome = .refused("invalidate-remote is not supported yet; run 'invalidate' on the peer instead")
+        case .invalidateRemote: outcome = invalidateRemote(commandID: commandID)
         case .verify: outcome = startVerify(commandID: commandID, now: now)
         case .pauseResync: outcome = pauseResync(true)
         case .resumeResync: outcome = pauseResync(false)
@@ -77,6 +76,12 @@ extension ReplicationMachine {
         emit(.commandCompleted(commandID: pending.commandID, .refused(reason)))
     }
 
+    mutating func pendingRemoteInvalidationFailed(_ reason: String) {
+        guard let pending = pendingRemoteInvalidation else { return }
+        pendingRemoteInvalidation = nil
+        emit(.commandCompleted(commandID: pending.commandID, .refused(reason)))
+    }
+
     /// The peer asks to become Primary. Two concurrent promotions are settled by the conflict nonce.
     mutating func receiveStateChangeRequest(_ request: StateChangeRequest) {
         guard request.newRole == .primary else {
@@ -96,6 +101,11 @@ extension ReplicationMachine {
     }
 
     mutating func receiveStateChangeReply(_ reply: StateChangeReply, now: MonotonicInstant) {
+        if let pending = pendingRemoteInvalidation, pending.stateChangeID == reply.requestID {
+            pendingRemoteInvalidation = nil
+            let outcome: CommandOutcome = reply.granted ? .done : .refused("refused by the peer: \(reply.reason)")
+            return emit(.commandCompleted(commandID: pending.commandID, outcome))
+        }
         guard let pending = pendingPromotion, pending.stateChangeID == reply.requestID else {
             return protocolError("state change reply \(reply.requestID) to no request")
         }
@@ -169,6 +179,32 @@ extension ReplicationMachine {
             runSyncDecision(now: now)
         }
         return .done
+    }
+
+    /// drbdadm invalidate-remote: this node's UpToDate data overwrites the peer's in a full resync. The peer carries
+    /// it out as its own `invalidate` (and refuses for the same reasons, such as being Primary); the answer
+    /// completes the command. Returns nil while the answer is awaited.
+    private mutating func invalidateRemote(commandID: UInt64) -> CommandOutcome? {
+        guard connection == .connected else {
+            return .refused("invalidate-remote needs a Connected peer (now \(connection.rawValue))")
+        }
+        guard disk == .upToDate else { return .refused("this node's disk is \(disk); it needs UpToDate data to be the source") }
+        guard peer.disk != .diskless else { return .refused("the peer has no disk to invalidate") }
+        guard pendingRemoteInvalidation == nil else { return .refused("an invalidate-remote is already in progress") }
+        let stateChangeID = nextStateChangeID
+        nextStateChangeID += 1
+        pendingRemoteInvalidation = (commandID, stateChangeID)
+        emit(.send(.invalidateRequest(requestID: stateChangeID)))
+        return nil
+    }
+
+    /// The peer ran invalidate-remote: invalidate here, and answer.
+    mutating func receiveInvalidateRequest(requestID: UInt64, now: MonotonicInstant) {
+        let outcome = invalidate(now: now)
+        let refusal: String? = if case .refused(let reason) = outcome { reason } else { nil }
+        if let refusal { log("invalidate-remote from the peer refused: \(refusal)") }
+        emit(.send(.stateChangeReply(StateChangeReply(
+            requestID: requestID, granted: refusal == nil, reason: refusal ?? ""))))
     }
 
     private mutating func pauseResync(_ paused: Bool) -> CommandOutcome {

@@ -41,6 +41,8 @@ public struct ReplicationMachine: Sendable {
     var lastReceivedAt: MonotonicInstant = .zero
     var pingSentAt: MonotonicInstant?
     var pendingPromotion: PendingPromotion?
+    /// An `invalidate-remote` waiting for the peer's answer.
+    var pendingRemoteInvalidation: (commandID: UInt64, stateChangeID: UInt64)?
     var nextStateChangeID: UInt64 = 1
 
     // Application requests and the transfer log (sender side).

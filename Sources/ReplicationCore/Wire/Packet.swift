@@ -39,6 +39,9 @@ public enum Packet: Sendable, Hashable {
     /// A cluster-wide state change (promotion while connected), answered by `stateChangeReply`.
     case stateChangeRequest(StateChangeRequest)
     case stateChangeReply(StateChangeReply)
+    /// `invalidate-remote`: the sender asks the peer to invalidate its disk and resync it in full from the sender;
+    /// answered by `stateChangeReply` with the same request ID.
+    case invalidateRequest(requestID: UInt64)
     case pauseResync(Bool)
     /// A Diskless Primary reads a block from its UpToDate peer (DRBD's P_DATA_REQUEST).
     case readRequest(BlockRequest)

@@ -152,6 +152,8 @@ public enum PacketCodec {
             writer.write(reply.requestID)
             writer.writeBool(reply.granted)
             writer.writeString(reply.reason, maximumBytes: maximumReasonBytes)
+        case .invalidateRequest(let requestID):
+            writer.write(requestID)
         case .pauseResync(let paused):
             writer.writeBool(paused)
         case .ping, .pingAck:
@@ -192,7 +194,7 @@ public enum PacketCodec {
             try checkText(
                 parameters.integrityAlgorithm, field: "integrityAlgorithm", maximumBytes: maximumAlgorithmNameBytes,
                 command: command)
-        case .sizes, .syncUUID, .barrier, .pauseResync, .ping, .pingAck, .barrierAck:
+        case .sizes, .syncUUID, .barrier, .pauseResync, .ping, .pingAck, .barrierAck, .invalidateRequest:
             break
         case .uuids(let uuids):
             let known: UUIDExchangeFlags = [.discardMyData, .crashedPrimary, .inconsistent, .skipInitialSync]

@@ -26,6 +26,7 @@ public enum PacketCommand: UInt16, Sendable, Hashable, CaseIterable, CustomStrin
     case outOfSync = 0x0130
     case stateChangeRequest = 0x0140
     case stateChangeReply = 0x0141
+    case invalidateRequest = 0x0142
     case pauseResync = 0x0150
     case readRequest = 0x0160
     case readReply = 0x0161
@@ -61,6 +62,7 @@ public enum PacketCommand: UInt16, Sendable, Hashable, CaseIterable, CustomStrin
         case .outOfSync: "out-of-sync"
         case .stateChangeRequest: "state change request"
         case .stateChangeReply: "state change reply"
+        case .invalidateRequest: "invalidate request"
         case .pauseResync: "pause resync"
         case .readRequest: "read request"
         case .readReply: "read reply"
@@ -100,6 +102,7 @@ public enum PacketCommand: UInt16, Sendable, Hashable, CaseIterable, CustomStrin
         case .outOfSync: range
         case .stateChangeRequest: 8 + 1
         case .stateChangeReply: 8 + 1 + 2 + PacketCodec.maximumReasonBytes
+        case .invalidateRequest: 8
         case .pauseResync: 1
         case .ping, .pingAck: 0
         case .receiveAck, .writeAck, .negativeAck: range + 8
@@ -132,6 +135,7 @@ extension Packet {
         case .outOfSync: .outOfSync
         case .stateChangeRequest: .stateChangeRequest
         case .stateChangeReply: .stateChangeReply
+        case .invalidateRequest: .invalidateRequest
         case .pauseResync: .pauseResync
         case .readRequest: .readRequest
         case .readReply: .readReply

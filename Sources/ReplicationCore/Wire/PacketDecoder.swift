@@ -195,6 +195,8 @@ extension PacketCodec {
                 StateChangeReply(
                     requestID: try reader.integer("requestID"), granted: try reader.bool("granted"),
                     reason: try reader.string("reason", maximum: maximumReasonBytes)))
+        case .invalidateRequest:
+            packet = .invalidateRequest(requestID: try reader.integer("requestID"))
         case .pauseResync:
             packet = .pauseResync(try reader.bool("paused"))
         case .readRequest:
