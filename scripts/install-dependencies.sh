@@ -4,9 +4,13 @@
 set -euo pipefail
 
 packages=(
+  coreutils    # dd: the verify test corrupts blocks with it
+  diffutils    # cmp: the replicad tests compare images and backing files with it
   drbd-utils   # drbdadm / drbdadm-84: the external oracle for drbd.conf parsing
+  fio          # scripts/bench-replication.sh (its nbd engine)
+  iproute2     # ip netns / veth: the two-namespace replicad tests
   kmod         # modinfo, which drbdadm 9 calls to look for a kernel module (there is none; it copes)
-  libnbd-bin   # nbdinfo, nbdcopy: an independent NBD client for the NBD server tests
+  libnbd-bin   # nbdinfo, nbdcopy: an independent NBD client for the NBD server and replicad tests
   python3      # the replication demo's small control-socket client
   util-linux   # setpriv: the replicad test that an outsider uid is refused by its credentials
 )
