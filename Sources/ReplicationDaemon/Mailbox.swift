@@ -6,9 +6,8 @@ struct RunnerRequest: Sendable {
     enum Kind: Sendable {
         case command(OperatorCommand, timeout: Duration)
         case status
-        case write(offsetBytes: UInt64, payload: [UInt8], forceUnitAccess: Bool, timeout: Duration)
-        case read(offsetBytes: UInt64, lengthBytes: UInt32, timeout: Duration)
-        case flush(timeout: Duration)
+        /// The test/diagnostic `write`, `read` and `flush`: application I/O, as a device frontend submits it.
+        case io(DeviceRequest.Operation, timeout: Duration)
         case dumpMetadata
         case fault(FaultRequest)
         /// Take the resource down (`down`), or shut it down because the daemon is terminating.

@@ -243,8 +243,8 @@ public final class ReplicationDaemon: Sendable {
                 return .failure(ResponseError(
                     .badRequest, "write needs a 512-byte aligned offsetBytes and 512...\(ControlProtocol.testWriteBytesMaximum) bytes in multiples of 512"))
             }
-            return .success(.write(
-                offsetBytes: offset, payload: Array(data), forceUnitAccess: request.forceUnitAccess ?? false,
+            return .success(.io(
+                .write(offsetBytes: offset, payload: Array(data), forceUnitAccess: request.forceUnitAccess ?? false),
                 timeout: timeout))
         case .read:
             guard let offset = request.offsetBytes, offset % 512 == 0, let length = request.lengthBytes, length > 0,
@@ -253,9 +253,9 @@ public final class ReplicationDaemon: Sendable {
                 return .failure(ResponseError(
                     .badRequest, "read needs a 512-byte aligned offsetBytes and lengthBytes of 512...\(ControlProtocol.testReadBytesMaximum) in multiples of 512"))
             }
-            return .success(.read(offsetBytes: offset, lengthBytes: UInt32(length), timeout: timeout))
+            return .success(.io(.read(offsetBytes: offset, lengthBytes: UInt32(length)), timeout: timeout))
         case .flush:
-            return .success(.flush(timeout: timeout))
+            return .success(.io(.flush, timeout: timeout))
         case .fault:
             guard let fault = request.fault else { return .failure(ResponseError(.badRequest, "fault needs 'fault'")) }
             return .success(.fault(fault))

@@ -182,7 +182,7 @@ final class RunnerLoop {
         }
         logger.notice(
             "attached \(plan.backingDisk) (\(store.ioMode)), \(machine.sizeBytes) bytes of data, disk \(node.status.disk)")
-        exportState.publish(role: node.status.role)
+        exportState.publish(role: node.machine.role)
         return .success(
             RunnerLoop(
                 plan: plan, mailbox: mailbox, exportState: exportState, logger: logger, node: node,
@@ -213,7 +213,7 @@ final class RunnerLoop {
                 }
             }
             guard !finished else { break }
-            exportState.publish(role: node.status.role)
+            exportState.publish(role: node.machine.role)
             let now = DaemonClock.now
             if now >= nextTick {
                 node.handle(.tick, now: now)
@@ -264,17 +264,8 @@ final class RunnerLoop {
             var response = ControlResponse(.ok)
             response.status = statusReport()
             request.reply(response)
-        case .write(let offset, let payload, let forceUnitAccess, let timeout):
-            let id = allocateRequestID(request, now + timeout, "write of \(payload.count) bytes at \(offset)")
-            node.handle(
-                .write(ApplicationWrite(requestID: id, offsetBytes: offset, payload: payload,
-                    forceUnitAccess: forceUnitAccess)), now: now)
-        case .read(let offset, let length, let timeout):
-            let id = allocateRequestID(request, now + timeout, "read of \(length) bytes at \(offset)")
-            node.handle(.read(requestID: id, range: BlockRange(sector: offset / 512, sizeBytes: length)), now: now)
-        case .flush(let timeout):
-            let id = allocateRequestID(request, now + timeout, "flush")
-            node.handle(.flush(requestID: id), now: now)
+        case .io(let operation, let timeout):
+            submit(operation, waiter: .client(request.reply), deadline: now + timeout, describedAs: "")
         case .dumpMetadata:
             var response = ControlResponse(.ok)
             response.dump = metadata.dump()
@@ -293,24 +284,32 @@ final class RunnerLoop {
     /// A device frontend's read, write or flush, through the replication engine like any application I/O.
     private func handle(_ request: DeviceRequest) {
         let now = DaemonClock.now
+        submit(request.operation, waiter: .device(request.completion), deadline: now, describedAs: "device ")
+    }
+
+    /// Hands application I/O to the node; the observer answers `waiter` when the node completes it.
+    private func submit(
+        _ operation: DeviceRequest.Operation, waiter: ResourceObserver.Pending.Waiter, deadline: MonotonicInstant,
+        describedAs prefix: String
+    ) {
         let id = nextRequestID
         nextRequestID += 1
         let event: ReplicationEvent
         let what: String
-        switch request.operation {
+        switch operation {
         case .read(let offset, let length):
             event = .read(requestID: id, range: BlockRange(sector: offset / 512, sizeBytes: length))
-            what = "device read of \(length) bytes at \(offset)"
+            what = "read of \(length) bytes at \(offset)"
         case .write(let offset, let payload, let forceUnitAccess):
             event = .write(ApplicationWrite(
                 requestID: id, offsetBytes: offset, payload: payload, forceUnitAccess: forceUnitAccess))
-            what = "device write of \(payload.count) bytes at \(offset)"
+            what = "write of \(payload.count) bytes at \(offset)"
         case .flush:
             event = .flush(requestID: id)
-            what = "device flush"
+            what = "flush"
         }
-        observer.requests[id] = ResourceObserver.Pending(waiter: .device(request.completion), deadline: now, what: what)
-        node.handle(event, now: now)
+        observer.requests[id] = ResourceObserver.Pending(waiter: waiter, deadline: deadline, what: prefix + what)
+        node.handle(event, now: DaemonClock.now)
     }
 
     /// Answers every request left in a closed mailbox.
@@ -327,13 +326,6 @@ final class RunnerLoop {
     private func allocateCommandID() -> UInt64 {
         defer { nextCommandID += 1 }
         return nextCommandID
-    }
-
-    private func allocateRequestID(_ request: RunnerRequest, _ deadline: MonotonicInstant, _ what: String) -> UInt64 {
-        let id = nextRequestID
-        nextRequestID += 1
-        observer.requests[id] = ResourceObserver.Pending(waiter: .client(request.reply), deadline: deadline, what: what)
-        return id
     }
 
     /// A command issued by the stop sequence itself.
@@ -458,7 +450,7 @@ final class RunnerLoop {
         report.uuids = GenerationIdentifiers(
             current: status.uuids.current, bitmap: status.uuids.bitmap, history1: status.uuids.history1,
             history2: status.uuids.history2)
-        report.flags = Self.flagNames(node.machine.flags)
+        report.flags = node.machine.flags.names
         report.sizeBytes = node.machine.sizeBytes
         report.outOfSyncKiB = status.outOfSyncBytes / 1024
         report.resync = status.resync.map { figures in
@@ -470,29 +462,20 @@ final class RunnerLoop {
         }
         report.verifyMismatchesKiB = status.verifyMismatches.map { $0 * SyncBitmap.blockBytes / 1024 }
         report.requestsInFlight = status.requestsInFlight
+        let depths = node.machine.queueDepths
         report.counters = ResourceCounters(
             networkSentKiB: counters.networkSentBytes / 1024, networkReceivedKiB: counters.networkReceivedBytes / 1024,
             diskWrittenKiB: counters.diskWrittenBytes / 1024, diskReadKiB: counters.diskReadBytes / 1024,
             activityLogUpdates: counters.activityLogTransactions, bitmapUpdates: counters.bitmapPageWrites,
-            localPending: blocks.outstanding, peerPending: status.peerPendingWrites,
-            unacknowledged: status.receivedWritesUnacknowledged, applicationPending: status.requestsInFlight,
-            epochs: status.epochsInFlight)
+            localPending: blocks.outstanding, peerPending: depths.peerPendingWrites,
+            unacknowledged: depths.receivedWritesUnacknowledged, applicationPending: status.requestsInFlight,
+            epochs: depths.epochsInFlight)
         report.heldOpenBy = exportState.holders
         report.ioMode = blocks.store.ioMode.description
         report.replicationProtocol = plan.settings.replicationProtocol.rawValue
         report.backingDevice = plan.backingDisk
         report.device = plan.device.path
         return report
-    }
-
-    static func flagNames(_ flags: MetadataFlags) -> [String] {
-        let names: [(MetadataFlags, String)] = [
-            (.consistent, "consistent"), (.wasUpToDate, "was-up-to-date"), (.primaryIndicator, "primary"),
-            (.connectedIndicator, "connected"), (.fullSync, "full-sync"), (.peerOutdated, "peer-outdated"),
-            (.crashedPrimary, "crashed-primary"), (.activityLogClean, "al-clean"),
-            (.activityLogDisabled, "al-disabled"),
-        ]
-        return names.filter { flags.contains($0.0) }.map(\.1)
     }
 
     private func applyFault(_ fault: FaultRequest) -> ControlResponse {

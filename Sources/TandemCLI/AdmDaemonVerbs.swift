@@ -418,7 +418,7 @@ struct AdmSession {
                 body(StatusText.Generations(
                     uuids: GenerationIdentifiers(
                         current: uuids.current, bitmap: uuids.bitmap, history1: uuids.history1, history2: uuids.history2),
-                    flags: StatusText.flagNames(recovered.superblock.flags)))
+                    flags: Set(recovered.superblock.flags.names)))
             } catch {
                 printToStandardError("tandem adm \(verb) \(name): \(error)")
                 worst = max(worst, 10)

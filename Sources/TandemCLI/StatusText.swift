@@ -85,12 +85,4 @@ enum StatusText {
 
         """
     }
-
-    static func flagNames(_ flags: MetadataFlags) -> Set<String> {
-        let names: [(MetadataFlags, String)] = [
-            (.consistent, "consistent"), (.wasUpToDate, "was-up-to-date"), (.primaryIndicator, "primary"),
-            (.connectedIndicator, "connected"), (.fullSync, "full-sync"), (.peerOutdated, "peer-outdated"),
-        ]
-        return Set(names.filter { flags.contains($0.0) }.map(\.1))
-    }
 }

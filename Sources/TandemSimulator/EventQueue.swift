@@ -6,8 +6,6 @@ struct EventQueue<Event> {
     private var heap: [(time: Int64, sequence: UInt64, event: Event)] = []
     private var nextSequence: UInt64 = 0
 
-    var isEmpty: Bool { heap.isEmpty }
-    var count: Int { heap.count }
     var nextTime: Int64? { heap.first?.time }
 
     mutating func schedule(_ event: Event, at time: Int64) {

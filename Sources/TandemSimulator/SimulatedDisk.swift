@@ -46,8 +46,6 @@ final class SimulatedDisk {
         }
     }
 
-    func abandonWrite(id: UInt64) { inFlight[id] = nil }
-
     /// A flush: everything in the cache now becomes stable. (Writes completing after the flush was submitted may
     /// be included too; that is allowed.)
     func flush() {

@@ -117,7 +117,6 @@ public final class FileBlockStore: BlockStore, Sendable {
     public let isBlockDevice: Bool
     public let ioMode: IOMode
     public let faults: StorageFaults
-    public let options: Options
 
     private let context: IOContext
     private let pool: IOThreadPool
@@ -165,7 +164,6 @@ public final class FileBlockStore: BlockStore, Sendable {
         self.isBlockDevice = opened.isBlockDevice
         self.ioMode = opened.mode
         self.faults = faults
-        self.options = options
         self.completions = completions
         self.context = IOContext(
             path: path, descriptors: opened.descriptors, mode: opened.mode, sizeBytes: dataSize,

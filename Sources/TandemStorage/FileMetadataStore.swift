@@ -304,11 +304,6 @@ public final class FileMetadataStore: MetadataStore, Sendable {
 
 /// Names of the set flags, e.g. "consistent, was-up-to-date (0x00000011)".
 func describeFlags(_ flags: MetadataFlags) -> String {
-    let names: [(MetadataFlags, String)] = [
-        (.consistent, "consistent"), (.primaryIndicator, "primary"), (.connectedIndicator, "connected"),
-        (.fullSync, "full-sync"), (.wasUpToDate, "was-up-to-date"), (.peerOutdated, "peer-outdated"),
-        (.crashedPrimary, "crashed-primary"), (.activityLogClean, "al-clean"), (.activityLogDisabled, "al-disabled"),
-    ]
-    let set = names.filter { flags.contains($0.0) }.map(\.1)
+    let set = flags.names
     return "\(set.isEmpty ? "none" : set.joined(separator: ", ")) (\(flags.rawValue.prefixedHex))"
 }

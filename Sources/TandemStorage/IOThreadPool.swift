@@ -35,7 +35,6 @@ final class IOThreadPool: @unchecked Sendable {
     private var isShutDown = false
     private var threads: [pthread_t] = []
     let name: String
-    let threadCount: Int
     let queueDepthMaximum: Int
 
     /// Starts `threadCount` threads named `name` (truncated to the 15 characters Linux keeps).
@@ -44,7 +43,6 @@ final class IOThreadPool: @unchecked Sendable {
         precondition(
             Self.queueDepthRange.contains(queueDepthMaximum), "I/O pool '\(name)' with queue depth \(queueDepthMaximum)")
         self.name = name
-        self.threadCount = threadCount
         self.queueDepthMaximum = queueDepthMaximum
         queue = Array(repeating: nil, count: queueDepthMaximum)
         mutex = .allocate(capacity: 1)

@@ -171,9 +171,10 @@ enum Posix {
         }
     }
 
-    /// Runs `body` over a zeroed buffer of `count` bytes aligned to `alignment` (a power of two, at least the
-    /// pointer size), as direct I/O needs. posix_memalign, because Swift's allocator makes no alignment promise
-    /// that direct I/O can rely on.
+    /// Runs `body` over an uninitialised buffer of `count` bytes aligned to `alignment` (a power of two, at least
+    /// the pointer size), as direct I/O needs; every caller fills the whole buffer (a payload copy or a full read),
+    /// so zeroing it first would only cost memory bandwidth on each request. posix_memalign, because Swift's
+    /// allocator makes no alignment promise that direct I/O can rely on.
     static func withAlignedBuffer<Result>(
         count: Int, alignment: Int, _ body: (UnsafeMutableRawBufferPointer) throws(IOFailure) -> Result
     ) throws(IOFailure) -> Result {
@@ -186,7 +187,6 @@ enum Posix {
             throw IOFailure("cannot allocate an I/O buffer of \(count) bytes", errno: result == 0 ? ENOMEM : result)
         }
         defer { free(pointer) }
-        memset(pointer, 0, max(count, 1))
         return try body(UnsafeMutableRawBufferPointer(start: pointer, count: count))
     }
 

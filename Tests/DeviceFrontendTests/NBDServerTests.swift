@@ -147,7 +147,5 @@ struct NBDServerTests {
         }
     }
 
-    static func tool(_ name: String) -> String? {
-        ["/usr/bin", "/usr/local/bin", "/bin"].map { "\($0)/\(name)" }.first { FileManager.default.isExecutableFile(atPath: $0) }
-    }
+    static func tool(_ name: String) -> String? { ExternalCommand.tool(name) }
 }

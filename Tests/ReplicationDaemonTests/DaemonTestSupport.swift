@@ -174,10 +174,7 @@ final class TestCluster: @unchecked Sendable {
         return try ExternalCommand.run(program, all)
     }
 
-    static func tool(_ name: String) -> String? {
-        ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"].map { "\($0)/\(name)" }
-            .first { FileManager.default.isExecutableFile(atPath: $0) }
-    }
+    static func tool(_ name: String) -> String? { ExternalCommand.tool(name) }
 
     /// The tool's path; a missing tool fails the test with what to install.
     static func requiredTool(_ name: String, package: String) throws -> String {
@@ -302,6 +299,12 @@ final class TestCluster: @unchecked Sendable {
         }.joined(separator: "\n") + "\n--- alpha log:\n\(logText(alpha))\n--- beta log:\n\(logText(beta))"
     }
 
+    /// The node's daemon answers, the resource is up, and it is not Connected (a daemon that died or hangs is not).
+    func isUpButNotConnected(_ node: Node) -> Bool {
+        guard let status = status(node) else { return false }
+        return status.up && status.connection != "Connected"
+    }
+
     /// Waits until both nodes are Connected with UpToDate disks on both sides.
     func waitUntilInSync(sourceLocation: SourceLocation = #_sourceLocation) async {
         let synced = await eventually {
@@ -336,54 +339,17 @@ func pattern(bytes: Int, seed: UInt8) -> [UInt8] {
     (0..<bytes).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed) &+ $0 / 4096) }
 }
 
-/// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
+/// `TandemTestSupport.eventually` with this target's patience, polling every 50 ms (each poll may run a process).
 func eventually(timeout: Duration = patience, _ condition: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(50))
-    }
-    return condition()
+    await TandemTestSupport.eventually(timeout: timeout, pollInterval: .milliseconds(50), condition)
 }
 
 /// Sends raw bytes on the control socket and returns the first response line (or nil if the daemon closed).
 func rawExchange(socketPath: String, _ bytes: [UInt8]) throws -> String? {
-    let descriptor = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-    try #require(descriptor >= 0)
-    defer { close(descriptor) }
-    var address = sockaddr_un()
-    address.sun_family = sa_family_t(AF_UNIX)
-    let path = Array(socketPath.utf8)
-    withUnsafeMutableBytes(of: &address.sun_path) { buffer in
-        buffer.copyBytes(from: path)
-        buffer[path.count] = 0
-    }
-    let connected = withUnsafePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            connect(descriptor, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
-        }
-    }
-    try #require(connected == 0)
-    var timeout = timeval(tv_sec: 20, tv_usec: 0)
-    setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-    var sent = 0
-    while sent < bytes.count {
-        let result = bytes.withUnsafeBytes {
-            send(descriptor, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL))
-        }
-        // The daemon may answer and close before it has read everything (an overlong line).
-        guard result > 0 else { break }
-        sent += result
-    }
+    let socket = try BlockingSocket(unixPath: socketPath, receiveTimeoutSeconds: 20)
+    defer { socket.close() }
+    socket.writeUntilRefused(bytes)
     // Half-close, as socat does at the end of its input: the daemon answers what it got.
-    shutdown(descriptor, Int32(SHUT_WR))
-    var received: [UInt8] = []
-    var buffer = [UInt8](repeating: 0, count: 4096)
-    while !received.contains(UInt8(ascii: "\n")) {
-        let count = buffer.withUnsafeMutableBytes { recv(descriptor, $0.baseAddress!, $0.count, 0) }
-        guard count > 0 else { break }
-        received += buffer[0..<count]
-    }
-    guard let newline = received.firstIndex(of: UInt8(ascii: "\n")) else { return nil }
-    return String(decoding: received[..<newline], as: UTF8.self)
+    socket.shutdownWrite()
+    return socket.read(upTo: UInt8(ascii: "\n")).map { String(decoding: $0, as: UTF8.self) }
 }

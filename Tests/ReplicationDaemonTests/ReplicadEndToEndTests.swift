@@ -72,7 +72,8 @@ struct ReplicadEndToEndTests {
         // peer's answer comes after it invalidated, so the resync is under way when the verb returns.
         let received = cluster.status(beta)?.counters?.networkReceivedKiB ?? 0
         try cluster.admOK(alpha, "invalidate-remote", "r0")
-        #expect(cluster.status(alpha)?.peerDisk != "UpToDate", "\(cluster.describe())")
+        let peerDisk = try #require(cluster.status(alpha)?.peerDisk, "\(cluster.describe())")
+        #expect(peerDisk != "UpToDate", "\(cluster.describe())")
         await cluster.waitUntilInSync()
         let resynced = (cluster.status(beta)?.counters?.networkReceivedKiB ?? 0) - received
         #expect(resynced >= UInt64(cluster.diskBytes / 2048), "a full resync: \(resynced) KiB")

@@ -98,7 +98,7 @@ struct ResourcePlanTests {
         ("resource r0 {\n on alpha { device /dev/drbd0 minor 0; disk /dev/sdb1; address 10.0.0.1:7789; meta-disk internal; }\n}",
          "exactly two hosts"),
         ("resource r0 {\n net { cram-hmac-alg sha1; }\n" + hosts + "\n}", "shared-secret"),
-        ("resource r0 {\n net { csums-alg whirlpool; }\n" + hosts + "\n}", "not supported"),
+        ("resource r0 {\n net { csums-alg whirlpool; }\n" + hosts + "\n}", "csums-alg whirlpool is not supported"),
         ("resource r0 {\n" + hosts + "\n}", "no 'on gamma' section"),
     ])
     func refusals(_ text: String, _ expected: String) throws {

@@ -31,13 +31,9 @@ public final class BlockingSocket {
         }
     }
 
+    /// Sends all of `bytes`; throws when the peer stops taking them.
     public func write(_ bytes: [UInt8]) throws {
-        var sent = 0
-        while sent < bytes.count {
-            let count = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            guard count > 0 else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
-            sent += count
-        }
+        guard writeUntilRefused(bytes) == bytes.count else { throw POSIXError(.init(rawValue: errno) ?? .EIO) }
     }
 
     /// Exactly `count` bytes; throws on end of file or timeout.
@@ -50,6 +46,35 @@ public final class BlockingSocket {
             received += n
         }
         return bytes
+    }
+
+    /// Sends as much of `bytes` as the peer takes, stopping without an error when it closes or resets (a server may
+    /// answer and close before reading everything); returns how many bytes went out.
+    @discardableResult
+    public func writeUntilRefused(_ bytes: [UInt8]) -> Int {
+        var sent = 0
+        while sent < bytes.count {
+            let count = bytes[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            guard count > 0 else { break }
+            sent += count
+        }
+        return sent
+    }
+
+    /// Half-closes: the peer reads end of file after what was sent, and may still answer.
+    public func shutdownWrite() { Glibc.shutdown(fd, Int32(SHUT_WR)) }
+
+    /// Bytes up to (not including) the first `delimiter`, or nil when the peer closes (or the read times out)
+    /// before sending one.
+    public func read(upTo delimiter: UInt8) -> [UInt8]? {
+        var received: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while !received.contains(delimiter) {
+            let n = chunk.withUnsafeMutableBytes { Glibc.recv(fd, $0.baseAddress, $0.count, 0) }
+            guard n > 0 else { return nil }
+            received += chunk[..<n]
+        }
+        return Array(received[..<received.firstIndex(of: delimiter)!])
     }
 
     /// Everything until the server closes.

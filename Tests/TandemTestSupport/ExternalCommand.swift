@@ -2,6 +2,12 @@ import Foundation
 
 /// Runs a program to completion and collects its output.
 public enum ExternalCommand {
+    /// The path of an installed program, looked for where Debian puts them; nil when it is not installed.
+    public static func tool(_ name: String) -> String? {
+        ["/usr/sbin", "/usr/bin", "/sbin", "/bin", "/usr/local/bin"].map { "\($0)/\(name)" }
+            .first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+
     public struct Output: Sendable {
         public var status: Int32
         public var standardOutput: String

@@ -11,14 +11,9 @@ import Testing
 /// conditions, never for times, so a slow machine only makes them slower.
 let patience = Duration.seconds(20)
 
-/// Polls `condition` every 10 ms until it holds or `timeout` passes; returns whether it held.
+/// `TandemTestSupport.eventually` with this target's patience.
 func eventually(timeout: Duration = patience, _ condition: () -> Bool) async -> Bool {
-    let deadline = ContinuousClock.now + timeout
-    while ContinuousClock.now < deadline {
-        if condition() { return true }
-        try? await Task.sleep(for: .milliseconds(10))
-    }
-    return condition()
+    await TandemTestSupport.eventually(timeout: timeout, condition)
 }
 
 /// Stands in for the replication node: records events and log lines, and re-arms connecting after a loss, as the

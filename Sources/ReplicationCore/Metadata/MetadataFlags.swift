@@ -23,6 +23,16 @@ public struct MetadataFlags: OptionSet, Sendable, Hashable {
     /// The activity log is disabled (DRBD's `al-updates no`).
     public static let activityLogDisabled = MetadataFlags(rawValue: 1 << 8)
 
+    /// Every flag with the name dump-md, status and get-gi use for it, in bit order.
+    public static let named: [(flag: MetadataFlags, name: String)] = [
+        (.consistent, "consistent"), (.primaryIndicator, "primary"), (.connectedIndicator, "connected"),
+        (.fullSync, "full-sync"), (.wasUpToDate, "was-up-to-date"), (.peerOutdated, "peer-outdated"),
+        (.crashedPrimary, "crashed-primary"), (.activityLogClean, "al-clean"), (.activityLogDisabled, "al-disabled"),
+    ]
+
+    /// The names of the flags that are set, in bit order.
+    public var names: [String] { Self.named.filter { contains($0.flag) }.map(\.name) }
+
     public static let known: MetadataFlags = [
         .consistent, .primaryIndicator, .connectedIndicator, .fullSync, .wasUpToDate, .peerOutdated, .crashedPrimary,
         .activityLogClean, .activityLogDisabled,

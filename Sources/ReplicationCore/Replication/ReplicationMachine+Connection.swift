@@ -17,7 +17,6 @@ struct Handshake: Sendable {
 /// The bitmap exchange before a resync (WFBitMapS/T): both sides send their bitmap and OR in the peer's.
 struct BitmapExchange: Sendable {
     var direction: SyncDirection
-    var receivedLast = false
     /// Set on the victim of a split-brain discard: save its diverged blocks before the resync overwrites them.
     var preserveBeforeSync: String?
 }
@@ -26,7 +25,7 @@ extension ReplicationMachine {
     static let protocolVersion: UInt32 = 1
     /// A handshake that has not finished in this long is abandoned and retried.
     static let handshakeTimeout: Duration = .seconds(30)
-    static let bitmapWordsPerChunk = 4096
+    static let bitmapWordsPerChunk = PacketCodec.maximumBitmapWords
 
     // MARK: Establishing
 
@@ -357,7 +356,7 @@ extension ReplicationMachine {
     /// has; the node then waits for the peer again (or stays StandAlone).
     mutating func connectionLost(reason: String, failureState: ConnectionState, reconnect: Bool) {
         let wasEstablished = connection.isEstablished
-        let wasSourcingResync = connection == .syncSource || connection == .pausedSyncSource
+        let wasSourcingResync = connection.isSyncSource
         let peerWasPrimary = peer.role == .primary
         // The new state comes first: completions below may let waiting writes start, and those must see that
         // there is no peer any more.
@@ -405,7 +404,6 @@ extension ReplicationMachine {
             }
         }
         transferLog.removeAll()
-        barrierOwedForEpoch = nil
         // Requests that had not even been sent (waiting for the activity log) are handled when they are submitted.
         for requestID in requests.keys.sorted() where requests[requestID]?.network == .awaitingAck {
             requests[requestID]!.network = .failed
@@ -519,7 +517,7 @@ extension ReplicationMachine {
         peer.disk = state.diskState
         startGenerationForDisklessPeer()
         if connection == .verifyTarget { connection = .connected }
-        if connection == .syncSource || connection == .pausedSyncSource, state.diskState == .upToDate,
+        if connection.isSyncSource, state.diskState == .upToDate,
             previousDisk < .upToDate
         {
             return finishResyncAsSource(now: now)

@@ -65,7 +65,7 @@ extension ReplicationMachine {
         if generation == connectionGeneration && connection.isEstablished {
             let ack = BlockAck(range: packet.range, requestID: packet.requestID)
             if succeeded {
-                if packet.flags.contains(.mayClearOutOfSync) && (connection == .syncTarget || connection == .pausedSyncTarget) {
+                if packet.flags.contains(.mayClearOutOfSync) && connection.isSyncTarget {
                     bitmap.clear(SyncBitmap.blocksFullyCovered(by: packet.range))
                 }
                 if packet.flags.contains(.sendWriteAck) { emit(.send(.writeAck(ack))) }

@@ -85,7 +85,7 @@ extension ReplicationMachine {
     }
 
     mutating func receiveBitmapChunk(_ chunk: BitmapChunk, now: MonotonicInstant) {
-        guard var exchange = bitmapExchange, !exchange.receivedLast else {
+        guard let exchange = bitmapExchange else {
             return protocolError("bitmap chunk outside the bitmap exchange")
         }
         guard chunk.firstWord <= UInt64(bitmap.words.count),
@@ -95,8 +95,6 @@ extension ReplicationMachine {
         }
         bitmap.merge(words: chunk.words, startingAt: Int(chunk.firstWord))
         guard chunk.isLast else { return }
-        exchange.receivedLast = true
-        bitmapExchange = exchange
         bitmapExchangeDone(exchange, now: now)
     }
 
@@ -225,7 +223,7 @@ extension ReplicationMachine {
     }
 
     mutating func receiveResyncReply(_ reply: BlockReply) {
-        guard connection == .syncTarget || connection == .pausedSyncTarget,
+        guard connection.isSyncTarget,
             resync?.inFlight[reply.requestID] == UInt64(reply.range.sizeBytes) / SyncBitmap.blockBytes,
             reply.range.sector == reply.requestID * 8, reply.payload.count == Int(reply.range.sizeBytes)
         else {
@@ -266,7 +264,7 @@ extension ReplicationMachine {
     }
 
     mutating func resyncFinishFlushCompleted(succeeded: Bool, generation: UInt64, now: MonotonicInstant) {
-        guard generation == connectionGeneration, connection == .syncTarget || connection == .pausedSyncTarget,
+        guard generation == connectionGeneration, connection.isSyncTarget,
             resync?.finishing == true
         else { return }
         guard succeeded else {
@@ -313,7 +311,7 @@ extension ReplicationMachine {
     // MARK: Source: serving
 
     mutating func serveResyncRequest(_ request: BlockRequest, peerDigest: [UInt8]?) {
-        guard connection == .syncSource || connection == .pausedSyncSource else {
+        guard connection.isSyncSource else {
             return protocolError("resync request in state \(connection.rawValue)")
         }
         guard request.range.sizeBytes > 0, request.range.endBytes <= sizeBytes else {

@@ -269,7 +269,7 @@ extension ReplicationMachine {
         guard hasLocalDisk else { return }
         log("disk( \(disk) -> Diskless ): \(reason)")
         disk = .diskless
-        if connection == .syncSource || connection == .pausedSyncSource || connection == .verifySource
+        if connection.isSyncSource || connection == .verifySource
             || connection == .verifyTarget
         {
             emit(.dropConnection(reason: "lost the local disk during \(connection.rawValue)"))

@@ -6,7 +6,7 @@ import TandemConfig
 /// acknowledgement proves it stable there; if the connection is lost first, its blocks are marked out of sync.
 extension ReplicationMachine {
     /// The largest request the device accepts (also the wire's payload limit).
-    public static let requestBytesMaximum = 1 << 20
+    public static let requestBytesMaximum = PacketCodec.maximumBlockBytes
 
     enum AckLevel { case received, written }
 
@@ -20,7 +20,7 @@ extension ReplicationMachine {
         }
         precondition(requests[write.requestID] == nil, "request ID \(write.requestID) reused while in flight")
         let range = BlockRange(sector: write.offsetBytes / 512, sizeBytes: UInt32(write.payload.count))
-        if connection == .syncSource || connection == .pausedSyncSource, resyncReadOverlaps(byteRange(range)) {
+        if connection.isSyncSource, resyncReadOverlaps(byteRange(range)) {
             // A resync read of these blocks is in flight; its (older) data must reach the peer before this write.
             writesHeldForResync.append(write)
             return
@@ -78,7 +78,7 @@ extension ReplicationMachine {
         if sending {
             var dataFlags = ackFlag
             if write.forceUnitAccess { dataFlags.insert(.forceUnitAccess) }
-            if connection == .syncSource || connection == .pausedSyncSource { dataFlags.insert(.mayClearOutOfSync) }
+            if connection.isSyncSource { dataFlags.insert(.mayClearOutOfSync) }
             emit(.send(.data(DataPacket(
                 range: range, requestID: write.requestID, epoch: request.epoch, flags: dataFlags,
                 payload: write.payload))))
@@ -322,7 +322,7 @@ extension ReplicationMachine {
         }
         let awaited: AckLevel = completionProtocol == .c ? .written : .received
         if level == awaited && request.network == .awaitingAck { request.network = .acknowledged }
-        if level == .written && (connection == .syncSource || connection == .pausedSyncSource) {
+        if level == .written && connection.isSyncSource {
             bitmap.clear(SyncBitmap.blocksFullyCovered(by: request.range))
         }
         requests[ack.requestID] = request

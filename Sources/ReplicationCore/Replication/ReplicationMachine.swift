@@ -53,7 +53,6 @@ public struct ReplicationMachine: Sendable {
     var writesInCurrentEpoch = 0
     /// Set when any request completed upward: the next write starts a new epoch (write-after-write ordering).
     var epochClosedByCompletion = false
-    var barrierOwedForEpoch: UInt32?
     var writesWaitingForActivityLog: [ApplicationWrite] = []
     /// Application writes held back until an overlapping resync read has been answered (SyncSource interlock).
     var writesHeldForResync: [ApplicationWrite] = []
@@ -123,7 +122,13 @@ public struct ReplicationMachine: Sendable {
         ReplicationStatus(
             role: role, disk: disk, connection: connection, peerRole: peer.role, peerDisk: peer.disk, uuids: uuids,
             outOfSyncBytes: bitmap.setCount * SyncBitmap.blockBytes, resync: resync.map(\.figures),
-            verifyMismatches: verify?.mismatchedBlocks ?? lastVerifyMismatchedBlocks, requestsInFlight: requests.count,
+            verifyMismatches: verify?.mismatchedBlocks ?? lastVerifyMismatchedBlocks, requestsInFlight: requests.count)
+    }
+
+    /// /proc/drbd's queue depths. Computed on demand (they scan the requests), not with every `status`, which the
+    /// simulator reads after every event.
+    public var queueDepths: ReplicationQueueDepths {
+        ReplicationQueueDepths(
             peerPendingWrites: requests.values.reduce(0) { $0 + ($1.network == .awaitingAck ? 1 : 0) },
             receivedWritesUnacknowledged: receivedEpochs.reduce(0) { $0 + $1.outstanding + $1.buffered.count },
             epochsInFlight: max(1, transferLog.count))
@@ -256,6 +261,10 @@ public struct ReplicationStatus: Sendable, Hashable {
     public var resync: ResyncFigures?
     public var verifyMismatches: UInt64?
     public var requestsInFlight: Int
+}
+
+/// What `ReplicationMachine.queueDepths` reports.
+public struct ReplicationQueueDepths: Sendable, Hashable {
     /// Writes sent to the peer and not yet acknowledged (/proc/drbd's `pe`).
     public var peerPendingWrites: Int
     /// The peer's writes received here and not yet acknowledged (`ua`).

@@ -82,8 +82,4 @@ public struct ReplicationMutations: Sendable, Hashable {
         self.skipBitmapMarkingOnDisconnect = skipBitmapMarkingOnDisconnect
         self.ignoreRule90 = ignoreRule90
     }
-
-    public var isAnyEnabled: Bool {
-        acknowledgeProtocolCBeforePeerWrite || skipBitmapMarkingOnDisconnect || ignoreRule90
-    }
 }

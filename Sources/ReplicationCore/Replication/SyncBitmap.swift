@@ -2,9 +2,10 @@
 /// peer's copy. It counts its set bits and remembers which on-disk pages changed, so that the driver writes only
 /// those (DRBD writes bitmap pages lazily: when activity-log extents leave the log and at shutdown).
 public struct SyncBitmap: Sendable, Hashable {
-    public static let blockBytes: UInt64 = 4096
-    /// Matches the on-disk bitmap page: 510 64-bit words after a 16-byte header.
-    public static let wordsPerPage = 510
+    /// One bit per this many bytes: the on-disk bitmap's granularity.
+    public static let blockBytes: UInt64 = BitmapPage.bytesPerBit
+    /// The on-disk bitmap page's words, so that a dirty in-memory page is exactly one page to write.
+    public static let wordsPerPage = BitmapPage.wordsPerPage
 
     public let blockCount: UInt64
     public private(set) var words: [UInt64]

@@ -80,10 +80,11 @@ public enum ConnectionState: String, Sendable, Hashable, CaseIterable, Codable {
     }
 
     /// A resync is running or paused in this state.
-    public var isResyncing: Bool {
-        switch self {
-        case .syncSource, .syncTarget, .pausedSyncSource, .pausedSyncTarget: true
-        default: false
-        }
-    }
+    public var isResyncing: Bool { isSyncSource || isSyncTarget }
+
+    /// This node is the source of a running or paused resync.
+    public var isSyncSource: Bool { self == .syncSource || self == .pausedSyncSource }
+
+    /// This node is the target of a running or paused resync.
+    public var isSyncTarget: Bool { self == .syncTarget || self == .pausedSyncTarget }
 }
