@@ -30,9 +30,11 @@ extension Simulation {
             hadDisk[node] = status.disk >= .inconsistent
         }
         let established = statuses.map { $0?.connection.isEstablished ?? false }
-        if established == [true, true] && wasEstablished != [true, true] {
-            // A handshake just succeeded. If both nodes were Primary while apart, the data diverged: the handshake
-            // must have recognised the split brain (and resolved it by policy or by --discard-my-data).
+        let bothHaveDisks = statuses.allSatisfy { ($0?.disk ?? .diskless) != .diskless }
+        if established == [true, true] && wasEstablished != [true, true] && bothHaveDisks {
+            // A handshake between two disks just succeeded. If both nodes were Primary while apart, the data
+            // diverged: the handshake must have recognised the split brain (and resolved it by policy or by
+            // --discard-my-data). A Diskless side compares nothing; its detached disk is judged when it returns.
             if primaryWhileDisconnected == [true, true] && !splitBrainLoggedSinceFlag.contains(true) {
                 violations.append("split brain not detected: both nodes were Primary while disconnected, yet they connected without a split-brain decision")
             }

@@ -107,7 +107,11 @@ extension Simulation {
             command(node, .disconnect)
             queue.schedule(.command(node: node, .connect(discardMyData: false)), at: now + Int64(random.next() % 3000) * Self.nanosecondsPerMillisecond)
         case 1 where random.next() % 3 == 0:
-            // A full resync, asked for by the node to be overwritten or by the one whose data wins.
+            // A full resync, asked for by the node to be overwritten or by the one whose data wins. Only while
+            // Connected: a disconnected node's `invalidate` throws away whatever only it holds (DRBD lets the
+            // Inconsistent disk decide the next handshake, with no split-brain check), which is the runbook's
+            // discard-my-data, not a repair the oracle could judge.
+            guard status.connection == .connected else { return }
             command(node, status.role == .secondary ? .invalidate : .invalidateRemote)
         case 2:
             command(node, .verify)

@@ -10,8 +10,18 @@ extension ReplicationMachine {
             return protocolError("data packet for \(packet.range) beyond the device of \(sizeBytes) bytes")
         }
         let ack = BlockAck(range: packet.range, requestID: packet.requestID)
+        if receivedEpochs.last.map({ $0.closed || $0.generation != connectionGeneration }) ?? true {
+            receivedEpochs.append(ReceivedEpoch(generation: connectionGeneration, number: packet.epoch))
+        }
+        let last = receivedEpochs.count - 1
+        guard receivedEpochs[last].number == packet.epoch else {
+            return protocolError("write for epoch \(packet.epoch) inside open epoch \(receivedEpochs[last].number)")
+        }
+        // Every write counts in its epoch, stored or not: the barrier ack carries the count the sender checks.
+        receivedEpochs[last].writeCount += 1
         guard hasLocalDisk else {
-            // A Diskless node cannot store the write: the sender marks it out of sync.
+            // A Diskless node (perhaps only since the write was sent) cannot store it: the sender marks it out of
+            // sync.
             return emit(.send(.negativeAck(ack)))
         }
         if peer.disk < .inconsistent && !isPureFlush {
@@ -21,14 +31,6 @@ extension ReplicationMachine {
             persistDirtyBitmapPages()
         }
         if packet.flags.contains(.sendReceiveAck) { emit(.send(.receiveAck(ack))) }
-        if receivedEpochs.last.map({ $0.closed || $0.generation != connectionGeneration }) ?? true {
-            receivedEpochs.append(ReceivedEpoch(generation: connectionGeneration, number: packet.epoch))
-        }
-        let last = receivedEpochs.count - 1
-        guard receivedEpochs[last].number == packet.epoch else {
-            return protocolError("write for epoch \(packet.epoch) inside open epoch \(receivedEpochs[last].number)")
-        }
-        receivedEpochs[last].writeCount += 1
         if last == 0 {
             receivedEpochs[0].outstanding += 1
             submitPeerWrite(packet)
@@ -65,6 +67,7 @@ extension ReplicationMachine {
         if generation == connectionGeneration && connection.isEstablished {
             let ack = BlockAck(range: packet.range, requestID: packet.requestID)
             if succeeded {
+                if packet.range.sizeBytes > 0 { receivedEpochs[0].storedRanges.append(packet.range) }
                 if packet.flags.contains(.mayClearOutOfSync) && connection.isSyncTarget {
                     bitmap.clear(SyncBitmap.blocksFullyCovered(by: packet.range))
                 }
@@ -83,22 +86,31 @@ extension ReplicationMachine {
         while let head = receivedEpochs.first, head.closed, head.outstanding == 0, !head.flushing {
             if settings.diskFlushes && hasLocalDisk {
                 receivedEpochs[0].flushing = true
-                emit(.submitFlush(token: allocateToken(.epochFlush(generation: head.generation))))
+                emit(.submitFlush(token: allocateToken(.epochFlush)))
                 return
             }
-            epochDurable()
+            // Without disk-flushes the operator accepted a volatile cache; without a disk, nothing can be flushed.
+            finishHeadEpoch(stable: !settings.diskFlushes)
         }
     }
 
-    mutating func epochFlushCompleted(generation: UInt64) {
+    mutating func epochFlushCompleted(succeeded: Bool) {
         precondition(receivedEpochs.first?.flushing == true, "epoch flush completed but no epoch was flushing")
-        epochDurable()
+        finishHeadEpoch(stable: succeeded && hasLocalDisk)
         advanceReceivedEpochs()
     }
 
-    private mutating func epochDurable() {
+    /// Acknowledges the head epoch's barrier, which lets the sender forget its writes. If our disk was lost before
+    /// the flush made them stable (they sat in its volatile cache, and a detached disk keeps no promise), the
+    /// sender must first learn that they are out of sync: it keeps the bits for the disk's return. The out-of-sync
+    /// packets travel on the data channel, the ack on the meta channel; the sender sets the bits whenever they
+    /// arrive, and until then its own disk holds the data.
+    private mutating func finishHeadEpoch(stable: Bool) {
         let head = receivedEpochs.removeFirst()
         if head.generation == connectionGeneration && connection.isEstablished {
+            if !stable {
+                for range in head.storedRanges { emit(.send(.outOfSync(range))) }
+            }
             emit(.send(.barrierAck(epoch: head.number, writeCount: head.writeCount)))
         }
         guard !receivedEpochs.isEmpty else { return }

@@ -269,7 +269,9 @@ extension ReplicationMachine {
         guard hasLocalDisk else { return }
         log("disk( \(disk) -> Diskless ): \(reason)")
         disk = .diskless
-        if connection.isSyncSource || connection == .verifySource
+        // A resync in preparation would go on without a disk behind it (a sync UUID this node cannot persist, or
+        // an Inconsistent state it has no disk for); a source or verify cannot serve. Start over in a new handshake.
+        if connection.isSyncSource || connection.isPreparingResync || connection == .verifySource
             || connection == .verifyTarget
         {
             emit(.dropConnection(reason: "lost the local disk during \(connection.rawValue)"))

@@ -224,8 +224,8 @@ extension ReplicationMachine {
             }
         case .peerWrite(let packet, let generation):
             peerWriteCompleted(packet, succeeded: result != .failed, generation: generation)
-        case .epochFlush(let generation):
-            epochFlushCompleted(generation: generation)
+        case .epochFlush:
+            epochFlushCompleted(succeeded: result == .flushed)
         case .resyncWrite(let request, let generation):
             resyncWriteCompleted(request, succeeded: result == .written, generation: generation, now: now)
         case .resyncChecksumRead(let request, let generation):

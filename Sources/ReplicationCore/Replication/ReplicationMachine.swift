@@ -320,6 +320,8 @@ struct ReceivedEpoch: Sendable {
     var buffered: [DataPacket] = []
     var outstanding = 0
     var writeCount: UInt32 = 0
+    /// Writes of this epoch our disk completed, which only the epoch's flush makes stable (at most max-epoch-size).
+    var storedRanges: [BlockRange] = []
     var closed = false
     var flushing = false
 }
@@ -330,7 +332,7 @@ enum LocalIOPurpose: Sendable {
     case applicationFlush(requestID: UInt64)
     case applicationRead(requestID: UInt64)
     case peerWrite(DataPacket, generation: UInt64)
-    case epochFlush(generation: UInt64)
+    case epochFlush
     case resyncWrite(BlockRequest, generation: UInt64)
     case resyncChecksumRead(BlockRequest, generation: UInt64)
     case resyncSourceRead(BlockRequest, peerDigest: [UInt8]?, generation: UInt64)

@@ -87,4 +87,15 @@ public enum ConnectionState: String, Sendable, Hashable, CaseIterable, Codable {
 
     /// This node is the target of a running or paused resync.
     public var isSyncTarget: Bool { self == .syncTarget || self == .pausedSyncTarget }
+
+    /// Between the sync decision and the first resync request: bitmaps and the sync UUID are being exchanged.
+    public var isPreparingResync: Bool {
+        switch self {
+        case .startingSyncSource, .startingSyncTarget, .waitingForBitmapSource, .waitingForBitmapTarget,
+            .waitingForSyncUUID:
+            true
+        default:
+            false
+        }
+    }
 }
