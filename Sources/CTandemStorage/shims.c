@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/falloc.h>
 #include <linux/fs.h>
 #include <pthread.h>
 #include <string.h>
@@ -43,6 +44,16 @@ int ctandem_direct_io_alignment(int fd, int *known, uint32_t *offset_align, uint
     }
 #endif
     return 0;
+}
+
+int ctandem_zero_range(int fd, int is_block_device, uint64_t offset, uint64_t length) {
+    if (is_block_device) {
+        uint64_t range[2] = {offset, length};
+        if (ioctl(fd, BLKZEROOUT, range) == 0) return 0;
+        return (errno == ENOTTY || errno == EOPNOTSUPP) ? EOPNOTSUPP : errno;
+    }
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)offset, (off_t)length) == 0) return 0;
+    return (errno == ENOSYS || errno == EOPNOTSUPP) ? EOPNOTSUPP : errno;
 }
 
 void ctandem_name_current_thread(const char *name) {

@@ -105,6 +105,13 @@ final class DaemonBlockStore: BlockStore {
         store.submitFlush(token: token)
     }
 
+    func submitZeroes(token: UInt64, range: BlockRange, forceUnitAccess: Bool) {
+        outstanding += 1
+        // /proc/drbd's dw counts discards too: the range is written, if not with data.
+        counters.diskWrittenBytes += UInt64(range.sizeBytes)
+        store.submitZeroes(token: token, range: range, forceUnitAccess: forceUnitAccess)
+    }
+
     /// The resource's thread is about to hand a completion to the node.
     func completionArrived() {
         precondition(outstanding > 0, "a block-store completion without a request outstanding")

@@ -9,6 +9,8 @@ struct DeviceRequest: Sendable {
     enum Operation: Sendable {
         case read(offsetBytes: UInt64, lengthBytes: UInt32)
         case write(offsetBytes: UInt64, payload: [UInt8], forceUnitAccess: Bool)
+        /// Discard or write-zeroes: the range reads as zeroes on both disks afterwards; no data crosses the network.
+        case zeroes(offsetBytes: UInt64, lengthBytes: UInt32, forceUnitAccess: Bool)
         case flush
     }
 
@@ -69,9 +71,9 @@ final class DeviceExportState: Sendable {
 /// durably). Only a Primary exports the device, as only a Primary's DRBD device can be opened; a client that
 /// connected before a demotion gets EPERM for writes from the engine itself.
 ///
-/// TRIM is answered without changing data (NBD lets a server ignore it; both disks stay identical, which matters
-/// more here than reclaiming space). WRITE_ZEROES is replicated as zero-filled writes, one request at a time, each at
-/// most the engine's request size.
+/// TRIM and WRITE_ZEROES both become zeroing writes, one request at a time, each at most the engine's request size:
+/// both disks punch holes and stay identical (NBD would let a server ignore TRIM, but then a later read could tell
+/// the nodes apart).
 final class ReplicatedDeviceBackend: NBDBackend {
     let resourceName: String
     let sizeBytes: UInt64
@@ -116,7 +118,7 @@ final class ReplicatedDeviceBackend: NBDBackend {
     }
 
     func trim(offset: UInt64, length: UInt32, fua: Bool, completion: @escaping @Sendable (NBDCompletion) -> Void) {
-        completion(isWritable ? .done : .failure(.notPermitted))
+        writeZeroChunks(from: offset, end: offset + UInt64(length), fua: fua, completion: completion)
     }
 
     func writeZeroes(offset: UInt64, length: UInt32, fua: Bool, completion: @escaping @Sendable (NBDCompletion) -> Void) {
@@ -128,8 +130,7 @@ final class ReplicatedDeviceBackend: NBDBackend {
     ) {
         guard offset < end else { return completion(.done) }
         let chunkBytes = min(end - offset, UInt64(ReplicationMachine.requestBytesMaximum))
-        let zeroes = [UInt8](repeating: 0, count: Int(chunkBytes))
-        submit(.write(offsetBytes: offset, payload: zeroes, forceUnitAccess: fua)) { [self] answer in
+        submit(.zeroes(offsetBytes: offset, lengthBytes: UInt32(chunkBytes), forceUnitAccess: fua)) { [self] answer in
             guard answer == .done else { return completion(answer) }
             writeZeroChunks(from: offset + chunkBytes, end: end, fua: fua, completion: completion)
         }

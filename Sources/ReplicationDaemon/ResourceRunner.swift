@@ -304,6 +304,10 @@ final class RunnerLoop {
             event = .write(ApplicationWrite(
                 requestID: id, offsetBytes: offset, payload: payload, forceUnitAccess: forceUnitAccess))
             what = "write of \(payload.count) bytes at \(offset)"
+        case .zeroes(let offset, let length, let forceUnitAccess):
+            event = .write(.zeroing(
+                requestID: id, offsetBytes: offset, lengthBytes: length, forceUnitAccess: forceUnitAccess))
+            what = "zeroing of \(length) bytes at \(offset)"
         case .flush:
             event = .flush(requestID: id)
             what = "flush"

@@ -35,6 +35,11 @@ final class SimulatedEnvironment: ReplicationTransport, BlockStore, MetadataStor
         simulation.submitDiskRead(node: node, incarnation: incarnation, token: token, range: range)
     }
     func submitFlush(token: UInt64) { simulation.submitDiskFlush(node: node, incarnation: incarnation, token: token) }
+    func submitZeroes(token: UInt64, range: BlockRange, forceUnitAccess: Bool) {
+        // The simulated disk keeps sectors sparsely; zeroes written are as good as a hole, and tear the same way.
+        let zeroes = [UInt8](repeating: 0, count: Int(range.sizeBytes))
+        simulation.submitDiskWrite(node: node, incarnation: incarnation, token: token, range: range, payload: zeroes, fua: forceUnitAccess)
+    }
 
     // MetadataStore
     func writeSuperblock(_ state: SuperblockState) throws(MetadataStoreError) { simulation.metadata[node].write(state) }

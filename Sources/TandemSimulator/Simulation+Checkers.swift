@@ -81,13 +81,21 @@ extension Simulation {
                 required[sector] = max(required[sector] ?? 0, record.version)
             }
         }
+        // Zeroes carry no version: a zeroed sector counts as holding the newest discard issued for it, committed or
+        // not (an unacknowledged write may land, as any other).
+        var newestZeroing: [UInt64: UInt64] = [:]
+        for record in workload.writes.values where record.zeroing {
+            for sector in record.firstSector..<record.firstSector + UInt64(record.sectorCount) {
+                newestZeroing[sector] = max(newestZeroing[sector] ?? 0, record.version)
+            }
+        }
         let image = disks[status(0)?.role == .primary ? 0 : 1].visibleImage
         var lost: [String] = []
         for sector in Set(required.keys).union(image.keys).sorted() {
             let decoded = image[sector].map { WorkloadPattern.decode($0[...], sector: sector) } ?? .zero
             let found: UInt64
             switch decoded {
-            case .zero: found = 0
+            case .zero: found = newestZeroing[sector] ?? 0
             case .written(let version):
                 found = version
                 if let record = workload.writes[version],

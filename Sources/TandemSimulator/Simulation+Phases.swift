@@ -30,12 +30,20 @@ extension Simulation {
         let version = workload.nextVersion
         workload.nextVersion += 1
         let sectorCount = Int(length) * 8
+        // One write in twenty is a discard, as a filesystem issues when it frees blocks.
+        let zeroing = random.next() % 20 == 0
         workload.writes[version] = Workload.WriteRecord(
-            node: node, version: version, firstSector: first * 8, sectorCount: sectorCount)
+            node: node, version: version, firstSector: first * 8, sectorCount: sectorCount, zeroing: zeroing)
         workload.busyBlocks[node].formUnion(blocks)
-        let payload = WorkloadPattern.payload(version: version, firstSector: first * 8, sectorCount: sectorCount)
-        if options.keepFullTrace { trace(node, "workload: write v\(version) blocks \(first)..<\(first + length)") }
-        deliver(node, .write(ApplicationWrite(requestID: version, offsetBytes: first * 4096, payload: payload)))
+        if options.keepFullTrace {
+            trace(node, "workload: \(zeroing ? "zeroing" : "write") v\(version) blocks \(first)..<\(first + length)")
+        }
+        if zeroing {
+            deliver(node, .write(.zeroing(requestID: version, offsetBytes: first * 4096, lengthBytes: UInt32(length * 4096))))
+        } else {
+            let payload = WorkloadPattern.payload(version: version, firstSector: first * 8, sectorCount: sectorCount)
+            deliver(node, .write(ApplicationWrite(requestID: version, offsetBytes: first * 4096, payload: payload)))
+        }
     }
 
     // MARK: Faults

@@ -8,6 +8,8 @@ struct Workload {
         var version: UInt64
         var firstSector: UInt64
         var sectorCount: Int
+        /// A zeroing write (discard): its sectors read as zeroes afterwards, with nothing to tell its version by.
+        var zeroing = false
         var acknowledgedAt: Int64?
         var committed = false
         /// A flush covering this write failed: the device reported that it may not be durable, so no later flush

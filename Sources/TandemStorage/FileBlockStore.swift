@@ -197,6 +197,14 @@ public final class FileBlockStore: BlockStore, Sendable {
         enqueue(token: token, what: "flush") { context.flush() }
     }
 
+    public func submitZeroes(token: UInt64, range: BlockRange, forceUnitAccess: Bool) {
+        let context = context
+        let isBlockDevice = isBlockDevice
+        enqueue(token: token, what: "zeroing of \(describe(range))") {
+            context.zero(range: range, isBlockDevice: isBlockDevice, forceUnitAccess: forceUnitAccess)
+        }
+    }
+
     /// Stops taking requests, waits for those already queued to complete (their completions are delivered), and
     /// closes the device. Later submissions complete as `.failed` at once. Idempotent; must not be called from the
     /// completion sink (it runs on an I/O thread, which cannot wait for itself).
@@ -499,6 +507,29 @@ final class IOContext: Sendable {
             log("\(path): local I/O error: read of \(range) failed: \(error)")
             return .failed
         }
+    }
+
+    /// Makes the range read as zeroes: a punched hole in a file, BLKZEROOUT on a block device, or written zeroes
+    /// where neither is supported. With FUA the result is on stable storage before it completes.
+    func zero(range: BlockRange, isBlockDevice: Bool, forceUnitAccess: Bool) -> LocalIOResult {
+        if let problem = problem(range) {
+            log("\(path): zeroing of \(describe(range)) refused: \(problem)")
+            return .failed
+        }
+        if let rule = faults.matchingRule(.writes, range.offsetBytes..<range.endBytes) {
+            log("\(path): zeroing of \(range) failed by an injected fault (\(rule))")
+            return .failed
+        }
+        let status = ctandem_zero_range(
+            descriptors.primary, isBlockDevice ? 1 : 0, range.offsetBytes, UInt64(range.sizeBytes))
+        if status == EOPNOTSUPP {
+            return write(range: range, payload: [UInt8](repeating: 0, count: Int(range.sizeBytes)), forceUnitAccess: forceUnitAccess)
+        }
+        guard status == 0 else {
+            log("\(path): local I/O error: zeroing of \(range) failed: \(errnoDescription(status))")
+            return .failed
+        }
+        return forceUnitAccess && flush() != .flushed ? .failed : .written
     }
 
     func flush() -> LocalIOResult {

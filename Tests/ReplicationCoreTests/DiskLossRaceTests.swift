@@ -126,3 +126,48 @@ struct DiskLossRaceTests {
         #expect(pair.status(1).disk == .upToDate)
     }
 }
+
+@Suite("Replication: zeroing writes")
+struct ZeroingWriteTests {
+    @Test("A zeroing write travels as a range without data and zeroes both disks")
+    func zeroingReachesBothDisks() {
+        var pair = ReplicationPair.connectedWithPrimary()
+        let range = BlockRange(sector: 8192, sizeBytes: 1 << 20)
+        pair.handle(0, .write(.zeroing(requestID: 1, offsetBytes: 8192 * 512, lengthBytes: 1 << 20)))
+        #expect(pair.pendingDisk[0].map(\.operation) == [.zeroes(range)])
+        let sent = pair.sent[0].compactMap { packet -> DataPacket? in if case .data(let data) = packet { data } else { nil } }
+        #expect(sent.count == 1)
+        #expect(sent.first?.flags.contains(.zeroes) == true)
+        #expect(sent.first?.payload.isEmpty == true)
+        #expect(sent.first?.range == range)
+
+        pair.completeAllDisk(0)
+        pair.deliverAll(to: 1)
+        #expect(pair.pendingDisk[1].map(\.operation) == [.zeroes(range)])
+        pair.completeAllDisk(1)
+        pair.deliverAll()
+        #expect(pair.completedWrites[0][1] == .success)
+        #expect(pair.status(0).outOfSyncBytes == 0)
+    }
+
+    @Test("A zeroing write while disconnected is remembered in the bitmap like any write")
+    func zeroingWhileDisconnected() {
+        var pair = ReplicationPair.connectedWithPrimary()
+        #expect(pair.command(0, .disconnect) == .done)
+        pair.handle(0, .write(.zeroing(requestID: 1, offsetBytes: 0, lengthBytes: 65536)))
+        pair.completeAllDisk(0)
+        #expect(pair.completedWrites[0][1] == .success)
+        #expect(pair.status(0).outOfSyncBytes == 65536)
+    }
+
+    @Test("A zeroing write larger than a request, or misaligned, is refused before it touches a disk")
+    func zeroingLimits() {
+        var pair = ReplicationPair.connectedWithPrimary()
+        let tooLarge = UInt32(ReplicationMachine.requestBytesMaximum + 4096)
+        pair.handle(0, .write(.zeroing(requestID: 1, offsetBytes: 0, lengthBytes: tooLarge)))
+        pair.handle(0, .write(.zeroing(requestID: 2, offsetBytes: 100, lengthBytes: 4096)))
+        #expect(pair.completedWrites[0][1] == .failure(.tooLarge))
+        #expect(pair.completedWrites[0][2] == .failure(.misaligned))
+        #expect(pair.pendingDisk[0].isEmpty)
+    }
+}

@@ -89,6 +89,11 @@ private let edgeSamples: [Packet] = [
             range: BlockRange(sector: 0, sizeBytes: 0), requestID: 1, epoch: 0, flags: [.flush, .sendWriteAck],
             payload: [])),
     .writeAck(BlockAck(range: BlockRange(sector: 0, sizeBytes: 0), requestID: 1)),
+    // A zeroing write: a range of the largest size and no payload.
+    .data(
+        DataPacket(
+            range: BlockRange(sector: 4096, sizeBytes: UInt32(PacketCodec.maximumBlockBytes)), requestID: 2, epoch: 1,
+            flags: [.zeroes, .sendWriteAck, .forceUnitAccess], payload: [])),
     .data(
         DataPacket(
             range: BlockRange(sector: PacketCodec.maximumSector, sizeBytes: UInt32(PacketCodec.maximumBlockBytes)),
@@ -474,6 +479,21 @@ struct PacketDecoderHostileInputTests {
         let error = refusal(frame(.data, bytes))
         #expect(error?.code == .malformedPayload)
         #expect(error?.description == "malformed data packet: payload 4096 bytes but range says 8192")
+    }
+
+    @Test("A zeroing write that carries a payload, or covers nothing, is refused")
+    func zeroingWriteShape() {
+        let zeroes = UInt32(1 << 5)
+        let withPayload =
+            bigEndian(UInt64(0)) + bigEndian(UInt32(4096)) + bigEndian(UInt64(1)) + bigEndian(UInt32(1))
+            + bigEndian(zeroes) + bigEndian(UInt32(4096)) + pattern(4096)
+        let error = refusal(frame(.data, withPayload))
+        #expect(error?.code == .malformedPayload)
+        #expect(error?.description == "malformed data packet: a zeroing write carries no payload, this one 4096 bytes")
+        let empty =
+            bigEndian(UInt64(0)) + bigEndian(UInt32(0)) + bigEndian(UInt64(1)) + bigEndian(UInt32(1))
+            + bigEndian(zeroes) + bigEndian(UInt32(0))
+        #expect(refusal(frame(.data, empty))?.code == .invalidValue)
     }
 
     @Test("A resync reply whose payload disagrees with its range is refused")

@@ -6,6 +6,7 @@ import ReplicationCore
 struct ReplicationPair {
     enum DiskOperation: Equatable {
         case write(BlockRange)
+        case zeroes(BlockRange)
         case read(BlockRange)
         case flush
     }
@@ -111,7 +112,7 @@ struct ReplicationPair {
             pendingDisk[node].removeFirst()
             let result: LocalIOResult
             switch next.operation {
-            case .write: result = .written
+            case .write, .zeroes: result = .written
             case .read(let range): result = .read([UInt8](repeating: 0, count: Int(range.sizeBytes)))
             case .flush: result = .flushed
             }
@@ -132,6 +133,8 @@ struct ReplicationPair {
                 handle(1 - node, .transportLost(reason: "the peer closed the connection"))
             case .submitWrite(let token, let range, _, _):
                 pendingDisk[node].append((token, .write(range)))
+            case .submitZeroes(let token, let range, _):
+                pendingDisk[node].append((token, .zeroes(range)))
             case .submitRead(let token, let range):
                 pendingDisk[node].append((token, .read(range)))
             case .submitFlush(let token):

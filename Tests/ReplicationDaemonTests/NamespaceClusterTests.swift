@@ -126,7 +126,7 @@ struct NamespaceClusterTests {
             "after-resync-target ran on beta with the peer's name and address")
     }
 
-    @Test("256 MiB of random data written with nbdcopy on alpha, roles switched, read back with nbdcopy on beta byte for byte; both backing files identical")
+    @Test("256 MiB of random data written with nbdcopy on alpha, 8 MiB trimmed, roles switched, read back with nbdcopy on beta byte for byte; both backing files identical, with a hole where the trim was")
     func nbdcopyRoundTrip() async throws {
         let nbdcopy = try TestCluster.requiredTool("nbdcopy", package: "libnbd-bin")
         let cmp = try TestCluster.requiredTool("cmp", package: "diffutils")
@@ -144,6 +144,16 @@ struct NamespaceClusterTests {
 
         let copyIn = try cluster.runOnNode(alpha, nbdcopy, ["--flush", input, alpha.nbdURI])
         #expect(copyIn.status == 0, "nbdcopy to alpha: \(copyIn.standardError)")
+        // A discard, as mkfs and fstrim send: 8 MiB become zeroes on both disks, as punched holes.
+        let trimmed: Range<UInt64> = (64 << 20)..<(72 << 20)
+        let client = try nbdClient(alpha)
+        #expect(try client.trim(offset: trimmed.lowerBound, length: UInt32(trimmed.count)) == 0)
+        #expect(try client.flush() == 0)
+        client.disconnect()
+        try TestCluster.run(dd, [
+            "if=/dev/zero", "of=\(input)", "bs=1M", "seek=64", "count=8", "conv=notrunc", "status=none",
+        ])
+        #expect(await eventually { cluster.status(alpha)?.heldOpenBy?.isEmpty == true }, "\(cluster.describe())")
         try cluster.admOK(alpha, "secondary", "r0")
         try cluster.admOK(beta, "primary", "r0")
         // The whole device comes back; its first 256 MiB are what was written.
@@ -154,6 +164,20 @@ struct NamespaceClusterTests {
         try expectIdenticalBackingFiles(cluster)
         let onAlpha = try ExternalCommand.run(cmp, ["-n", String(256 << 20), input, alpha.disk])
         #expect(onAlpha.status == 0, "alpha's backing file holds the data at offset 0: \(onAlpha.standardOutput)")
+        for node in [alpha, beta] {
+            #expect(try dataAfter(node.disk, offset: trimmed.lowerBound) >= trimmed.upperBound, "\(node.name): no hole")
+        }
+    }
+
+    /// SEEK_DATA: where the first allocated byte at or after `offset` is (the end of a hole that starts there).
+    private func dataAfter(_ path: String, offset: UInt64) throws -> UInt64 {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        defer { close(fd) }
+        let seekData: Int32 = 3
+        let found = lseek(fd, off_t(offset), seekData)
+        guard found >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        return UInt64(found)
     }
 
     @Test("bitmap resync moves only what changed: 8 MiB written at random places while disconnected is what the reconnect transfers")

@@ -88,6 +88,51 @@ struct FileBlockStoreTests {
         #expect(try RawFile.read(directory.file("data"), offsetBytes: 12288, count: 4096) == payload)
     }
 
+    @Test("zeroing punches a hole: the range reads as zeroes, its blocks are freed, its neighbours are untouched",
+          arguments: [FileBlockStore.DirectIOPolicy.off, .preferred])
+    func zeroingPunchesAHole(policy: FileBlockStore.DirectIOPolicy) throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let recorder = CompletionRecorder()
+        let store = try makeStore(directory, options: .init(directIO: policy), recorder: recorder)
+        defer { store.close() }
+        let data = pattern(sizeBytes: 1 << 20, seed: 5)
+        store.submitWrite(token: 1, range: range(offsetBytes: 0, sizeBytes: 1 << 20), payload: data, forceUnitAccess: true)
+        #expect(try recorder.wait(for: 1) == .written)
+        let allocatedBefore = try allocatedBytes(directory.file("data"))
+
+        store.submitZeroes(token: 2, range: range(offsetBytes: 256 << 10, sizeBytes: 512 << 10), forceUnitAccess: true)
+        #expect(try recorder.wait(for: 2) == .written)
+
+        let contents = try RawFile.read(directory.file("data"), offsetBytes: 0, count: 1 << 20)
+        #expect(contents[0..<(256 << 10)] == data[0..<(256 << 10)])
+        #expect(contents[(256 << 10)..<(768 << 10)].allSatisfy { $0 == 0 })
+        #expect(contents[(768 << 10)...] == data[(768 << 10)...])
+        let allocatedAfter = try allocatedBytes(directory.file("data"))
+        #expect(allocatedAfter + (512 << 10) <= allocatedBefore, "freed \(allocatedBefore - allocatedAfter) bytes")
+    }
+
+    @Test("a zeroing on a failing range fails like a write")
+    func zeroingHonoursFaults() throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let recorder = CompletionRecorder()
+        let faults = StorageFaults()
+        try faults.failWrites(in: 8192..<12288)
+        let log = LogRecorder()
+        let store = try makeStore(directory, faults: faults, recorder: recorder, log: log)
+        defer { store.close() }
+        store.submitZeroes(token: 1, range: range(offsetBytes: 0, sizeBytes: 65536), forceUnitAccess: false)
+        #expect(try recorder.wait(for: 1) == .failed)
+        #expect(log.all.contains { $0.contains("zeroing of") && $0.contains("injected fault") })
+    }
+
+    private func allocatedBytes(_ path: String) throws -> UInt64 {
+        var info = stat()
+        guard stat(path, &info) == 0 else { throw TestFailure("stat \(path) failed: errno \(errno)") }
+        return UInt64(info.st_blocks) * 512
+    }
+
     @Test("fault rules fail exactly the overlapping requests of their kind, and clearing them heals the device")
     func faultHooks() throws {
         let directory = try TemporaryDirectory()

@@ -77,6 +77,11 @@ public final class NBDTestClient {
         return try reply().error
     }
 
+    public func trim(offset: UInt64, length: UInt32) throws -> ErrorCode {
+        try socket.write(request(type: 4, flags: 0, offset: offset, length: length))
+        return try reply().error
+    }
+
     public func writeZeroes(offset: UInt64, length: UInt32) throws -> ErrorCode {
         try socket.write(request(type: 6, flags: 0, offset: offset, length: length))
         return try reply().error

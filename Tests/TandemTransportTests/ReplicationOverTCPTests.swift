@@ -105,6 +105,10 @@ private final class MemoryNode: BlockStore, MetadataStore, ReplicationObserver, 
 
     func submitFlush(token: UInt64) { deliver(.localIOCompleted(token: token, .flushed)) }
 
+    func submitZeroes(token: UInt64, range: BlockRange, forceUnitAccess: Bool) {
+        submitWrite(token: token, range: range, payload: [UInt8](repeating: 0, count: Int(range.sizeBytes)), forceUnitAccess: forceUnitAccess)
+    }
+
     // MetadataStore: kept nowhere; this test is about the wire.
     func writeSuperblock(_ state: SuperblockState) throws(MetadataStoreError) {}
     func writeActivityLog(_ transaction: ActivityLogTransaction) throws(MetadataStoreError) {}

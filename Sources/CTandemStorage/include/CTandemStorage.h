@@ -19,6 +19,11 @@ int ctandem_block_device_logical_block_size(int fd, uint32_t *size_bytes);
 /// returns 0 with `*known` 0 when the kernel or file system does not say.
 int ctandem_direct_io_alignment(int fd, int *known, uint32_t *offset_align, uint32_t *memory_align);
 
+/// Makes `length` bytes at `offset` read as zeroes without writing them: fallocate(PUNCH_HOLE|KEEP_SIZE) on a
+/// file (the blocks are freed), BLKZEROOUT on a block device (which may unmap them). EOPNOTSUPP means the caller
+/// must write zeroes itself.
+int ctandem_zero_range(int fd, int is_block_device, uint64_t offset, uint64_t length);
+
 /// Names the calling thread (at most 15 characters are kept), so that `top -H` and stack dumps show I/O threads.
 void ctandem_name_current_thread(const char *name);
 

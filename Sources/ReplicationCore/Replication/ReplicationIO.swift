@@ -4,16 +4,35 @@ import TandemConfig
 public struct ApplicationWrite: Sendable, Hashable {
     public var requestID: UInt64
     public var offsetBytes: UInt64
+    /// The data; empty for a zeroing write.
     public var payload: [UInt8]
     /// Write through to stable storage on every node that acknowledges it (REQ_FUA).
     public var forceUnitAccess: Bool
+    /// A zeroing write (discard, write-zeroes, a punched hole) sets this many bytes to zero and carries no data:
+    /// nothing but the range crosses the network, and each disk zeroes it as cheaply as it can. Zero otherwise.
+    public var zeroingBytes: UInt32
 
     public init(requestID: UInt64, offsetBytes: UInt64, payload: [UInt8], forceUnitAccess: Bool = false) {
         self.requestID = requestID
         self.offsetBytes = offsetBytes
         self.payload = payload
         self.forceUnitAccess = forceUnitAccess
+        self.zeroingBytes = 0
     }
+
+    /// Sets `lengthBytes` at `offsetBytes` to zero on every disk.
+    public static func zeroing(
+        requestID: UInt64, offsetBytes: UInt64, lengthBytes: UInt32, forceUnitAccess: Bool = false
+    ) -> ApplicationWrite {
+        var write = ApplicationWrite(requestID: requestID, offsetBytes: offsetBytes, payload: [], forceUnitAccess: forceUnitAccess)
+        write.zeroingBytes = lengthBytes
+        return write
+    }
+
+    public var isZeroing: Bool { zeroingBytes > 0 }
+
+    /// The bytes the write covers.
+    public var lengthBytes: Int { isZeroing ? Int(zeroingBytes) : payload.count }
 }
 
 /// How an application request ended.
@@ -80,6 +99,9 @@ public enum ReplicationAction: Sendable, Hashable {
     case submitWrite(token: UInt64, range: BlockRange, payload: [UInt8], forceUnitAccess: Bool)
     case submitRead(token: UInt64, range: BlockRange)
     case submitFlush(token: UInt64)
+    /// Set the range to zeroes (a punched hole where the disk can), completing as `.written`; with FUA, on stable
+    /// storage when it completes.
+    case submitZeroes(token: UInt64, range: BlockRange, forceUnitAccess: Bool)
 
     // Metadata: durable, synchronous.
     case persistSuperblock(SuperblockState)

@@ -5,7 +5,9 @@
 extension ReplicationMachine {
     mutating func receiveData(_ packet: DataPacket, now: MonotonicInstant) {
         let isPureFlush = packet.range.sizeBytes == 0
-        guard isPureFlush || packet.range.endBytes <= sizeBytes, packet.payload.count == Int(packet.range.sizeBytes)
+        let zeroes = packet.flags.contains(.zeroes)
+        guard isPureFlush || packet.range.endBytes <= sizeBytes,
+            packet.payload.count == (zeroes ? 0 : Int(packet.range.sizeBytes))
         else {
             return protocolError("data packet for \(packet.range) beyond the device of \(sizeBytes) bytes")
         }
@@ -46,8 +48,8 @@ extension ReplicationMachine {
             emit(.submitFlush(token: allocateToken(purpose)))
         } else {
             submitLocalWrite(
-                range: packet.range, payload: packet.payload,
-                forceUnitAccess: packet.flags.contains(.forceUnitAccess), purpose: purpose)
+                range: packet.range, payload: packet.payload, forceUnitAccess: packet.flags.contains(.forceUnitAccess),
+                zeroes: packet.flags.contains(.zeroes), purpose: purpose)
         }
     }
 

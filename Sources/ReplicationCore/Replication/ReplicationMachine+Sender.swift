@@ -19,7 +19,7 @@ extension ReplicationMachine {
             return emit(.completeWrite(requestID: write.requestID, .failure(failure)))
         }
         precondition(requests[write.requestID] == nil, "request ID \(write.requestID) reused while in flight")
-        let range = BlockRange(sector: write.offsetBytes / 512, sizeBytes: UInt32(write.payload.count))
+        let range = BlockRange(sector: write.offsetBytes / 512, sizeBytes: UInt32(write.lengthBytes))
         if connection.isSyncSource, resyncReadOverlaps(byteRange(range)) {
             // A resync read of these blocks is in flight; its (older) data must reach the peer before this write.
             writesHeldForResync.append(write)
@@ -27,7 +27,7 @@ extension ReplicationMachine {
         }
         var extents: [UInt32] = []
         if hasLocalDisk {
-            extents = Array(ActivityLog.extents(coveringOffset: write.offsetBytes, lengthBytes: UInt64(write.payload.count)))
+            extents = Array(ActivityLog.extents(coveringOffset: write.offsetBytes, lengthBytes: UInt64(write.lengthBytes)))
             switch activityLog.begin(extents: extents) {
             case .alreadyHot:
                 break
@@ -47,11 +47,12 @@ extension ReplicationMachine {
 
     private func validate(_ write: ApplicationWrite) -> RequestFailure? {
         guard role == .primary else { return .notPrimary }
-        guard write.offsetBytes % 512 == 0, write.payload.count % 512 == 0, !write.payload.isEmpty else {
+        precondition(!write.isZeroing || write.payload.isEmpty, "zeroing write \(write.requestID) carries data")
+        guard write.offsetBytes % 512 == 0, write.lengthBytes % 512 == 0, write.lengthBytes > 0 else {
             return .misaligned
         }
-        guard write.payload.count <= Self.requestBytesMaximum else { return .tooLarge }
-        guard write.offsetBytes <= sizeBytes, UInt64(write.payload.count) <= sizeBytes - write.offsetBytes else {
+        guard write.lengthBytes <= Self.requestBytesMaximum else { return .tooLarge }
+        guard write.offsetBytes <= sizeBytes, UInt64(write.lengthBytes) <= sizeBytes - write.offsetBytes else {
             return .outOfRange
         }
         guard hasUpToDateData || (!hasLocalDisk && peerReceivesWrites && peer.disk == .upToDate) else {
@@ -72,13 +73,14 @@ extension ReplicationMachine {
         }
         if hasLocalDisk {
             submitLocalWrite(
-                range: range, payload: write.payload, forceUnitAccess: write.forceUnitAccess,
+                range: range, payload: write.payload, forceUnitAccess: write.forceUnitAccess, zeroes: write.isZeroing,
                 purpose: .applicationWrite(requestID: write.requestID))
         }
         if sending {
             var dataFlags = ackFlag
             if write.forceUnitAccess { dataFlags.insert(.forceUnitAccess) }
             if connection.isSyncSource { dataFlags.insert(.mayClearOutOfSync) }
+            if write.isZeroing { dataFlags.insert(.zeroes) }
             emit(.send(.data(DataPacket(
                 range: range, requestID: write.requestID, epoch: request.epoch, flags: dataFlags,
                 payload: write.payload))))
@@ -179,12 +181,24 @@ extension ReplicationMachine {
 
     // MARK: Local I/O
 
-    mutating func submitLocalWrite(range: BlockRange, payload: [UInt8], forceUnitAccess: Bool, purpose: LocalIOPurpose) {
+    /// Submits a write (or, with `zeroes`, a zeroing of the range) once no overlapping write is in flight.
+    mutating func submitLocalWrite(
+        range: BlockRange, payload: [UInt8], forceUnitAccess: Bool, zeroes: Bool = false, purpose: LocalIOPurpose
+    ) {
         let token = allocateToken(purpose)
+        let write = GatedWrite(range: range, payload: payload, forceUnitAccess: forceUnitAccess, zeroes: zeroes)
         if gate.admit(token: token, bytes: byteRange(range)) {
-            emit(.submitWrite(token: token, range: range, payload: payload, forceUnitAccess: forceUnitAccess))
+            emitLocalWrite(token: token, write)
         } else {
-            gatedWrites[token] = GatedWrite(range: range, payload: payload, forceUnitAccess: forceUnitAccess)
+            gatedWrites[token] = write
+        }
+    }
+
+    private mutating func emitLocalWrite(token: UInt64, _ write: GatedWrite) {
+        if write.zeroes {
+            emit(.submitZeroes(token: token, range: write.range, forceUnitAccess: write.forceUnitAccess))
+        } else {
+            emit(.submitWrite(token: token, range: write.range, payload: write.payload, forceUnitAccess: write.forceUnitAccess))
         }
     }
 
@@ -194,8 +208,7 @@ extension ReplicationMachine {
             guard let write = gatedWrites.removeValue(forKey: released) else {
                 preconditionFailure("gate released token \(released) that has no waiting write")
             }
-            emit(.submitWrite(
-                token: released, range: write.range, payload: write.payload, forceUnitAccess: write.forceUnitAccess))
+            emitLocalWrite(token: released, write)
         }
     }
 

@@ -346,8 +346,10 @@ enum LocalIOPurpose: Sendable {
 /// A write admitted by the machine but waiting in the overlap gate.
 struct GatedWrite: Sendable {
     var range: BlockRange
+    /// Empty for a zeroing write.
     var payload: [UInt8]
     var forceUnitAccess: Bool
+    var zeroes: Bool
 }
 
 extension ReplicationMachine {

@@ -204,6 +204,8 @@ public struct DataFlags: OptionSet, Sendable, Hashable {
     public static let sendWriteAck = DataFlags(rawValue: 1 << 3)
     /// The receiver is a sync target and may clear the range's bits once written.
     public static let mayClearOutOfSync = DataFlags(rawValue: 1 << 4)
+    /// No payload: the receiver sets the range to zeroes (discard, write-zeroes; DRBD's P_TRIM/P_ZEROES).
+    public static let zeroes = DataFlags(rawValue: 1 << 5)
 }
 
 /// An application write replicated to the peer.

@@ -213,11 +213,18 @@ public enum PacketCodec {
                 throw invalid("firstWord \(chunk.firstWord) puts the chunk's blocks beyond the largest block number")
             }
         case .data(let data):
-            let known: DataFlags = [.forceUnitAccess, .flush, .sendReceiveAck, .sendWriteAck, .mayClearOutOfSync]
+            let known: DataFlags = [.forceUnitAccess, .flush, .sendReceiveAck, .sendWriteAck, .mayClearOutOfSync, .zeroes]
             let unknown = data.flags.rawValue & ~known.rawValue
             guard unknown == 0 else { throw invalid("unknown flag bits \(unknown.prefixedHex)") }
-            try checkRange(data.range, allowsEmpty: data.flags.contains(.flush), command: command)
-            try checkPayload(data.payload, matches: data.range, command: command)
+            if data.flags.contains(.zeroes) {
+                try checkRange(data.range, allowsEmpty: false, command: command)
+                guard data.payload.isEmpty else {
+                    throw WireError(.malformedPayload, "a zeroing write carries no payload, this one \(data.payload.count) bytes", command: command)
+                }
+            } else {
+                try checkRange(data.range, allowsEmpty: data.flags.contains(.flush), command: command)
+                try checkPayload(data.payload, matches: data.range, command: command)
+            }
         case .resyncRequest(let request), .verifyRequest(let request), .readRequest(let request):
             try checkRange(request.range, allowsEmpty: false, command: command)
         case .checksumResyncRequest(let request, let digest), .verifyReply(let request, let digest):

@@ -23,6 +23,8 @@ public protocol BlockStore {
     func submitWrite(token: UInt64, range: BlockRange, payload: [UInt8], forceUnitAccess: Bool)
     func submitRead(token: UInt64, range: BlockRange)
     func submitFlush(token: UInt64)
+    /// Sets the range to zeroes, cheaply where the device allows (a punched hole); completes as `.written`.
+    func submitZeroes(token: UInt64, range: BlockRange, forceUnitAccess: Bool)
 }
 
 /// Why a metadata operation failed.

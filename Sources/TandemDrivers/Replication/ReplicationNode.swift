@@ -56,6 +56,12 @@ public struct ReplicationNode<
                 if metadataFailed { failedIO.append(token) } else { blocks.submitRead(token: token, range: range) }
             case .submitFlush(let token):
                 if metadataFailed { failedIO.append(token) } else { blocks.submitFlush(token: token) }
+            case .submitZeroes(let token, let range, let forceUnitAccess):
+                if metadataFailed {
+                    failedIO.append(token)
+                } else {
+                    blocks.submitZeroes(token: token, range: range, forceUnitAccess: forceUnitAccess)
+                }
             case .persistSuperblock(let state):
                 persist(.superblock(state))
             case .persistActivityLog(let transaction):
