@@ -189,10 +189,32 @@ extension Simulation {
     func preserve(node: Int, blocks: [Range<UInt64>], reason: String) {
         // The copy itself is the production metadata store's job; the simulator records which writes it covers.
         trace(node, "preserving \(blocks.reduce(0) { $0 + $1.count }) diverged blocks: \(reason)")
+        let reason = "discarded by split-brain recovery on node\(node)"
         // Writes this node acknowledged since it was last in sync are the ones being discarded.
         for (version, record) in workload.writes where record.node == node && workload.writes[version]!.exemptReason == nil {
             if let acknowledged = record.acknowledgedAt, acknowledged > lastSyncedAt[node] {
-                workload.writes[version]!.exemptReason = "discarded by split-brain recovery on node\(node)"
+                workload.writes[version]!.exemptReason = reason
+            }
+        }
+        // So is every version this node's disk holds and the winner's does not, whoever wrote it: a Diskless
+        // Primary's writes live only on the disk that served it, and go if that disk loses.
+        let (victim, winner) = (disks[node].visibleImage, disks[1 - node].visibleImage)
+        func version(_ image: [UInt64: [UInt8]], _ sector: UInt64) -> UInt64 {
+            guard let bytes = image[sector], case .written(let version) = WorkloadPattern.decode(bytes[...], sector: sector)
+            else { return 0 }
+            return version
+        }
+        var discarded: [UInt64: ClosedRange<UInt64>] = [:]
+        for range in blocks {
+            for sector in range.lowerBound * 8..<range.upperBound * 8 {
+                let (lost, kept) = (version(victim, sector), version(winner, sector))
+                if lost > kept { discarded[sector] = kept + 1...lost }
+            }
+        }
+        for (version, record) in workload.writes where record.committed && record.exemptReason == nil {
+            let sectors = record.firstSector..<record.firstSector + UInt64(record.sectorCount)
+            if sectors.contains(where: { discarded[$0]?.contains(version) == true }) {
+                workload.writes[version]!.exemptReason = reason
             }
         }
     }
