@@ -89,12 +89,15 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // libfuse3's low-level API (Debian: libfuse3-dev), for the FUSE block file.
+        .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         // The block-device frontend (FUSE + loop, NBD).
-        // The NBD server is a pure session machine plus a thin NIO shell; the backend is injected, so this target
-        // does not depend on the replication core.
+        // The NBD server is a pure session machine plus a thin NIO shell; the FUSE file serves one file through
+        // libfuse. Their backends are injected, so this target does not depend on the replication core.
         .target(
             name: "DeviceFrontend",
             dependencies: [
+                "CFuse",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

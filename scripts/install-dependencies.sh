@@ -8,9 +8,12 @@ packages=(
   diffutils    # cmp: the replicad tests compare images and backing files with it
   drbd-utils   # drbdadm / drbdadm-84: the external oracle for drbd.conf parsing
   fio          # scripts/bench-replication.sh (its nbd engine)
+  fuse3        # fusermount3, and the fuse kernel interface's user side, for the FUSE block file
   iproute2     # ip netns / veth: the two-namespace replicad tests
   kmod         # modinfo, which drbdadm 9 calls to look for a kernel module (there is none; it copes)
+  libfuse3-dev # libfuse3's headers: the CFuse system library target builds against them
   libnbd-bin   # nbdinfo, nbdcopy: an independent NBD client for the NBD server and replicad tests
+  pkg-config   # how SwiftPM finds libfuse3's flags
   python3      # the replication demo's small control-socket client
   util-linux   # setpriv: the replicad test that an outsider uid is refused by its credentials
 )

@@ -171,3 +171,28 @@ struct ZeroingWriteTests {
         #expect(pair.pendingDisk[0].isEmpty)
     }
 }
+
+@Suite("Replication: operator's resync pause")
+struct ResyncPauseTests {
+    /// Found as seed 1003848 (protocol B): the operator paused a resync, the connection dropped, and resume-sync
+    /// was refused while disconnected; the pause stayed, and every later resync started paused, forever.
+    @Test("resume-sync clears the pause even after the paused resync was interrupted")
+    func resumeAfterInterruptedResync() {
+        var pair = ReplicationPair.connectedWithPrimary()
+        #expect(pair.command(0, .disconnect) == .done)
+        pair.deliverAll()
+        pair.handle(0, .write(ApplicationWrite(requestID: 1, offsetBytes: 0, payload: [UInt8](repeating: 1, count: 4096))))
+        pair.completeAllDisk(0)
+        #expect(pair.command(0, .connect(discardMyData: false)) == .done)
+        pair.connectTransports()
+        #expect(pair.status(1).connection == .syncTarget)
+        #expect(pair.command(1, .pauseResync) == .done)
+        #expect(pair.status(1).connection == .pausedSyncTarget)
+
+        #expect(pair.command(1, .disconnect) == .done)
+        #expect(pair.command(1, .resumeResync) == .done, "the pause is cleared while disconnected")
+        #expect(pair.command(1, .connect(discardMyData: false)) == .done)
+        pair.connectTransports()
+        #expect(pair.status(1).connection == .syncTarget, "the next resync runs")
+    }
+}

@@ -207,10 +207,14 @@ extension ReplicationMachine {
             requestID: requestID, granted: refusal == nil, reason: refusal ?? ""))))
     }
 
+    /// pause-sync needs a running resync. resume-sync always clears the operator's pause (DRBD's user_isp), even
+    /// when the resync it paused was interrupted: a pause left behind would hold the next resync forever.
     private mutating func pauseResync(_ paused: Bool) -> CommandOutcome {
-        guard connection.isResyncing else { return .refused("no resync is running (\(connection.rawValue))") }
+        guard connection.isResyncing || (!paused && resyncPausedByUser) else {
+            return .refused("no resync is running (\(connection.rawValue))")
+        }
         setResyncPaused(byUser: paused)
-        emit(.send(.pauseResync(paused)))
+        if connection.isEstablished { emit(.send(.pauseResync(paused))) }
         if !paused { pumpResync(now: clock) }
         return .done
     }

@@ -1,0 +1,136 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import DeviceFrontend
+import Dispatch
+import Foundation
+import Synchronization
+import TandemTestSupport
+import Testing
+
+/// A device in memory behind the FUSE file. Completions come from another thread, as the replication engine's do.
+final class MemoryBlockFile: BlockFileBackend {
+    let bytes: Mutex<[UInt8]>
+    let flushes = Atomic<Int>(0)
+    let zeroedBytes = Atomic<Int>(0)
+    private let completions = DispatchQueue(label: "tandem.test.memory-block-file")
+
+    init(sizeBytes: Int) { bytes = Mutex([UInt8](repeating: 0, count: sizeBytes)) }
+
+    func read(offset: UInt64, length: UInt32, completion: @escaping @Sendable (Int32, [UInt8]) -> Void) {
+        let data = bytes.withLock { Array($0[Int(offset)..<Int(offset) + Int(length)]) }
+        completions.async { completion(0, data) }
+    }
+
+    func write(offset: UInt64, bytes data: [UInt8], completion: @escaping @Sendable (Int32) -> Void) {
+        bytes.withLock { $0.replaceSubrange(Int(offset)..<Int(offset) + data.count, with: data) }
+        completions.async { completion(0) }
+    }
+
+    func flush(completion: @escaping @Sendable (Int32) -> Void) {
+        flushes.add(1, ordering: .relaxed)
+        completions.async { completion(0) }
+    }
+
+    func zero(offset: UInt64, length: UInt32, completion: @escaping @Sendable (Int32) -> Void) {
+        bytes.withLock { $0.replaceSubrange(Int(offset)..<Int(offset) + Int(length), with: repeatElement(0, count: Int(length))) }
+        zeroedBytes.add(Int(length), ordering: .relaxed)
+        completions.async { completion(0) }
+    }
+}
+
+/// The FUSE block file against the real kernel: these need root and /dev/fuse, which CI has; they fail, not skip,
+/// without them.
+@Suite("FUSE block file", .serialized)
+struct FuseBlockFileTests {
+    static let sizeBytes = 64 << 20
+
+    /// Mounts a server on a fresh directory, runs `body`, then stops it and checks the mount is gone.
+    func withServer(_ body: (FuseBlockFileServer, MemoryBlockFile) throws -> Void) throws {
+        var template = Array("/tmp/tandem-fuse-XXXXXX".utf8CString)
+        guard let directory = mkdtemp(&template) else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        let mountpoint = String(cString: directory)
+        defer { rmdir(mountpoint) }
+        let backend = MemoryBlockFile(sizeBytes: Self.sizeBytes)
+        let server = try FuseBlockFileServer(
+            options: .init(mountpoint: mountpoint, fileName: "r0", sizeBytes: UInt64(Self.sizeBytes)), backend: backend)
+        try server.start()
+        do {
+            try body(server, backend)
+        } catch {
+            server.stop()
+            throw error
+        }
+        server.stop()
+        let mounts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        #expect(!mounts.contains(" \(mountpoint) "), "the FUSE mount is gone after stop")
+    }
+
+    @Test("reads, writes, fsync and a punched hole reach the backend; truncation is refused")
+    func fileOperations() throws {
+        let fallocate = try #require(ExternalCommand.tool("fallocate"), "fallocate (util-linux) is required")
+        let truncate = try #require(ExternalCommand.tool("truncate"), "truncate (coreutils) is required")
+        try withServer { server, backend in
+            var info = stat()
+            #expect(stat(server.filePath, &info) == 0)
+            #expect(info.st_size == off_t(Self.sizeBytes))
+
+            let data = (0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+            let fd = open(server.filePath, O_RDWR)
+            #expect(fd >= 0, "open: errno \(errno)")
+            defer { close(fd) }
+            #expect(data.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 4 << 20) } == data.count)
+            #expect(fsync(fd) == 0)
+            #expect(backend.flushes.load(ordering: .relaxed) >= 1, "fsync became a backend flush")
+            #expect(server.flushesReceived >= 1)
+            var readBack = [UInt8](repeating: 0, count: data.count)
+            #expect(readBack.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 4 << 20) } == data.count)
+            #expect(readBack == data)
+            #expect(backend.bytes.withLock { Array($0[(4 << 20)..<(5 << 20)]) } == data)
+
+            let hole = try ExternalCommand.run(fallocate, ["-p", "-o", String((4 << 20) + (256 << 10)), "-l", String(512 << 10), server.filePath])
+            #expect(hole.status == 0, "fallocate -p: \(hole.standardError)")
+            #expect(backend.zeroedBytes.load(ordering: .relaxed) == 512 << 10)
+            let after = backend.bytes.withLock { Array($0[(4 << 20)..<(5 << 20)]) }
+            #expect(after[0..<(256 << 10)] == data[0..<(256 << 10)])
+            #expect(after[(256 << 10)..<(768 << 10)].allSatisfy { $0 == 0 })
+            #expect(after[(768 << 10)...] == data[(768 << 10)...])
+
+            let shrink = try ExternalCommand.run(truncate, ["-s", "1M", server.filePath])
+            #expect(shrink.status != 0, "truncating the device file must fail")
+            #expect(stat(server.filePath, &info) == 0 && info.st_size == off_t(Self.sizeBytes))
+        }
+    }
+
+    @Test("a loop device with direct I/O on the FUSE file carries ext4: mkfs discards, mount, write, umount, fsck clean")
+    func loopDeviceWithExt4() throws {
+        let unshare = try #require(ExternalCommand.tool("unshare"), "unshare (util-linux) is required")
+        for tool in ["losetup", "mkfs.ext4", "e2fsck", "mount", "umount"] {
+            _ = try #require(ExternalCommand.tool(tool), "\(tool) is required")
+        }
+        try withServer { server, backend in
+            let mountpoint = server.options.mountpoint + "-ext4"
+            // The filesystem lives in a private mount namespace, so that no other namespace keeps a copy of it.
+            let script = """
+                set -eu
+                device=$(losetup --direct-io=on --find --show '\(server.filePath)')
+                trap 'umount -q "\(mountpoint)" 2>/dev/null || true; losetup -d "$device"; rmdir "\(mountpoint)"' EXIT
+                dio=$(losetup --list --noheadings --output DIO "$device" | tr -d ' ')
+                [ "$dio" = 1 ] || { echo "loop direct I/O is off on $device" >&2; exit 3; }
+                mkfs.ext4 -q -F "$device"
+                mkdir -p '\(mountpoint)'
+                mount "$device" '\(mountpoint)'
+                echo 'the replicated file system' > '\(mountpoint)/hello'
+                sync -f '\(mountpoint)/hello'
+                umount '\(mountpoint)'
+                e2fsck -fn "$device"
+                """
+            let run = try ExternalCommand.run(unshare, ["--mount", "--propagation", "private", "/bin/sh", "-c", script])
+            #expect(run.status == 0, "stdout: \(run.standardOutput)\nstderr: \(run.standardError)")
+            #expect(backend.zeroedBytes.load(ordering: .relaxed) > 0, "mkfs.ext4's discard became zeroing requests")
+            #expect(backend.flushes.load(ordering: .relaxed) > 0, "the journal's flushes reached the backend")
+        }
+    }
+}
