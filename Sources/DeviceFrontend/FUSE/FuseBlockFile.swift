@@ -209,7 +209,7 @@ final class FuseSession: @unchecked Sendable {
 }
 
 /// What the loop thread needs, passed through pthread_create's single pointer.
-final class FuseLoopStart: @unchecked Sendable {
+final class FuseLoopStart: Sendable {
     let session: FuseSession
     let workers: Int32
 
@@ -359,11 +359,14 @@ enum FuseFileOperations {
             guard inode == FuseFileContext.fileInode, offset >= 0, length > 0 else { return reply.replyError(EINVAL) }
             let context = FuseFileContext.of(request)
             let start = UInt64(offset)
-            let end = start + UInt64(length)
-            guard end <= context.options.sizeBytes else {
-                // Allocating beyond the end would grow the device.
-                return reply.replyError(mode & FALLOC_FL_KEEP_SIZE != 0 ? 0 : EFBIG)
+            let size = context.options.sizeBytes
+            // Growing the file would grow the device: only KEEP_SIZE requests may reach past the end, and they act
+            // on the part inside it.
+            guard start + UInt64(length) <= size || mode & FALLOC_FL_KEEP_SIZE != 0 else {
+                return reply.replyError(EFBIG)
             }
+            let end = min(start + UInt64(length), size)
+            guard start < end else { return reply.replyError(0) }
             switch mode & ~FALLOC_FL_KEEP_SIZE {
             case 0:
                 // Every byte of the device already exists.
