@@ -53,6 +53,7 @@ struct FuseBlockFileTests {
         guard let directory = mkdtemp(&template) else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         let mountpoint = String(cString: directory)
         defer { rmdir(mountpoint) }
+        let controlMountedBefore = try Self.mountTable().contains(" - fusectl ")
         let backend = MemoryBlockFile(sizeBytes: Self.sizeBytes)
         let server = try FuseBlockFileServer(
             options: .init(mountpoint: mountpoint, fileName: "r0", sizeBytes: UInt64(Self.sizeBytes)), backend: backend)
@@ -64,9 +65,12 @@ struct FuseBlockFileTests {
             throw error
         }
         server.stop()
-        let mounts = try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)
+        let mounts = try Self.mountTable()
         #expect(!mounts.contains(" \(mountpoint) "), "the FUSE mount is gone after stop")
+        #expect(mounts.contains(" - fusectl ") == controlMountedBefore, "fusectl is left as it was found")
     }
+
+    static func mountTable() throws -> String { try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) }
 
     @Test("reads, writes, fsync and a punched hole reach the backend; truncation is refused")
     func fileOperations() throws {

@@ -97,7 +97,6 @@ public final class FuseBlockFileServer: Sendable {
             throw FuseError(
                 "cannot mount FUSE at \(options.mountpoint): is /dev/fuse there (modprobe fuse), are we root, and is the mount point an existing directory?")
         }
-        self.session = FuseSession(raw: session)
         // Not stat(2): the root's attributes would be asked of this server, which is not serving yet.
         guard let connectionID = Self.connectionID(mountpoint: options.mountpoint) else {
             fuse_session_unmount(session)
@@ -105,7 +104,7 @@ public final class FuseBlockFileServer: Sendable {
             throw FuseError("the FUSE mount at \(options.mountpoint) is not in /proc/self/mountinfo")
         }
         self.connectionID = connectionID
-        Self.mountControlFileSystem()
+        self.session = FuseSession(raw: session)
     }
 
     static let controlDirectory = "/sys/fs/fuse/connections"
@@ -126,13 +125,6 @@ public final class FuseBlockFileServer: Sendable {
             found = UInt32(minor)
         }
         return found
-    }
-
-    /// fusectl gives every FUSE connection an abort switch; it is not mounted everywhere by default.
-    private static func mountControlFileSystem() {
-        guard access(controlDirectory + "/.", F_OK) == 0 else { return }
-        // EBUSY when already mounted: nothing to do.
-        _ = mount("fusectl", controlDirectory, "fusectl", 0, nil)
     }
 
     /// The file's path inside the mount.
@@ -178,9 +170,13 @@ public final class FuseBlockFileServer: Sendable {
         session.destroy()
     }
 
+    /// Writes the connection's fusectl abort switch. fusectl is not mounted everywhere; if it is not, it is
+    /// mounted for this write and unmounted again, so that nothing is left behind (EBUSY from mount means another
+    /// process has it mounted, and then it stays theirs).
     private func abortConnection() {
-        let path = "\(Self.controlDirectory)/\(connectionID)/abort"
-        let fd = open(path, O_WRONLY)
+        let mountedHere = mount("fusectl", Self.controlDirectory, "fusectl", 0, nil) == 0
+        defer { if mountedHere { umount2(Self.controlDirectory, 0) } }
+        let fd = open("\(Self.controlDirectory)/\(connectionID)/abort", O_WRONLY)
         guard fd >= 0 else { return }  // Already gone: the unmount ended it.
         _ = write(fd, "1", 1)
         close(fd)
