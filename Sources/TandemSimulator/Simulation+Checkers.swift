@@ -44,12 +44,22 @@ extension Simulation {
     }
 
     /// Generation UUIDs only move forward: once a node leaves a generation that its peer does not share, nobody
-    /// returns to it.
+    /// returns to it. One return is legitimate: a resync target ends its resync by adopting the generation its
+    /// source had during the resync, even if the source has moved on since without the target hearing of it (as
+    /// DRBD's target does with the UUIDs it last received). The data is then the source's as of that generation,
+    /// and the next handshake finds the source ahead.
     private func checkGenerationMovesForward(_ node: Int, status: ReplicationStatus, peer: ReplicationStatus?) {
         let current = status.uuids.current & ~1
-        defer { lastCurrentUUID[node] = current }
+        defer {
+            lastCurrentUUID[node] = current
+            if let peer, status.connection.isSyncTarget, peer.connection.isSyncSource {
+                resyncDestination[node] = peer.uuids.current & ~1
+            } else if !status.connection.isSyncTarget {
+                resyncDestination[node] = nil
+            }
+        }
         guard let previous = lastCurrentUUID[node], previous != current else { return }
-        if retiredUUIDs.contains(current) {
+        if retiredUUIDs.contains(current) && current != resyncDestination[node] {
             violations.append("node\(node): generation moved backwards to \(String(current, radix: 16)) (left earlier)")
         }
         if let peer, peer.uuids.current & ~1 == previous { return }

@@ -80,6 +80,9 @@ public final class Simulation {
     var hadDisk = [false, false]
     var retiredUUIDs: Set<UInt64> = []
     var lastCurrentUUID: [UInt64?] = [nil, nil]
+    /// For a node in a resync as target: the source's current generation while both were in that resync, which the
+    /// target adopts when the resync ends.
+    var resyncDestination: [UInt64?] = [nil, nil]
 
     public init(options: SimulationOptions) {
         self.options = options

@@ -7,7 +7,9 @@ import Foundation
 
 /// A minimal blocking stream-socket client with exact reads, so tests can spell protocols out by hand.
 public final class BlockingSocket {
-    private let fd: Int32
+    /// -1 once closed: a second close(2) of the number could close a descriptor another thread has opened since
+    /// (an event loop's epoll fd, say), which is how a test once brought down an unrelated one.
+    private var fd: Int32
 
     /// Connects to a Unix domain socket; reads time out after `receiveTimeoutSeconds`.
     public init(unixPath: String, receiveTimeoutSeconds: Int = 10) throws {
@@ -26,7 +28,7 @@ public final class BlockingSocket {
         }
         guard status == 0 else {
             let code = errno
-            Glibc.close(fd)
+            close()
             throw POSIXError(.init(rawValue: code) ?? .EIO)
         }
     }
@@ -89,5 +91,12 @@ public final class BlockingSocket {
         }
     }
 
-    public func close() { Glibc.close(fd) }
+    /// Closes the socket; idempotent.
+    public func close() {
+        guard fd >= 0 else { return }
+        Glibc.close(fd)
+        fd = -1
+    }
+
+    deinit { close() }
 }

@@ -53,7 +53,6 @@ public final class NBDTestClient {
         }
     }
 
-    deinit { socket.close() }
 
     /// Sends NBD_CMD_DISC and closes.
     public func disconnect() {

@@ -152,8 +152,14 @@ public final class FuseBlockFileServer: Sendable {
         }
     }
 
-    /// Unmounts and waits for the workers to finish. Requests still at the backend are answered later into a
-    /// closed channel, which libfuse tolerates. Idempotent.
+    /// Ends the connection, waits for the workers and for the backend's outstanding replies, and unmounts.
+    /// Idempotent. Whoever used the file (the loop device) must be gone: its requests fail from here on.
+    ///
+    /// The order matters. libfuse's unmount closes the /dev/fuse descriptor; a worker still reading it, or a reply
+    /// still on its way from the backend, would then use a number the process may already have handed to someone
+    /// else (an event loop's epoll descriptor, say). So the connection is aborted first (every worker's read ends,
+    /// in every mount namespace holding a copy of the mount, which a plain unmount would not achieve), the workers
+    /// are joined, and the replies are waited for, before the descriptor is closed.
     public func stop() {
         let thread = loopThread.withLock { thread -> pthread_t? in
             defer { thread = nil }
@@ -161,23 +167,39 @@ public final class FuseBlockFileServer: Sendable {
         }
         guard !session.isDestroyed else { return }
         fuse_session_exit(session.raw)
-        fuse_session_unmount(session.raw)
-        // Unmounting here does not end the connection while another mount namespace holds a copy of the mount
-        // (every `ip netns exec` and `unshare -m` started meanwhile does): the workers would wait on /dev/fuse
-        // forever. Aborting the connection ends it everywhere; the copies then fail with ENOTCONN.
         abortConnection()
         if let thread { pthread_join(thread, nil) }
+        guard context.waitForBackendReplies(timeoutMilliseconds: Self.replyPatienceMilliseconds) else {
+            // A backend that never answers: the session and its descriptor are left as they are (leaked) rather
+            // than freed under a reply that may still come. The mount itself goes.
+            unmountIfOurs()
+            return
+        }
+        // The connection is aborted, so this only closes the descriptor; the mount is removed below.
+        fuse_session_unmount(session.raw)
+        unmountIfOurs()
         session.destroy()
     }
 
-    /// Writes the connection's fusectl abort switch. fusectl is not mounted everywhere; if it is not, it is
-    /// mounted for this write and unmounted again, so that nothing is left behind (EBUSY from mount means another
-    /// process has it mounted, and then it stays theirs).
+    /// How long `stop` waits for replies the backend still owes.
+    static let replyPatienceMilliseconds = 60_000
+
+    /// Removes the mount at the mount point if it is still this connection's (lazily: an aborted FUSE mount can
+    /// still be some process's working directory).
+    private func unmountIfOurs() {
+        guard Self.connectionID(mountpoint: options.mountpoint) == connectionID else { return }
+        umount2(options.mountpoint, Int32(MNT_DETACH))
+    }
+
+    /// Writes the connection's fusectl abort switch: every request, queued or being read, fails, and the workers'
+    /// reads of /dev/fuse end with ENODEV. fusectl is not mounted everywhere; if it is not, it is mounted for this
+    /// write and unmounted again, so that nothing is left behind (EBUSY from mount means another process has it
+    /// mounted, and then it stays theirs).
     private func abortConnection() {
         let mountedHere = mount("fusectl", Self.controlDirectory, "fusectl", 0, nil) == 0
         defer { if mountedHere { umount2(Self.controlDirectory, 0) } }
         let fd = open("\(Self.controlDirectory)/\(connectionID)/abort", O_WRONLY)
-        guard fd >= 0 else { return }  // Already gone: the unmount ended it.
+        guard fd >= 0 else { return }  // Already gone: the kernel ended it (the mount was removed everywhere).
         _ = write(fd, "1", 1)
         close(fd)
     }
@@ -231,10 +253,32 @@ final class FuseFileContext: Sendable {
     let options: FuseBlockFileServer.Options
     let backend: any BlockFileBackend
     let flushesReceived = Atomic<UInt64>(0)
+    /// Requests handed to the backend and not answered yet: the session must outlive their replies.
+    private let requestsAtBackend = Atomic<Int>(0)
 
     init(options: FuseBlockFileServer.Options, backend: any BlockFileBackend) {
         self.options = options
         self.backend = backend
+    }
+
+    /// Counts `request` as waiting on the backend until `FuseRequest.reply...` answers it.
+    func handToBackend(_ request: fuse_req_t?) -> FuseRequest {
+        requestsAtBackend.add(1, ordering: .acquiringAndReleasing)
+        return FuseRequest(raw: request, context: self)
+    }
+
+    fileprivate func answeredByBackend() {
+        let before = requestsAtBackend.subtract(1, ordering: .acquiringAndReleasing).oldValue
+        precondition(before > 0, "a FUSE request was answered twice (\(before) at the backend)")
+    }
+
+    /// Whether every request handed to the backend has been answered within the time.
+    func waitForBackendReplies(timeoutMilliseconds: Int) -> Bool {
+        for _ in 0..<(timeoutMilliseconds / 10) {
+            if requestsAtBackend.load(ordering: .acquiring) == 0 { return true }
+            usleep(10_000)
+        }
+        return requestsAtBackend.load(ordering: .acquiring) == 0
     }
 
     static func of(_ request: fuse_req_t?) -> FuseFileContext {
@@ -263,11 +307,29 @@ final class FuseFileContext: Sendable {
     }
 }
 
-/// A FUSE request carried to the thread that answers it.
+/// A FUSE request carried to the thread that answers it. Answered exactly once, through one of its reply methods;
+/// one that went to the backend (it has a `context`) is then no longer counted as waiting there.
 struct FuseRequest: @unchecked Sendable {
     let raw: fuse_req_t?
+    /// Set for requests handed to the backend.
+    var context: FuseFileContext? = nil
 
-    func replyError(_ errno: Int32) { fuse_reply_err(raw, errno) }
+    func replyError(_ errno: Int32) {
+        fuse_reply_err(raw, errno)
+        context?.answeredByBackend()
+    }
+
+    func replyWrite(_ count: Int) {
+        fuse_reply_write(raw, count)
+        context?.answeredByBackend()
+    }
+
+    func replyData(_ bytes: [UInt8]) {
+        bytes.withUnsafeBytes { buffer in
+            _ = fuse_reply_buf(raw, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count)
+        }
+        context?.answeredByBackend()
+    }
 }
 
 /// The low-level operation table. Every callback answers (at once, or later through the backend); an operation
@@ -333,7 +395,7 @@ enum FuseFileOperations {
                 return
             }
             let end = min(start + UInt64(size), context.options.sizeBytes)
-            FuseFileOperations.read(context, FuseRequest(raw: request), from: start, end: end, collected: [])
+            FuseFileOperations.read(context, context.handToBackend(request), from: start, end: end, collected: [])
         }
         operations.write = { request, inode, buffer, size, offset, _ in
             let reply = FuseRequest(raw: request)
@@ -343,8 +405,9 @@ enum FuseFileOperations {
             guard UInt64(offset) + UInt64(size) <= context.options.sizeBytes else { return reply.replyError(ENOSPC) }
             // The buffer lives only as long as this callback.
             let bytes = [UInt8](UnsafeRawBufferPointer(start: buffer, count: size))
+            let waiting = context.handToBackend(request)
             context.backend.write(offset: UInt64(offset), bytes: bytes) { errno in
-                if errno == 0 { fuse_reply_write(reply.raw, size) } else { reply.replyError(errno) }
+                if errno == 0 { waiting.replyWrite(size) } else { waiting.replyError(errno) }
             }
         }
         operations.flush = { request, _, _ in FuseFileOperations.flush(request) }
@@ -368,7 +431,7 @@ enum FuseFileOperations {
                 // Every byte of the device already exists.
                 reply.replyError(0)
             case FALLOC_FL_PUNCH_HOLE where mode & FALLOC_FL_KEEP_SIZE != 0, FALLOC_FL_ZERO_RANGE:
-                FuseFileOperations.zero(context, reply, from: start, end: end)
+                FuseFileOperations.zero(context, context.handToBackend(request), from: start, end: end)
             default:
                 reply.replyError(EOPNOTSUPP)
             }
@@ -398,17 +461,13 @@ enum FuseFileOperations {
     static func flush(_ request: fuse_req_t?) {
         let context = FuseFileContext.of(request)
         context.flushesReceived.add(1, ordering: .relaxed)
-        let reply = FuseRequest(raw: request)
-        context.backend.flush { errno in reply.replyError(errno) }
+        let waiting = context.handToBackend(request)
+        context.backend.flush { errno in waiting.replyError(errno) }
     }
 
     /// Reads `[start, end)` in requests the backend accepts, one after another, and replies once.
     static func read(_ context: FuseFileContext, _ reply: FuseRequest, from start: UInt64, end: UInt64, collected: [UInt8]) {
-        guard start < end else {
-            return collected.withUnsafeBytes { buffer in
-                _ = fuse_reply_buf(reply.raw, buffer.baseAddress?.assumingMemoryBound(to: CChar.self), buffer.count)
-            }
-        }
+        guard start < end else { return reply.replyData(collected) }
         let length = UInt32(min(end - start, UInt64(context.options.requestBytesMaximum)))
         context.backend.read(offset: start, length: length) { errno, data in
             guard errno == 0 else { return reply.replyError(errno) }

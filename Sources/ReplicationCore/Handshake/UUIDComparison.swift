@@ -163,6 +163,15 @@ extension UUIDComparison {
         if mine.bitmap != 0 && theirs.bitmap != 0 && mine.history1 == theirs.bitmap && theirs.history1 == mine.bitmap {
             return (splitBrain, corrections)
         }
+        //  - As the first case, but the source then lost the peer while Primary and started a new generation
+        //    (Current N, Bitmap S = X + offset, History P, X): its bitmap still covers every change since X, as for
+        //    rules 52 and 72, so nothing needs undoing.
+        if theirs.bitmap != 0 && mine.history2 == theirs.bitmap && mine.history2 &+ newBitmapUUIDOffset == mine.bitmap {
+            return (splitBrain, corrections)
+        }
+        if mine.bitmap != 0 && theirs.history2 == mine.bitmap && theirs.history2 &+ newBitmapUUIDOffset == theirs.bitmap {
+            return (splitBrain, corrections)
+        }
         for ours in [mine.history1, mine.history2] where ours != 0 {
             if theirs.historyContains(ours) { return (.splitBrainOlderAncestor(rule: 100), corrections) }
         }
