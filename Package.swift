@@ -93,11 +93,13 @@ let package = Package(
         .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         // The block-device frontend (FUSE + loop, NBD).
         // The NBD server is a pure session machine plus a thin NIO shell; the FUSE file serves one file through
-        // libfuse. Their backends are injected, so this target does not depend on the replication core.
+        // libfuse, and a loop device with direct I/O turns it into a block device. Their backends are injected, so
+        // this target does not depend on the replication core.
         .target(
             name: "DeviceFrontend",
             dependencies: [
                 "CFuse",
+                "CTandemStorage",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

@@ -6,6 +6,7 @@ set -euo pipefail
 packages=(
   coreutils    # dd: the verify test corrupts blocks with it
   diffutils    # cmp: the replicad tests compare images and backing files with it
+  e2fsprogs    # mkfs.ext4, e2fsck: file systems on the replicated block device
   drbd-utils   # drbdadm / drbdadm-84: the external oracle for drbd.conf parsing
   fio          # scripts/bench-replication.sh (its nbd engine)
   fuse3        # fusermount3, and the fuse kernel interface's user side, for the FUSE block file
@@ -15,7 +16,8 @@ packages=(
   libnbd-bin   # nbdinfo, nbdcopy: an independent NBD client for the NBD server and replicad tests
   pkg-config   # how SwiftPM finds libfuse3's flags
   python3      # the replication demo's small control-socket client
-  util-linux   # setpriv: the replicad test that an outsider uid is refused by its credentials
+  util-linux   # setpriv (the outsider-uid test), unshare and losetup (the block device tests)
+  xfsprogs     # mkfs.xfs, xfs_repair: the switchover test runs xfs as well as ext4
 )
 
 missing=()

@@ -5,6 +5,11 @@
 #include <fcntl.h>
 #include <linux/falloc.h>
 #include <linux/fs.h>
+#include <linux/loop.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -61,4 +66,73 @@ void ctandem_name_current_thread(const char *name) {
     strncpy(truncated, name, sizeof truncated - 1);
     truncated[sizeof truncated - 1] = 0;
     (void)pthread_setname_np(pthread_self(), truncated);
+}
+
+int ctandem_loop_attach(int file_fd, int direct_io, const char *backing_name, int *loop_number) {
+    int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
+    if (control < 0) return errno;
+    int result = EBUSY;
+    // A free device can be taken by another process between GET_FREE and CONFIGURE; a few retries settle that.
+    for (int attempt = 0; attempt < 8 && result == EBUSY; attempt++) {
+        int number = ioctl(control, LOOP_CTL_GET_FREE);
+        if (number < 0) {
+            result = errno;
+            break;
+        }
+        char path[32];
+        snprintf(path, sizeof path, "/dev/loop%d", number);
+        int loop = open(path, O_RDWR | O_CLOEXEC);
+        if (loop < 0) {
+            result = errno;
+            // udev may not have created the node yet on a device just allocated.
+            if (result == ENOENT) result = EBUSY;
+            continue;
+        }
+        struct loop_config config;
+        memset(&config, 0, sizeof config);
+        config.fd = (uint32_t)file_fd;
+        config.info.lo_flags = direct_io ? LO_FLAGS_DIRECT_IO : 0;
+        strncpy((char *)config.info.lo_file_name, backing_name, LO_NAME_SIZE - 1);
+        result = ioctl(loop, LOOP_CONFIGURE, &config) == 0 ? 0 : errno;
+        close(loop);
+        if (result == 0) *loop_number = number;
+    }
+    close(control);
+    return result;
+}
+
+int ctandem_loop_detach(int loop_fd) { return ioctl(loop_fd, LOOP_CLR_FD, 0) == 0 ? 0 : errno; }
+
+int ctandem_loop_recorded_name(int loop_fd, char *name) {
+    struct loop_info64 info;
+    if (ioctl(loop_fd, LOOP_GET_STATUS64, &info) != 0) return errno;
+    memcpy(name, info.lo_file_name, LO_NAME_SIZE);
+    name[LO_NAME_SIZE - 1] = 0;
+    return 0;
+}
+
+int ctandem_loop_clear_autoclear(int loop_fd) {
+    struct loop_info64 info;
+    if (ioctl(loop_fd, LOOP_GET_STATUS64, &info) != 0) return errno;
+    info.lo_flags &= ~LO_FLAGS_AUTOCLEAR;
+    return ioctl(loop_fd, LOOP_SET_STATUS64, &info) == 0 ? 0 : errno;
+}
+
+int ctandem_harden_io_daemon(int *failed_step) {
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
+#ifndef MCL_ONFAULT
+#define MCL_ONFAULT 4
+#endif
+    if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) != 0) {
+        *failed_step = 1;
+        return errno;
+    }
+    if (mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) != 0) {
+        *failed_step = 2;
+        return errno;
+    }
+    *failed_step = 0;
+    return 0;
 }

@@ -228,12 +228,14 @@ public struct ResourceStatusReport: Codable, Sendable, Hashable {
     public var ioMode: String?
     public var replicationProtocol: String?
     public var backingDevice: String?
-    /// The device drbd.conf names. No block-device frontend exists yet, so nothing appears there.
+    /// The device drbd.conf names (a link to the loop device while Primary).
     public var device: String?
+    /// The block device while it is attached (Primary), nil otherwise.
+    public var blockDevice: BlockDeviceReport?
     /// /proc/drbd's counters.
     public var counters: ResourceCounters?
-    /// Who holds the device open (NBD clients, with their process where known); `secondary` and `down` are refused
-    /// while this is not empty.
+    /// Who holds the device open (mounts in any mount namespace, processes, NBD clients); `secondary` and `down`
+    /// are refused while this is not empty.
     public var heldOpenBy: [String]?
     /// Where this resource's split-brain victims' blocks are kept (`tandem adm restore-discarded`).
     public var preserveDirectory: String?
@@ -278,6 +280,8 @@ public struct ResourceCounters: Codable, Sendable, Hashable {
     public var applicationPending: Int
     /// ep: epochs not yet barrier-acknowledged.
     public var epochs: Int
+    /// Flushes submitted to the backing device (not in /proc/drbd): how the FUSE file's fsyncs reach the disks.
+    public var diskFlushes: UInt64?
 
     public init(
         networkSentKiB: UInt64, networkReceivedKiB: UInt64, diskWrittenKiB: UInt64, diskReadKiB: UInt64,
@@ -333,5 +337,25 @@ public struct ResyncReport: Codable, Sendable, Hashable {
         self.speedKiBPerSecond = speedKiBPerSecond
         self.etaSeconds = etaSeconds
         self.paused = paused
+    }
+}
+
+/// A Primary's block device: the loop device, the links to it and the FUSE file under it.
+public struct BlockDeviceReport: Codable, Sendable, Hashable {
+    public var loopDevice: String
+    /// The configured device path and /dev/tandem/by-res/NAME (under the daemon's link root).
+    public var links: [String]
+    public var fuseFile: String
+    /// Whether the loop device does direct I/O to the FUSE file (it should; buffered only when allowed).
+    public var directIO: Bool
+    /// fsync/flush requests on the FUSE file completed since it was attached.
+    public var flushesCompleted: UInt64
+
+    public init(loopDevice: String, links: [String], fuseFile: String, directIO: Bool, flushesCompleted: UInt64) {
+        self.loopDevice = loopDevice
+        self.links = links
+        self.fuseFile = fuseFile
+        self.directIO = directIO
+        self.flushesCompleted = flushesCompleted
     }
 }

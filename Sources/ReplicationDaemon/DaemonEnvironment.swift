@@ -45,6 +45,8 @@ final class TrafficCounters {
     var networkReceivedBytes: UInt64 = 0
     var diskWrittenBytes: UInt64 = 0
     var diskReadBytes: UInt64 = 0
+    /// Flushes submitted to the backing device (a FUA write is not counted as one).
+    var diskFlushes: UInt64 = 0
     var activityLogTransactions: UInt64 = 0
     var bitmapPageWrites: UInt64 = 0
 
@@ -102,6 +104,7 @@ final class DaemonBlockStore: BlockStore {
 
     func submitFlush(token: UInt64) {
         outstanding += 1
+        counters.diskFlushes += 1
         store.submitFlush(token: token)
     }
 

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import DeviceFrontend
 import ReplicationCore
 import Synchronization
@@ -152,6 +155,52 @@ final class ReplicatedDeviceBackend: NBDBackend {
             case .outOfRange: .failure(.noSpace)
             case .misaligned, .tooLarge: .failure(.invalidArgument)
             }
+        }
+    }
+}
+
+/// The FUSE file's view of one replicated resource: like the NBD export, every request goes through the resource's
+/// thread and the replication engine. fsync and flush on the file (the loop device's flushes) are replication
+/// flushes: with protocol C, both disks are durable before the reply.
+final class ReplicatedBlockFile: BlockFileBackend {
+    private let mailbox: Mailbox
+
+    init(mailbox: Mailbox) { self.mailbox = mailbox }
+
+    func read(offset: UInt64, length: UInt32, completion: @escaping @Sendable (Int32, [UInt8]) -> Void) {
+        submit(.read(offsetBytes: offset, lengthBytes: length)) { errno, data in completion(errno, data) }
+    }
+
+    func write(offset: UInt64, bytes: [UInt8], completion: @escaping @Sendable (Int32) -> Void) {
+        submit(.write(offsetBytes: offset, payload: bytes, forceUnitAccess: false)) { errno, _ in completion(errno) }
+    }
+
+    func flush(completion: @escaping @Sendable (Int32) -> Void) {
+        submit(.flush) { errno, _ in completion(errno) }
+    }
+
+    func zero(offset: UInt64, length: UInt32, completion: @escaping @Sendable (Int32) -> Void) {
+        submit(.zeroes(offsetBytes: offset, lengthBytes: length, forceUnitAccess: false)) { errno, _ in completion(errno) }
+    }
+
+    private func submit(_ operation: DeviceRequest.Operation, _ completion: @escaping @Sendable (Int32, [UInt8]) -> Void) {
+        let request = DeviceRequest(operation: operation) { outcome in
+            switch outcome {
+            case .success(let data): completion(0, data)
+            case .unavailable: completion(EIO, [])
+            case .failure(let failure): completion(Self.errno(failure), [])
+            }
+        }
+        if !mailbox.post(request) { request.completion(.unavailable) }
+    }
+
+    /// The errno a file system sees for each refusal.
+    static func errno(_ failure: RequestFailure) -> Int32 {
+        switch failure {
+        case .notPrimary: EROFS
+        case .noUpToDateData, .ioError: EIO
+        case .outOfRange: ENOSPC
+        case .misaligned, .tooLarge: EINVAL
         }
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
+import CTandemStorage
 import Foundation
 import Logging
 import NIOCore
@@ -44,10 +45,22 @@ public enum ReplicadMain {
             logger.critical("\(error.description)")
             return 1
         }
+        hardenForBlockDevices(logger)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let code = await serve(options: options, logger: logger, group: group)
         try? await group.shutdownGracefully()
         return code
+    }
+
+    /// The daemon serves block devices that file systems write back through: memory reclaim must not wait on
+    /// writeback that needs this process (PR_SET_IO_FLUSHER), and its pages must not be swapped out (mlockall).
+    /// Without them the daemon still runs; the log says what is missing.
+    private static func hardenForBlockDevices(_ logger: Logger) {
+        var failedStep: Int32 = 0
+        let result = ctandem_harden_io_daemon(&failedStep)
+        guard result != 0 else { return }
+        let step = failedStep == 1 ? "PR_SET_IO_FLUSHER (needs CAP_SYS_RESOURCE)" : "mlockall (needs CAP_IPC_LOCK or RLIMIT_MEMLOCK)"
+        logger.warning("\(step) failed: \(String(cString: strerror(result))); under memory pressure the block device may stall")
     }
 
     private static func serve(options: DaemonOptions, logger: Logger, group: MultiThreadedEventLoopGroup) async

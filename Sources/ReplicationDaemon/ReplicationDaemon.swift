@@ -30,6 +30,12 @@ public struct DaemonOptions: Sendable {
     /// Resources whose NBD export also listens on TCP, by resource name. Every resource that is up exports on its
     /// Unix socket (`nbdSocketPath`) in any case.
     public var nbdTCPAddresses: [String: NBDTCPAddress] = [:]
+    /// Prepended to every device link (drbd.conf's `device`, /dev/tandem/by-res/NAME); empty for the real paths.
+    /// Two nodes sharing one machine's /dev (the lab, the tests) each get their own root.
+    public var deviceLinkRoot = ""
+    /// Lets the loop device fall back to buffered I/O when the kernel will not do direct I/O on the FUSE file.
+    /// Off by default: buffered loop over FUSE caches every block twice and risks a reclaim deadlock.
+    public var allowBufferedLoop = false
 
     public init(configDirectory: String, runDirectory: String, nodeName: String) {
         self.configDirectory = configDirectory
@@ -40,6 +46,11 @@ public struct DaemonOptions: Sendable {
     public var configPath: String { (configDirectory as NSString).appendingPathComponent("drbd.conf") }
     public var socketPath: String { ControlProtocol.socketPath(runDirectory: runDirectory) }
     public var nbdDirectory: String { (runDirectory as NSString).appendingPathComponent("nbd") }
+
+    /// Where `resource`'s block device lives: its FUSE mount under the run directory, and its links.
+    func blockDevicePaths(resource: String, devicePath: String) -> BlockDevicePaths {
+        BlockDevicePaths(resourceName: resource, devicePath: devicePath, runDirectory: runDirectory, linkRoot: deviceLinkRoot)
+    }
 
     /// `<run-dir>/nbd/<resource>.sock`: the resource's NBD export (export name = the resource name).
     public func nbdSocketPath(resource: String) -> String {
@@ -80,6 +91,9 @@ public final class ReplicationDaemon: Sendable {
         var transport: TCPReplicationTransport
         /// The NBD export's listeners: the Unix socket, and TCP if configured.
         var exports: [NBDServer]
+        var mailbox: Mailbox
+        var blockDevice: BlockDeviceSlot
+        var blockDevicePaths: BlockDevicePaths
     }
 
     public let options: DaemonOptions
@@ -178,6 +192,10 @@ public final class ReplicationDaemon: Sendable {
                 timeout: timeout)
         case .down:
             return await takeDown(name, mode: .down)
+        case .primary:
+            return await promote(name, request, timeout: timeout)
+        case .secondary:
+            return await demote(name, timeout: timeout)
         case .status:
             return await status(name)
         case .dumpMetadata:
@@ -199,7 +217,7 @@ public final class ReplicationDaemon: Sendable {
         }
     }
 
-    private func notUp(_ name: String) -> ControlResponse {
+    func notUp(_ name: String) -> ControlResponse {
         if case .problem(let response) = lookup(name) { return response }
         return ControlResponse(.refused, "\(name) is not up; run 'tandem adm up \(name)' first")
     }
@@ -301,6 +319,12 @@ public final class ReplicationDaemon: Sendable {
             release(name)
             return error.response
         }
+        if let refusal = await clearDeviceLeftovers(
+            options.blockDevicePaths(resource: name, devicePath: plan.device.path))
+        {
+            release(name)
+            return refusal
+        }
         let started = await start(plan)
         guard case .success(let resource) = started else {
             release(name)
@@ -371,7 +395,9 @@ public final class ReplicationDaemon: Sendable {
         }
         switch await startExports(plan, runner: runner, mailbox: mailbox, logger: resourceLogger) {
         case .success(let exports):
-            return .success(RunningResource(runner: runner, transport: transport, exports: exports))
+            return .success(RunningResource(
+                runner: runner, transport: transport, exports: exports, mailbox: mailbox, blockDevice: BlockDeviceSlot(),
+                blockDevicePaths: options.blockDevicePaths(resource: plan.resourceName, devicePath: plan.device.path)))
         case .failure(let error):
             _ = await runner.submit(.stop(.terminate, timeout: options.stopTimeout))
             runner.join()
@@ -433,6 +459,14 @@ public final class ReplicationDaemon: Sendable {
             return ControlResponse(.ok, "\(name) is not up")
         case .reserved(let reserved): resource = reserved
         }
+        if mode == .down, let refusal = resource.runner.exportState.heldOpenRefusal(resource: name) {
+            slots.withLock { $0[name] = .running(resource) }
+            return ControlResponse(.refused, refusal)
+        }
+        if let refusal = await releaseDevice(name, resource, force: mode != .down) {
+            slots.withLock { $0[name] = .running(resource) }
+            return refusal
+        }
         let response = await resource.runner.submit(.stop(mode, timeout: options.stopTimeout))
         // `ok` and `failed` come from the end of the resource's thread; anything else leaves it running.
         guard response.result == .ok || response.result == .failed else {
@@ -472,6 +506,13 @@ public final class ReplicationDaemon: Sendable {
         if let resource = running(name) {
             var response = await resource.runner.submit(.status)
             response.status?.nbdExports = resource.exports.map { Self.nbdURI($0.address, export: name) }
+            // Scanning /proc for holders is blocking work.
+            let (blockDevice, holders) = await DaemonThread.run(name: "tandem-status") { self.blockDeviceReport(resource) }
+            response.status?.blockDevice = blockDevice
+            if !holders.isEmpty, var status = response.status {
+                status.heldOpenBy = (status.heldOpenBy ?? []) + holders
+                response.status = status
+            }
             return response
         }
         switch lookup(name) {

@@ -474,6 +474,7 @@ final class RunnerLoop {
             localPending: blocks.outstanding, peerPending: depths.peerPendingWrites,
             unacknowledged: depths.receivedWritesUnacknowledged, applicationPending: status.requestsInFlight,
             epochs: depths.epochsInFlight)
+        report.counters?.diskFlushes = counters.diskFlushes
         report.heldOpenBy = exportState.holders
         report.ioMode = blocks.store.ioMode.description
         report.replicationProtocol = plan.settings.replicationProtocol.rawValue

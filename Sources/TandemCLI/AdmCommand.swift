@@ -15,7 +15,7 @@ public struct AdmCommand: ParsableCommand {
             DaemonVerb.Invalidate.self, DaemonVerb.InvalidateRemote.self, DaemonVerb.Verify.self,
             DaemonVerb.PauseSync.self, DaemonVerb.ResumeSync.self, DaemonVerb.Outdate.self,
             DaemonVerb.NewCurrentUUID.self,
-            DaemonVerb.Role.self, DaemonVerb.ConnectionState.self, DaemonVerb.DiskState.self,
+            DaemonVerb.Role.self, DaemonVerb.ConnectionState.self, DaemonVerb.DiskState.self, DaemonVerb.Device.self,
             DaemonVerb.GetGenerationIdentifiers.self, DaemonVerb.ShowGenerationIdentifiers.self,
             DaemonVerb.Status.self, DaemonVerb.Proc.self, DaemonVerb.DumpMetadata.self,
             RestoreDiscardedCommand.self,

@@ -167,6 +167,27 @@ enum DaemonVerb {
         }
     }
 
+    struct Device: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "device",
+            abstract: "Print the block device (its links, the loop device) and who holds it; exit 10 when none is attached.",
+            discussion: """
+                For scripts and the cluster manager: exit 0 when the resource's block device is attached (it is \
+                Primary), 10 when it is not. Holders are mounts in any mount namespace and processes with the \
+                device open; 'secondary' and 'down' are refused while there are any.
+                """)
+        @OptionGroup var target: ResourceArguments
+        @OptionGroup var global: GlobalOptions
+        func run() throws {
+            var attached = true
+            try AdmSession(verb: "device", global).eachStatus(target) { status in
+                print(StatusText.device(status))
+                attached = attached && status.blockDevice != nil
+            }
+            if !attached { throw TandemExitCode.refused }
+        }
+    }
+
     struct GetGenerationIdentifiers: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "get-gi", abstract: "Print the generation UUIDs and metadata flags, terse.")
         @OptionGroup var target: ResourceArguments

@@ -41,6 +41,16 @@ struct ReplicadCommand: AsyncParsableCommand {
             + "that is up is exported on <run-dir>/nbd/RESOURCE.sock in any case.", valueName: "resource=host:port"))
     var nbdTCP: [String] = []
 
+    @Option(name: .customLong("device-link-root"), help: ArgumentHelp(
+        "Make the device links (drbd.conf's 'device', /dev/tandem/by-res/RESOURCE) under this directory instead of "
+            + "/; for two nodes sharing one machine's /dev, as in the lab.", valueName: "dir"))
+    var deviceLinkRoot: String?
+
+    @Flag(name: .customLong("allow-buffered-loop"), help: ArgumentHelp(
+        "Accept a loop device that falls back to buffered I/O on the FUSE file (refused by default: it caches every "
+            + "block twice and risks a deadlock under memory pressure)."))
+    var allowBufferedLoop = false
+
     @OptionGroup var global: GlobalOptions
 
     func validate() throws {
@@ -48,6 +58,9 @@ struct ReplicadCommand: AsyncParsableCommand {
             throw ValidationError("--handler-timeout must be 1...3600 seconds")
         }
         _ = try Self.parseNBDTCP(nbdTCP)
+        if let deviceLinkRoot, !deviceLinkRoot.hasPrefix("/") {
+            throw ValidationError("--device-link-root must be an absolute path")
+        }
     }
 
     /// `r0=10.0.0.1:10809`, `r0=[fd00::1]:10809`, one address per resource.
@@ -77,6 +90,8 @@ struct ReplicadCommand: AsyncParsableCommand {
         options.handlerTimeout = .seconds(handlerTimeoutSeconds)
         options.preserveDirectory = preserveDirectory
         options.nbdTCPAddresses = try Self.parseNBDTCP(nbdTCP)
+        options.deviceLinkRoot = deviceLinkRoot ?? ""
+        options.allowBufferedLoop = allowBufferedLoop
         guard foreground else { return try startInBackground(options) }
         let level: Logger.Level = verbose ? .debug : .info
         LoggingSystem.bootstrap { label in
@@ -100,6 +115,8 @@ struct ReplicadCommand: AsyncParsableCommand {
         if verbose { arguments.append("--verbose") }
         if let preserveDirectory { arguments += ["--preserve-dir", preserveDirectory] }
         for value in nbdTCP { arguments += ["--nbd-tcp", value] }
+        if let deviceLinkRoot { arguments += ["--device-link-root", deviceLinkRoot] }
+        if allowBufferedLoop { arguments.append("--allow-buffered-loop") }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }

@@ -22,6 +22,9 @@ enum StatusText {
             disk += " out-of-sync:\(outOfSync)"
         }
         lines.append(disk)
+        if let device = report.blockDevice {
+            lines.append("  device:\(device.links.first ?? device.loopDevice) loop:\(device.loopDevice)\(device.directIO ? "" : " buffered")")
+        }
         let peer = report.peerNode ?? "peer"
         switch report.connection {
         case "StandAlone", "Disconnecting", "Unconnected", "Timeout", "BrokenPipe", "NetworkFailure", "ProtocolError",
@@ -40,6 +43,18 @@ enum StatusText {
             lines.append(replication)
         }
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    /// `tandem adm device`: the links and the loop device, then one line per holder.
+    static func device(_ report: ResourceStatusReport) -> String {
+        guard let device = report.blockDevice else {
+            return "\(report.name): no block device attached (\(report.up ? report.role : "not up"); only a Primary has one)"
+        }
+        var lines = device.links.map { "\($0) -> \(device.loopDevice)" }
+        lines.append("\(device.loopDevice): \(device.directIO ? "direct I/O" : "buffered I/O") to \(device.fuseFile)")
+        let holders = report.heldOpenBy ?? []
+        lines += holders.isEmpty ? ["not in use"] : holders.map { "held: \($0)" }
+        return lines.joined(separator: "\n")
     }
 
     /// `status --json`: an array of resource objects.

@@ -88,7 +88,7 @@ struct FuseBlockFileTests {
             #expect(data.withUnsafeBytes { pwrite(fd, $0.baseAddress, $0.count, 4 << 20) } == data.count)
             #expect(fsync(fd) == 0)
             #expect(backend.flushes.load(ordering: .relaxed) >= 1, "fsync became a backend flush")
-            #expect(server.flushesReceived >= 1)
+            #expect(server.flushesCompleted >= 1)
             var readBack = [UInt8](repeating: 0, count: data.count)
             #expect(readBack.withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, 4 << 20) } == data.count)
             #expect(readBack == data)

@@ -4,7 +4,7 @@ import Glibc
 import Musl
 #endif
 import Foundation
-import ReplicationDaemon
+@testable import ReplicationDaemon
 import TandemTestSupport
 import Testing
 
@@ -46,6 +46,10 @@ final class TestCluster: @unchecked Sendable {
         var disk: String { directory + "/disk.img" }
         var log: String { directory + "/replicad.log" }
         var preserveRoot: String { directory + "/preserved" }
+        /// The node's own /dev for device links: both nodes share the machine's.
+        var deviceLinkRoot: String { directory + "/devices" }
+        /// drbd.conf's `device /dev/drbd0`, as this node links it.
+        var deviceLink: String { deviceLinkRoot + "/dev/drbd0" }
         var client: ControlClient { ControlClient(runDirectory: runDirectory) }
         var nbdSocket: String { runDirectory + "/nbd/r0.sock" }
         var nbdURI: String { "nbd+unix:///r0?socket=\(nbdSocket)" }
@@ -157,6 +161,16 @@ final class TestCluster: @unchecked Sendable {
             process.waitUntilExit()
         }
         processes.removeAll()
+        // A daemon killed while Primary leaves its loop device attached to the dead FUSE file.
+        for node in nodes {
+            let paths = BlockDevicePaths(
+                resourceName: "r0", devicePath: "/dev/drbd0", runDirectory: node.runDirectory, linkRoot: node.deviceLinkRoot)
+            do throws(BlockDeviceError) {
+                try BlockDeviceAttachment.clearLeftovers(paths)
+            } catch {
+                Issue.record("\(node.name): the block device left by its daemon cannot be cleared: \(error)")
+            }
+        }
         deleteNamespaces()
         try? FileManager.default.removeItem(atPath: root)
     }
@@ -231,7 +245,8 @@ final class TestCluster: @unchecked Sendable {
         let process = Process()
         let (program, arguments) = onNode(node, Self.executable, [
             "replicad", "--foreground", "--config-dir", node.configDirectory, "--run-dir", node.runDirectory, "--node",
-            node.name, "--preserve-dir", node.preserveRoot, "--handler-timeout", "10",
+            node.name, "--preserve-dir", node.preserveRoot, "--handler-timeout", "10", "--device-link-root",
+            node.deviceLinkRoot,
         ] + extraDaemonArguments)
         process.executableURL = URL(fileURLWithPath: program)
         process.arguments = arguments

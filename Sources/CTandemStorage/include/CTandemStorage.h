@@ -27,4 +27,28 @@ int ctandem_zero_range(int fd, int is_block_device, uint64_t offset, uint64_t le
 /// Names the calling thread (at most 15 characters are kept), so that `top -H` and stack dumps show I/O threads.
 void ctandem_name_current_thread(const char *name);
 
+/// Attaches the file open on `file_fd` (read-write) to a free loop device: LOOP_CTL_GET_FREE, then LOOP_CONFIGURE
+/// with LO_FLAGS_DIRECT_IO when `direct_io` is set, retrying when another process takes the free device first.
+/// `backing_name` is recorded in the loop's status (LO_NAME_SIZE, so at most 63 bytes are kept): a tag that
+/// finds the device again after the process that attached it died. Sets `*loop_number` to N of /dev/loopN.
+/// The kernel may still fall back to buffered I/O; the caller checks /sys/block/loopN/loop/dio.
+int ctandem_loop_attach(int file_fd, int direct_io, const char *backing_name, int *loop_number);
+
+/// LOOP_CLR_FD on the loop device open on `loop_fd`. A device that is still open elsewhere is not detached: the
+/// kernel marks it for detaching on last close (autoclear) and still returns 0, so the caller checks sysfs.
+int ctandem_loop_detach(int loop_fd);
+
+/// The name recorded at attach time (`backing_name`, at most 63 bytes) of the loop device open on `loop_fd`, into
+/// `name` (64 bytes, NUL-terminated).
+int ctandem_loop_recorded_name(int loop_fd, char *name);
+
+/// Clears the autoclear flag a refused detach left on the loop device open on `loop_fd`.
+int ctandem_loop_clear_autoclear(int loop_fd);
+
+/// Hardening for a process that serves a block device from user space: PR_SET_IO_FLUSHER, so that memory
+/// reclaim does not wait on writeback that needs this process, and mlockall(MCL_CURRENT | MCL_FUTURE |
+/// MCL_ONFAULT), so that its pages are never swapped out (faulted in only when touched, so thread stacks stay
+/// small). Returns 0, or the errno of the first step that failed (`*failed_step` 1 or 2).
+int ctandem_harden_io_daemon(int *failed_step);
+
 #endif

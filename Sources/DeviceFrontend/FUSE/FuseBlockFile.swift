@@ -109,29 +109,31 @@ public final class FuseBlockFileServer: Sendable {
 
     static let controlDirectory = "/sys/fs/fuse/connections"
 
-    /// The minor device number of the newest mount at `mountpoint`, from /proc/self/mountinfo ("ID PARENT
-    /// MAJOR:MINOR ROOT MOUNTPOINT ..."; spaces in paths are escaped, so fields split cleanly).
+    /// The connection number of the newest mount at `mountpoint` if it is a FUSE mount: its minor device number.
     static func connectionID(mountpoint: String) -> UInt32? {
-        guard let file = fopen("/proc/self/mountinfo", "r") else { return nil }
-        defer { fclose(file) }
-        let escaped = mountpoint.split(separator: " ", omittingEmptySubsequences: false).joined(separator: "\\040")
-        var found: UInt32?
-        var line: UnsafeMutablePointer<CChar>?
-        var capacity = 0
-        defer { free(line) }
-        while getline(&line, &capacity, file) > 0, let line {
-            let fields = String(cString: line).split(separator: " ")
-            guard fields.count > 4, fields[4] == escaped, let minor = fields[2].split(separator: ":").last else { continue }
-            found = UInt32(minor)
+        guard let mount = MountTable.newestMount(at: mountpoint), mount.fileSystemType.hasPrefix("fuse") else {
+            return nil
         }
-        return found
+        return mount.minor
+    }
+
+    /// Ends the FUSE connection `connectionID` (its queued and future requests fail), as stop does: for clearing a
+    /// mount left by a process that died.
+    public static func abortConnection(_ connectionID: UInt32) {
+        let mountedHere = mount("fusectl", controlDirectory, "fusectl", 0, nil) == 0
+        defer { if mountedHere { umount2(controlDirectory, 0) } }
+        let fd = open("\(controlDirectory)/\(connectionID)/abort", O_WRONLY)
+        guard fd >= 0 else { return }  // Already gone: the kernel ended it (the mount was removed everywhere).
+        _ = write(fd, "1", 1)
+        close(fd)
     }
 
     /// The file's path inside the mount.
     public var filePath: String { options.mountpoint + "/" + options.fileName }
 
-    /// fsync/flush requests that reached the server (each became a backend flush).
-    public var flushesReceived: UInt64 { context.flushesReceived.load(ordering: .relaxed) }
+    /// fsync/flush requests the backend completed successfully (counted before the reply goes out, so a caller
+    /// whose fsync returned sees it counted).
+    public var flushesCompleted: UInt64 { context.flushesCompleted.load(ordering: .relaxed) }
 
     /// Starts serving on libfuse's worker threads.
     public func start() throws(FuseError) {
@@ -195,14 +197,7 @@ public final class FuseBlockFileServer: Sendable {
     /// reads of /dev/fuse end with ENODEV. fusectl is not mounted everywhere; if it is not, it is mounted for this
     /// write and unmounted again, so that nothing is left behind (EBUSY from mount means another process has it
     /// mounted, and then it stays theirs).
-    private func abortConnection() {
-        let mountedHere = mount("fusectl", Self.controlDirectory, "fusectl", 0, nil) == 0
-        defer { if mountedHere { umount2(Self.controlDirectory, 0) } }
-        let fd = open("\(Self.controlDirectory)/\(connectionID)/abort", O_WRONLY)
-        guard fd >= 0 else { return }  // Already gone: the kernel ended it (the mount was removed everywhere).
-        _ = write(fd, "1", 1)
-        close(fd)
-    }
+    private func abortConnection() { Self.abortConnection(connectionID) }
 
     deinit { stop() }
 }
@@ -252,7 +247,7 @@ final class FuseFileContext: Sendable {
 
     let options: FuseBlockFileServer.Options
     let backend: any BlockFileBackend
-    let flushesReceived = Atomic<UInt64>(0)
+    let flushesCompleted = Atomic<UInt64>(0)
     /// Requests handed to the backend and not answered yet: the session must outlive their replies.
     private let requestsAtBackend = Atomic<Int>(0)
 
@@ -460,9 +455,11 @@ enum FuseFileOperations {
 
     static func flush(_ request: fuse_req_t?) {
         let context = FuseFileContext.of(request)
-        context.flushesReceived.add(1, ordering: .relaxed)
         let waiting = context.handToBackend(request)
-        context.backend.flush { errno in waiting.replyError(errno) }
+        context.backend.flush { errno in
+            if errno == 0 { context.flushesCompleted.add(1, ordering: .relaxed) }
+            waiting.replyError(errno)
+        }
     }
 
     /// Reads `[start, end)` in requests the backend accepts, one after another, and replies once.

@@ -1,0 +1,175 @@
+import DeviceFrontend
+import Foundation
+import Synchronization
+
+/// A resource's block device while the resource is up: attached while Primary. One role change works on it at a
+/// time; a second one meanwhile is refused as busy.
+final class BlockDeviceSlot: Sendable {
+    private enum State {
+        case detached
+        case changing
+        case attached(BlockDeviceAttachment)
+    }
+
+    private let state = Mutex(State.detached)
+
+    var attachment: BlockDeviceAttachment? {
+        state.withLock { if case .attached(let attachment) = $0 { attachment } else { nil } }
+    }
+
+    enum Claim {
+        case claimed(BlockDeviceAttachment?)
+        case busy
+    }
+
+    /// Takes the slot for a change; `finish` must follow.
+    func claim() -> Claim {
+        state.withLock { state in
+            switch state {
+            case .changing: return .busy
+            case .detached:
+                state = .changing
+                return .claimed(nil)
+            case .attached(let attachment):
+                state = .changing
+                return .claimed(attachment)
+            }
+        }
+    }
+
+    func finish(_ attachment: BlockDeviceAttachment?) {
+        state.withLock { $0 = attachment.map { .attached($0) } ?? .detached }
+    }
+}
+
+extension ReplicationDaemon {
+    /// `primary`: promotes, then attaches the block device. A device that cannot be attached undoes the promotion,
+    /// so that `primary` either gives a usable device or changes nothing.
+    func promote(_ name: String, _ request: ControlRequest, timeout: Duration) async -> ControlResponse {
+        guard let resource = running(name) else { return notUp(name) }
+        guard case .claimed(let existing) = resource.blockDevice.claim() else { return Self.deviceBusy(name) }
+        let response = await resource.runner.submit(.command(.promote(force: request.force ?? false), timeout: timeout))
+        guard response.result == .ok, existing == nil else {
+            resource.blockDevice.finish(existing)
+            return response
+        }
+        switch await attachDevice(name, resource) {
+        case .success(let attachment):
+            resource.blockDevice.finish(attachment)
+            logger.notice("\(name): block device \(attachment.paths.links.joined(separator: ", ")) -> \(attachment.loop.path)")
+            return response
+        case .failure(let error):
+            resource.blockDevice.finish(nil)
+            let undone = await resource.runner.submit(.command(.demote, timeout: timeout))
+            let state = undone.result == .ok ? "it is Secondary again" : "and demoting again failed too: \(undone.message ?? "")"
+            logger.error("\(name): primary undone: the block device could not be attached: \(error)")
+            return ControlResponse(error.controlResult, "\(name): the block device could not be attached, so \(state): \(error)")
+        }
+    }
+
+    /// `secondary`: detaches the block device (refused while anyone holds it), then demotes. A demotion the engine
+    /// refuses attaches the device again.
+    func demote(_ name: String, timeout: Duration) async -> ControlResponse {
+        guard let resource = running(name) else { return notUp(name) }
+        if let refusal = resource.runner.exportState.heldOpenRefusal(resource: name) {
+            return ControlResponse(.refused, refusal)
+        }
+        guard case .claimed(let existing) = resource.blockDevice.claim() else { return Self.deviceBusy(name) }
+        if let existing, let error = await detachDevice(name, existing) {
+            resource.blockDevice.finish(existing)
+            logger.notice("operator: secondary refused: \(error)")
+            return ControlResponse(error.controlResult, error.message)
+        }
+        let response = await resource.runner.submit(.command(.demote, timeout: timeout))
+        guard response.result != .ok, existing != nil else {
+            resource.blockDevice.finish(nil)
+            return response
+        }
+        switch await attachDevice(name, resource) {
+        case .success(let attachment): resource.blockDevice.finish(attachment)
+        case .failure(let error):
+            resource.blockDevice.finish(nil)
+            logger.error("\(name): still Primary after a refused demotion, but its block device is gone: \(error)")
+        }
+        return response
+    }
+
+    /// For `down` and termination: detaches the device before the resource stops. `force` (termination) stops
+    /// serving even under a holder.
+    func releaseDevice(_ name: String, _ resource: RunningResource, force: Bool) async -> ControlResponse? {
+        guard case .claimed(let existing) = resource.blockDevice.claim() else { return Self.deviceBusy(name) }
+        guard let existing else {
+            resource.blockDevice.finish(nil)
+            return nil
+        }
+        if force {
+            await DaemonThread.run(name: "tandem-detach") { existing.forceDetach() }
+            resource.blockDevice.finish(nil)
+            return nil
+        }
+        if let error = await detachDevice(name, existing) {
+            resource.blockDevice.finish(existing)
+            logger.notice("operator: down refused: \(error)")
+            return ControlResponse(error.controlResult, error.message)
+        }
+        resource.blockDevice.finish(nil)
+        return nil
+    }
+
+    /// Clears what a replicad that died left of the device (stale loop, dead FUSE mount, links), at `up`.
+    func clearDeviceLeftovers(_ paths: BlockDevicePaths) async -> ControlResponse? {
+        let logger = logger
+        return await DaemonThread.run(name: "tandem-clear") {
+            let stale = LoopDevice.attached(taggedWith: paths.loopTag)
+            do throws(BlockDeviceError) {
+                try BlockDeviceAttachment.clearLeftovers(paths)
+            } catch {
+                return ControlResponse(error.controlResult, error.message)
+            }
+            if !stale.isEmpty {
+                logger.notice("cleared \(stale.map(\.path).joined(separator: ", ")), left over from a replicad that stopped")
+            }
+            return nil
+        }
+    }
+
+    func blockDeviceReport(_ resource: RunningResource) -> (BlockDeviceReport?, [String]) {
+        guard let attachment = resource.blockDevice.attachment else { return (nil, []) }
+        let report = BlockDeviceReport(
+            loopDevice: attachment.loop.path, links: attachment.paths.links, fuseFile: attachment.paths.filePath,
+            directIO: attachment.loop.usesDirectIO, flushesCompleted: attachment.flushesCompleted)
+        return (report, attachment.holders().map(\.description))
+    }
+
+    private func attachDevice(_ name: String, _ resource: RunningResource) async -> Result<BlockDeviceAttachment, BlockDeviceError> {
+        guard let sizeBytes = await resource.runner.submit(.status).status?.sizeBytes, sizeBytes > 0 else {
+            return .failure(BlockDeviceError(.failed, "\(name): the device size is unknown"))
+        }
+        let paths = resource.blockDevicePaths
+        let backend = ReplicatedBlockFile(mailbox: resource.mailbox)
+        let requireDirectIO = !options.allowBufferedLoop
+        return await DaemonThread.run(name: "tandem-attach") {
+            do throws(BlockDeviceError) {
+                return .success(try BlockDeviceAttachment.attach(
+                    paths: paths, sizeBytes: sizeBytes, backend: backend, requireDirectIO: requireDirectIO))
+            } catch {
+                return .failure(error)
+            }
+        }
+    }
+
+    private func detachDevice(_ name: String, _ attachment: BlockDeviceAttachment) async -> BlockDeviceError? {
+        await DaemonThread.run(name: "tandem-detach") {
+            do throws(BlockDeviceError) {
+                try attachment.detach(resourceName: name)
+                return nil
+            } catch {
+                return error
+            }
+        }
+    }
+
+    static func deviceBusy(_ name: String) -> ControlResponse {
+        ControlResponse(.refused, "\(name): its block device is being attached or detached; try again")
+    }
+}
