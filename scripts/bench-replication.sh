@@ -37,15 +37,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-ip netns add "$ns_a"
-ip netns add "$ns_b"
-ip link add tdmbench-a netns "$ns_a" type veth peer name tdmbench-b netns "$ns_b"
-ip -n "$ns_a" addr add 10.213.9.1/24 dev tdmbench-a
-ip -n "$ns_b" addr add 10.213.9.2/24 dev tdmbench-b
-for ns in "$ns_a" "$ns_b"; do
-    ip -n "$ns" link set lo up
-    ip -n "$ns" link set "$ns" up  # each namespace's veth end has the namespace's name
-done
+source scripts/lib/bench-lab.sh
+bench_namespaces "$ns_a" 10.213.9.1/24 "$ns_b" 10.213.9.2/24
 
 mkdir -p "$work/conf" "$work/alpha" "$work/beta"
 truncate -s 1G "$work/alpha/disk.img" "$work/beta/disk.img" "$work/raw.img"
@@ -58,35 +51,8 @@ resource r0 {
 }
 EOF
 declare -A namespace=([alpha]=$ns_a [beta]=$ns_b)
-adm() { local node=$1; shift; ip netns exec "${namespace[$node]}" "$tandem" adm "$@" --config-dir "$work/conf" --run-dir "$work/$node/run" --node "$node"; }
-wait_for() { # NODE PATTERN: poll status (bounded: 120 s)
-    local deadline=$((SECONDS + 120))
-    until adm "$1" status r0 | grep -q "$2"; do
-        ((SECONDS < deadline)) || { echo "gave up waiting for '$2' on $1" >&2; adm "$1" status r0 >&2; exit 1; }
-        sleep 0.3
-    done
-}
-
-for node in alpha beta; do
-    adm "$node" create-md r0 >/dev/null
-    mkdir -p "$work/$node/run"
-    ip netns exec "${namespace[$node]}" "$tandem" replicad --foreground --config-dir "$work/conf" \
-        --run-dir "$work/$node/run" --node "$node" --preserve-dir "$work/$node/preserved" \
-        >"$work/$node/replicad.log" 2>&1 &
-    pids+=($!)
-done
-for node in alpha beta; do
-    deadline=$((SECONDS + 30))
-    until [[ -S $work/$node/run/replicad.sock ]]; do
-        ((SECONDS < deadline)) || { echo "replicad on $node did not start" >&2; cat "$work/$node/replicad.log" >&2; exit 1; }
-        sleep 0.1
-    done
-done
-for node in alpha beta; do adm "$node" up r0; done
-wait_for alpha "peer-disk:Inconsistent"
-adm alpha new-current-uuid --clear-bitmap r0
-adm alpha primary r0
-wait_for alpha "peer-disk:UpToDate"
+bench_start_daemons r0
+bench_primary_in_sync r0
 uri="nbd+unix:///r0?socket=$work/alpha/run/nbd/r0.sock"
 
 # fio JOB-NAME ARGS...: one fio run, its JSON kept for the report.
@@ -106,7 +72,7 @@ measure() { # LABEL FLUSH-OPTION ENGINE-ARGS...
 nbd_engine=(--ioengine=nbd --uri="$uri")
 measure connected --fsync=1 "${nbd_engine[@]}"
 adm alpha disconnect r0
-wait_for alpha "connection:StandAlone"
+bench_wait_for alpha r0 "connection:StandAlone"
 measure standalone --fsync=1 "${nbd_engine[@]}"
 measure raw --fdatasync=1 --ioengine=psync --direct=1 --filename="$work/raw.img"
 adm alpha proc r0 >&2

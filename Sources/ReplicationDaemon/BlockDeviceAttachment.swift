@@ -89,7 +89,7 @@ final class BlockDeviceAttachment: Sendable {
         paths: BlockDevicePaths, sizeBytes: UInt64, backend: any BlockFileBackend, requireDirectIO: Bool
     ) throws(BlockDeviceError) -> BlockDeviceAttachment {
         try clearLeftovers(paths)
-        try checkLinksAreFree(paths.links)
+        try checkLinksAreFree(paths.links, tag: paths.loopTag)
         do {
             try FileManager.default.createDirectory(
                 atPath: paths.fuseMountpoint, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -192,24 +192,32 @@ final class BlockDeviceAttachment: Sendable {
                     .failed, "cannot unmount the stale FUSE mount at \(paths.fuseMountpoint): \(String(cString: strerror(errno)))")
             }
         }
-        for link in paths.links where Self.linkTarget(link).map(Self.isLoopDevicePath) == true {
-            unlink(link)
-        }
+        for link in paths.links where Self.isReplaceable(link: link, tag: paths.loopTag) { unlink(link) }
     }
 
     // MARK: Links
 
-    /// Every link path must be free, or a link to a loop device (ours, from before).
-    static func checkLinksAreFree(_ links: [String]) throws(BlockDeviceError) {
+    /// Every link path must be free or replaceable.
+    static func checkLinksAreFree(_ links: [String], tag: String) throws(BlockDeviceError) {
         for link in links {
             var info = stat()
-            guard lstat(link, &info) == 0 else { continue }
-            guard info.st_mode & S_IFMT == S_IFLNK, let target = linkTarget(link), isLoopDevicePath(target) else {
-                throw BlockDeviceError(
-                    .unavailable,
-                    "\(link) exists and is not a link Tandem made; choose another 'device' in drbd.conf or remove it")
-            }
+            guard lstat(link, &info) == 0, !isReplaceable(link: link, tag: tag) else { continue }
+            throw BlockDeviceError(
+                .unavailable,
+                "\(link) exists and is not a link of this resource's; choose another 'device' in drbd.conf or remove it")
         }
+    }
+
+    /// A link may be replaced when it points at a loop device that is detached or carries this resource's tag (left
+    /// by a replicad that stopped); a link to another live loop device is someone else's (another resource, or the
+    /// other node of a lab on this machine), and anything else is not Tandem's at all.
+    static func isReplaceable(link: String, tag: String) -> Bool {
+        var info = stat()
+        guard lstat(link, &info) == 0, info.st_mode & S_IFMT == S_IFLNK, let target = linkTarget(link),
+            target.hasPrefix("/dev/loop"), let number = Int32(target.dropFirst("/dev/loop".count))
+        else { return false }
+        let device = LoopDevice(number: number)
+        return device.backingFile == nil || device.tag == tag
     }
 
     private func makeLinks() throws(BlockDeviceError) {
@@ -238,9 +246,5 @@ final class BlockDeviceAttachment: Sendable {
 
     static func linkTarget(_ path: String) -> String? {
         try? FileManager.default.destinationOfSymbolicLink(atPath: path)
-    }
-
-    static func isLoopDevicePath(_ path: String) -> Bool {
-        path.hasPrefix("/dev/loop") && Int(path.dropFirst("/dev/loop".count)) != nil
     }
 }

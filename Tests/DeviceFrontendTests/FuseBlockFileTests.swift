@@ -137,4 +137,57 @@ struct FuseBlockFileTests {
             #expect(backend.flushes.load(ordering: .relaxed) > 0, "the journal's flushes reached the backend")
         }
     }
+
+    @Test("LoopDevice: attached with direct I/O and its tag; a detach while held is refused and leaves no autoclear; holders name the process; detached for real once let go")
+    func loopDeviceAttachDetach() throws {
+        try withServer { server, _ in
+            let tag = "tandem:test:\(getpid())"
+            let loop = try LoopDevice.attach(filePath: server.filePath, tag: tag)
+            defer { try? loop.detach() }
+            #expect(loop.usesDirectIO)
+            #expect(loop.tag == tag)
+            #expect(LoopDevice.attached(taggedWith: tag) == [loop])
+            let number = try #require(loop.deviceNumber)
+            #expect(DeviceHolders.find(devicePath: loop.path, deviceNumber: number).isEmpty)
+
+            // A process of ours (not the test process) holds the device open.
+            let holder = Process()
+            holder.executableURL = URL(fileURLWithPath: "/bin/sh")
+            holder.arguments = ["-c", "exec sleep 60 < \(loop.path)"]
+            try holder.run()
+            defer {
+                kill(holder.processIdentifier, SIGKILL)
+                holder.waitUntilExit()
+            }
+            let deadline = ContinuousClock.now + .seconds(10)
+            var holders: [DeviceHolder] = []
+            while holders.isEmpty && ContinuousClock.now < deadline {
+                usleep(20_000)
+                holders = DeviceHolders.find(devicePath: loop.path, deviceNumber: number)
+            }
+            #expect(holders.contains(DeviceHolder(kind: .openFile, pid: holder.processIdentifier, command: "sleep")), "\(holders)")
+            #expect(throws: LoopError.self) { try loop.detach() }
+            #expect(loop.backingFile != nil, "still attached while held")
+            #expect(!loop.detachesOnLastClose, "the refused detach left no autoclear behind")
+
+            kill(holder.processIdentifier, SIGKILL)
+            holder.waitUntilExit()
+            try loop.detach()
+            #expect(loop.backingFile == nil)
+            #expect(LoopDevice.attached(taggedWith: tag).isEmpty)
+        }
+    }
+
+    @Test("mountinfo lines parse, with octal escapes in paths; malformed lines are skipped")
+    func mountInfoParsing() {
+        let line = "36 35 7:3 / /mnt/with\\040space\\134x rw,relatime shared:1 - ext4 /dev/loop3 rw"
+        let entry = MountEntry(line: Substring(line))
+        #expect(entry?.device == "7:3")
+        #expect(entry?.minor == 3)
+        #expect(entry?.mountPoint == "/mnt/with space\\x")
+        #expect(entry?.fileSystemType == "ext4")
+        #expect(entry?.source == "/dev/loop3")
+        #expect(MountEntry(line: "36 35 7:3 / /mnt rw") == nil)
+        #expect(MountEntry(line: "") == nil)
+    }
 }

@@ -15,6 +15,12 @@ public struct DeviceHolder: Sendable, Hashable, CustomStringConvertible {
     public var pid: Int32?
     public var command: String?
 
+    public init(kind: Kind, pid: Int32? = nil, command: String? = nil) {
+        self.kind = kind
+        self.pid = pid
+        self.command = command
+    }
+
     public var description: String {
         let process = pid.map { " (pid \($0) \(command ?? "?"))" } ?? ""
         switch kind {
