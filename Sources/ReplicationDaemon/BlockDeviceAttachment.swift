@@ -142,9 +142,11 @@ final class BlockDeviceAttachment: Sendable {
         guard holders.isEmpty else { throw Self.busy(resourceName, loop, holders) }
         do {
             try loop.detach()
-        } catch {
+        } catch where error.code == .busy {
             // Someone opened it between the look and the detach.
             throw Self.busy(resourceName, loop, self.holders())
+        } catch {
+            throw BlockDeviceError(.failed, "\(resourceName): \(error.message)")
         }
         removeLinks()
         fuse.stop()
@@ -185,7 +187,10 @@ final class BlockDeviceAttachment: Sendable {
                 throw BlockDeviceError(.busy, "cannot clear \(loop.path), left over from a replicad that stopped: \(error)")
             }
         }
-        while let mount = MountTable.newestMount(at: paths.fuseMountpoint), mount.fileSystemType.hasPrefix("fuse") {
+        // Bounded: a mount point can hold a stack of mounts, never an endless one.
+        for _ in 0..<8 {
+            guard let mount = MountTable.newestMount(at: paths.fuseMountpoint), mount.fileSystemType.hasPrefix("fuse")
+            else { break }
             if let connection = mount.minor { FuseBlockFileServer.abortConnection(connection) }
             guard umount2(paths.fuseMountpoint, Int32(MNT_DETACH)) == 0 else {
                 throw BlockDeviceError(

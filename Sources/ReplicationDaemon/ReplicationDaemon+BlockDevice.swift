@@ -81,39 +81,51 @@ extension ReplicationDaemon {
             return ControlResponse(error.controlResult, error.message)
         }
         let response = await resource.runner.submit(.command(.demote, timeout: timeout))
-        guard response.result != .ok, existing != nil else {
+        if response.result != .ok && existing != nil {
+            await reattachDevice(name, resource, after: "a refused demotion")
+        } else {
             resource.blockDevice.finish(nil)
-            return response
-        }
-        switch await attachDevice(name, resource) {
-        case .success(let attachment): resource.blockDevice.finish(attachment)
-        case .failure(let error):
-            resource.blockDevice.finish(nil)
-            logger.error("\(name): still Primary after a refused demotion, but its block device is gone: \(error)")
         }
         return response
     }
 
+    /// Attaches the device again after the step it was detached for was refused (the slot is claimed), so that a
+    /// refused `secondary` or `down` leaves the Primary as it was.
+    func reattachDevice(_ name: String, _ resource: RunningResource, after what: String) async {
+        switch await attachDevice(name, resource) {
+        case .success(let attachment): resource.blockDevice.finish(attachment)
+        case .failure(let error):
+            resource.blockDevice.finish(nil)
+            logger.error("\(name): still Primary after \(what), but its block device could not come back: \(error)")
+        }
+    }
+
+    enum DeviceRelease {
+        case nothingAttached
+        case detached
+        case refused(ControlResponse)
+    }
+
     /// For `down` and termination: detaches the device before the resource stops. `force` (termination) stops
     /// serving even under a holder.
-    func releaseDevice(_ name: String, _ resource: RunningResource, force: Bool) async -> ControlResponse? {
-        guard case .claimed(let existing) = resource.blockDevice.claim() else { return Self.deviceBusy(name) }
+    func releaseDevice(_ name: String, _ resource: RunningResource, force: Bool) async -> DeviceRelease {
+        guard case .claimed(let existing) = resource.blockDevice.claim() else { return .refused(Self.deviceBusy(name)) }
         guard let existing else {
             resource.blockDevice.finish(nil)
-            return nil
+            return .nothingAttached
         }
         if force {
             await DaemonThread.run(name: "tandem-detach") { existing.forceDetach() }
             resource.blockDevice.finish(nil)
-            return nil
+            return .detached
         }
         if let error = await detachDevice(name, existing) {
             resource.blockDevice.finish(existing)
             logger.notice("operator: down refused: \(error)")
-            return ControlResponse(error.controlResult, error.message)
+            return .refused(ControlResponse(error.controlResult, error.message))
         }
         resource.blockDevice.finish(nil)
-        return nil
+        return .detached
     }
 
     /// Clears what a replicad that died left of the device (stale loop, dead FUSE mount, links), at `up`.
@@ -141,7 +153,7 @@ extension ReplicationDaemon {
         return (report, attachment.holders().map(\.description))
     }
 
-    private func attachDevice(_ name: String, _ resource: RunningResource) async -> Result<BlockDeviceAttachment, BlockDeviceError> {
+    func attachDevice(_ name: String, _ resource: RunningResource) async -> Result<BlockDeviceAttachment, BlockDeviceError> {
         guard let sizeBytes = await resource.runner.submit(.status).status?.sizeBytes, sizeBytes > 0 else {
             return .failure(BlockDeviceError(.failed, "\(name): the device size is unknown"))
         }

@@ -463,13 +463,17 @@ public final class ReplicationDaemon: Sendable {
             slots.withLock { $0[name] = .running(resource) }
             return ControlResponse(.refused, refusal)
         }
-        if let refusal = await releaseDevice(name, resource, force: mode != .down) {
+        let deviceRelease = await releaseDevice(name, resource, force: mode != .down)
+        if case .refused(let refusal) = deviceRelease {
             slots.withLock { $0[name] = .running(resource) }
             return refusal
         }
         let response = await resource.runner.submit(.stop(mode, timeout: options.stopTimeout))
         // `ok` and `failed` come from the end of the resource's thread; anything else leaves it running.
         guard response.result == .ok || response.result == .failed else {
+            if case .detached = deviceRelease, case .claimed = resource.blockDevice.claim() {
+                await reattachDevice(name, resource, after: "a refused down")
+            }
             slots.withLock { $0[name] = .running(resource) }
             return response
         }
@@ -507,7 +511,9 @@ public final class ReplicationDaemon: Sendable {
             var response = await resource.runner.submit(.status)
             response.status?.nbdExports = resource.exports.map { Self.nbdURI($0.address, export: name) }
             // Scanning /proc for holders is blocking work.
-            let (blockDevice, holders) = await DaemonThread.run(name: "tandem-status") { self.blockDeviceReport(resource) }
+            let (blockDevice, holders) =
+                resource.blockDevice.attachment == nil
+                ? (nil, []) : await DaemonThread.run(name: "tandem-status") { self.blockDeviceReport(resource) }
             response.status?.blockDevice = blockDevice
             if !holders.isEmpty, var status = response.status {
                 status.heldOpenBy = (status.heldOpenBy ?? []) + holders

@@ -37,9 +37,14 @@ struct ReplicadEndToEndTests {
         try cluster.admOK(alpha, "primary", "--force", "r0")
         await cluster.waitUntilInSync()
         #expect(try cluster.admOK(alpha, "role", "r0").standardOutput == "Primary/Secondary\n")
+        let loop = try #require(cluster.status(alpha)?.blockDevice?.loopDevice, "a Primary has its block device")
         #expect(
             try cluster.admOK(alpha, "status", "r0").standardOutput
-                == "r0 role:Primary\n  disk:UpToDate\n  beta role:Secondary\n    peer-disk:UpToDate\n")
+                == "r0 role:Primary\n  disk:UpToDate\n  device:\(alpha.deviceLink) loop:\(loop)\n  beta role:Secondary\n    peer-disk:UpToDate\n")
+        let device = try cluster.admOK(alpha, "device", "r0").standardOutput
+        #expect(device.contains("\(alpha.deviceLink) -> \(loop)") && device.contains("direct I/O") && device.contains("not in use"), "\(device)")
+        let none = try cluster.adm(beta, "device", "r0")
+        #expect(none.status == 10 && none.standardOutput.contains("no block device attached"), "\(none.standardOutput)")
         let json = try cluster.admOK(beta, "status", "--json", "all").standardOutput
         let reports = try JSONDecoder().decode([ResourceStatusReport].self, from: Data(json.utf8))
         #expect(reports.count == 1 && reports.first?.peerRole == "Primary" && reports.first?.uuids != nil, "\(json)")

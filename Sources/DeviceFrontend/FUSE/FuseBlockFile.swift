@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CFuse
+import CTandemStorage
 import Synchronization
 
 /// What the FUSE file asks of the device behind it. Each completion is called exactly once, from any thread, with
@@ -232,6 +233,8 @@ final class FuseLoopStart: Sendable {
     }
 
     func run() {
+        // libfuse's workers are started from this thread and inherit its name.
+        ctandem_name_current_thread("tandem-fuse")
         let config = fuse_loop_cfg_create()
         defer { fuse_loop_cfg_destroy(config) }
         fuse_loop_cfg_set_max_threads(config, UInt32(workers))
