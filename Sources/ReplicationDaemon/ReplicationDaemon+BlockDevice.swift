@@ -61,9 +61,11 @@ extension ReplicationDaemon {
         case .failure(let error):
             resource.blockDevice.finish(nil)
             let undone = await resource.runner.submit(.command(.demote, timeout: timeout))
-            let state = undone.result == .ok ? "it is Secondary again" : "and demoting again failed too: \(undone.message ?? "")"
+            let outcome =
+                undone.result == .ok
+                ? "so it is Secondary again" : "and demoting it again failed too (\(undone.message ?? undone.result.rawValue))"
             logger.error("\(name): primary undone: the block device could not be attached: \(error)")
-            return ControlResponse(error.controlResult, "\(name): the block device could not be attached, so \(state): \(error)")
+            return ControlResponse(error.controlResult, "\(name): the block device could not be attached (\(error)), \(outcome)")
         }
     }
 

@@ -199,6 +199,29 @@ extension NamespaceClusterTests {
         }
     }
 
+    @Test("primary undoes itself when the device link's path is taken by something that is not Tandem's: refused with the reason, still Secondary, the file untouched")
+    func primaryRefusedWhenTheDevicePathIsTaken() async throws {
+        let cluster = try TestCluster(network: .namespaces, diskBytes: 64 << 20)
+        defer { cluster.tearDown() }
+        let alpha = cluster.alpha
+        try await setUp(cluster, .skip)
+        try cluster.admOK(alpha, "secondary", "r0")
+        try FileManager.default.createDirectory(
+            atPath: (alpha.deviceLink as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try "not a device".write(toFile: alpha.deviceLink, atomically: false, encoding: .utf8)
+        let refused = try cluster.adm(alpha, "primary", "r0")
+        #expect(refused.status == 10, "\(refused.standardError)")
+        #expect(refused.standardError.contains("\(alpha.deviceLink) exists and is not a link"), "\(refused.standardError)")
+        #expect(refused.standardError.contains("so it is Secondary again"), "\(refused.standardError)")
+        #expect(cluster.status(alpha)?.role == "Secondary")
+        #expect(cluster.status(alpha)?.blockDevice == nil)
+        #expect(try String(contentsOfFile: alpha.deviceLink, encoding: .utf8) == "not a device")
+        try FileManager.default.removeItem(atPath: alpha.deviceLink)
+        try cluster.admOK(alpha, "primary", "r0")
+        #expect(cluster.status(alpha)?.blockDevice != nil)
+        try cluster.admOK(alpha, "secondary", "r0")
+    }
+
     func blockDevicePaths(_ node: TestCluster.Node) -> BlockDevicePaths {
         BlockDevicePaths(resourceName: "r0", devicePath: "/dev/drbd0", runDirectory: node.runDirectory, linkRoot: node.deviceLinkRoot)
     }
