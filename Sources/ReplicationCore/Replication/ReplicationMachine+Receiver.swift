@@ -45,6 +45,12 @@ extension ReplicationMachine {
     private mutating func submitPeerWrite(_ packet: DataPacket) {
         let purpose = LocalIOPurpose.peerWrite(packet, generation: receivedEpochs[0].generation)
         if packet.range.sizeBytes == 0 {
+            // The sender's epochs never put a flush with writes that completed before it, so a clean cache means
+            // there is nothing for this flush to make durable. Settled here without advancing the epochs: every
+            // caller advances them itself once it is done.
+            guard !diskCache.isClean else {
+                return settlePeerWrite(packet, succeeded: true, generation: receivedEpochs[0].generation)
+            }
             emit(.submitFlush(token: allocateToken(purpose)))
         } else {
             submitLocalWrite(
@@ -64,6 +70,13 @@ extension ReplicationMachine {
     }
 
     mutating func peerWriteCompleted(_ packet: DataPacket, succeeded: Bool, generation: UInt64) {
+        settlePeerWrite(packet, succeeded: succeeded, generation: generation)
+        advanceReceivedEpochs()
+        updateReceiveThrottle()
+    }
+
+    /// A write of the head epoch is done: it leaves the epoch's count and is acknowledged as the packet asks.
+    private mutating func settlePeerWrite(_ packet: DataPacket, succeeded: Bool, generation: UInt64) {
         precondition(!receivedEpochs.isEmpty && receivedEpochs[0].outstanding > 0, "peer write completed with no epoch in flight")
         receivedEpochs[0].outstanding -= 1
         if generation == connectionGeneration && connection.isEstablished {
@@ -78,21 +91,20 @@ extension ReplicationMachine {
                 emit(.send(.negativeAck(ack)))
             }
         }
-        advanceReceivedEpochs()
-        updateReceiveThrottle()
     }
 
     /// Moves the head epoch on: once closed and written it is flushed, then acknowledged, then the next epoch's
     /// writes go to the disk.
     mutating func advanceReceivedEpochs() {
         while let head = receivedEpochs.first, head.closed, head.outstanding == 0, !head.flushing {
-            if settings.diskFlushes && hasLocalDisk {
+            if settings.diskFlushes && hasLocalDisk && !diskCache.isClean {
                 receivedEpochs[0].flushing = true
                 emit(.submitFlush(token: allocateToken(.epochFlush)))
                 return
             }
-            // Without disk-flushes the operator accepted a volatile cache; without a disk, nothing can be flushed.
-            finishHeadEpoch(stable: !settings.diskFlushes)
+            // Without disk-flushes the operator accepted a volatile cache; without a disk, nothing can be flushed;
+            // with a clean cache, a flush would find nothing to make durable.
+            finishHeadEpoch(stable: !settings.diskFlushes || (hasLocalDisk && diskCache.isClean))
         }
     }
 

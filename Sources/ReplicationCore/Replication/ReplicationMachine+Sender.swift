@@ -218,6 +218,15 @@ extension ReplicationMachine {
         }
         releaseGate(after: token)
         resyncReadsInFlight[token] = nil
+        switch purpose {
+        case .applicationWrite, .resyncWrite: diskCache.writeCompleted()
+        case .peerWrite(let packet, _) where packet.range.sizeBytes > 0: diskCache.writeCompleted()
+        case .applicationFlush, .peerWrite, .epochFlush, .resyncFinishFlush:
+            diskCache.flushCompleted(token: token, succeeded: result == .flushed)
+        case .applicationRead, .resyncChecksumRead, .resyncSourceRead, .verifyTargetRead, .verifySourceRead,
+            .servePeerRead:
+            break
+        }
         if result == .failed {
             if case .applicationWrite(let requestID) = purpose { markFailedLocalWrite(requestID) }
             localDiskFailed(purpose: purpose)

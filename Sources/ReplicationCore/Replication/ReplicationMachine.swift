@@ -78,6 +78,7 @@ public struct ReplicationMachine: Sendable {
     var localIO: [UInt64: LocalIOPurpose] = [:]
     var gate = OverlapGate()
     var gatedWrites: [UInt64: GatedWrite] = [:]
+    var diskCache = DiskCacheTracker()
 
     var outbox: [ReplicationAction] = []
     /// The time of the event being handled.
@@ -172,7 +173,10 @@ public struct ReplicationMachine: Sendable {
 
     // MARK: Helpers shared by the extensions
 
-    mutating func emit(_ action: ReplicationAction) { outbox.append(action) }
+    mutating func emit(_ action: ReplicationAction) {
+        if case .submitFlush(let token) = action { diskCache.flushSubmitted(token: token) }
+        outbox.append(action)
+    }
 
     mutating func log(_ line: String) { emit(.log(line)) }
 
