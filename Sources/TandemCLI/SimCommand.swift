@@ -31,7 +31,7 @@ struct SimCommand: ParsableCommand {
     @Option(help: "Comma-separated faults: \(SimulationFaults.names.map(\.0).joined(separator: ",")), all or none.")
     var faults: String = "all"
 
-    @Option(help: "A deliberate bug to switch on: ack-before-peer-write, skip-bitmap-on-disconnect, ignore-rule-90.")
+    @Option(help: "A deliberate bug to switch on: ack-before-peer-write, skip-bitmap-on-disconnect, ignore-rule-90, skip-receiver-flushes.")
     var mutation: [String] = []
 
     @Flag(help: "Print the whole trace of each run, not just of failures.")
@@ -53,6 +53,7 @@ struct SimCommand: ParsableCommand {
             case "ack-before-peer-write": mutations.acknowledgeProtocolCBeforePeerWrite = true
             case "skip-bitmap-on-disconnect": mutations.skipBitmapMarkingOnDisconnect = true
             case "ignore-rule-90": mutations.ignoreRule90 = true
+            case "skip-receiver-flushes": mutations.skipReceiverFlushes = true
             default: throw ValidationError("--mutation: unknown mutation '\(name)'")
             }
         }

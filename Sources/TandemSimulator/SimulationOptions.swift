@@ -81,6 +81,7 @@ public struct SimulationOptions: Sendable, Hashable {
         if mutations.acknowledgeProtocolCBeforePeerWrite { command += " --mutation ack-before-peer-write" }
         if mutations.skipBitmapMarkingOnDisconnect { command += " --mutation skip-bitmap-on-disconnect" }
         if mutations.ignoreRule90 { command += " --mutation ignore-rule-90" }
+        if mutations.skipReceiverFlushes { command += " --mutation skip-receiver-flushes" }
         return command
     }
 }

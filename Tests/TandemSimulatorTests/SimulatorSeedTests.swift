@@ -64,6 +64,11 @@ struct SimulatorMutationTests {
         expectCaught(ReplicationMutations(ignoreRule90: true), faults: [.splitBrain])
     }
 
+    @Test("Skipping the receiver's flushes (a disk cache taken for clean) is caught")
+    func skipReceiverFlushes() {
+        expectCaught(ReplicationMutations(skipReceiverFlushes: true), faults: [.crash, .failover, .delay])
+    }
+
     private func expectCaught(_ mutations: ReplicationMutations, faults: SimulationFaults) {
         for seed in 1...Self.seedBudget {
             var options = SimulationOptions(seed: seed, steps: 200, replicationProtocol: .c, faults: faults)

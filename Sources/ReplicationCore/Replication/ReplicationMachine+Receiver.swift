@@ -48,7 +48,7 @@ extension ReplicationMachine {
             // The sender's epochs never put a flush with writes that completed before it, so a clean cache means
             // there is nothing for this flush to make durable. Settled here without advancing the epochs: every
             // caller advances them itself once it is done.
-            guard !diskCache.isClean else {
+            guard !receiverCacheIsClean else {
                 return settlePeerWrite(packet, succeeded: true, generation: receivedEpochs[0].generation)
             }
             emit(.submitFlush(token: allocateToken(purpose)))
@@ -58,6 +58,9 @@ extension ReplicationMachine {
                 zeroes: packet.flags.contains(.zeroes), purpose: purpose)
         }
     }
+
+    /// Whether a receiver flush would find nothing to make durable (`DiskCacheTracker`).
+    private var receiverCacheIsClean: Bool { diskCache.isClean || settings.mutations.skipReceiverFlushes }
 
     mutating func receiveBarrier(epoch: UInt32) {
         guard let last = receivedEpochs.indices.last, !receivedEpochs[last].closed,
@@ -97,14 +100,14 @@ extension ReplicationMachine {
     /// writes go to the disk.
     mutating func advanceReceivedEpochs() {
         while let head = receivedEpochs.first, head.closed, head.outstanding == 0, !head.flushing {
-            if settings.diskFlushes && hasLocalDisk && !diskCache.isClean {
+            if settings.diskFlushes && hasLocalDisk && !receiverCacheIsClean {
                 receivedEpochs[0].flushing = true
                 emit(.submitFlush(token: allocateToken(.epochFlush)))
                 return
             }
             // Without disk-flushes the operator accepted a volatile cache; without a disk, nothing can be flushed;
             // with a clean cache, a flush would find nothing to make durable.
-            finishHeadEpoch(stable: !settings.diskFlushes || (hasLocalDisk && diskCache.isClean))
+            finishHeadEpoch(stable: !settings.diskFlushes || (hasLocalDisk && receiverCacheIsClean))
         }
     }
 

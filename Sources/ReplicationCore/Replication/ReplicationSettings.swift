@@ -73,13 +73,16 @@ public struct ReplicationMutations: Sendable, Hashable {
     public var skipBitmapMarkingOnDisconnect = false
     /// Treat a rule-90 split brain as if the rule did not exist.
     public var ignoreRule90 = false
+    /// Skip every receiver flush as if the disk cache were always clean.
+    public var skipReceiverFlushes = false
 
     public init(
         acknowledgeProtocolCBeforePeerWrite: Bool = false, skipBitmapMarkingOnDisconnect: Bool = false,
-        ignoreRule90: Bool = false
+        ignoreRule90: Bool = false, skipReceiverFlushes: Bool = false
     ) {
         self.acknowledgeProtocolCBeforePeerWrite = acknowledgeProtocolCBeforePeerWrite
         self.skipBitmapMarkingOnDisconnect = skipBitmapMarkingOnDisconnect
         self.ignoreRule90 = ignoreRule90
+        self.skipReceiverFlushes = skipReceiverFlushes
     }
 }
