@@ -111,9 +111,10 @@ struct NamespaceClusterTests {
         #expect(synced, "\(cluster.describe())")
         #expect(percentages.count >= 2, "the progress moved: \(percentages.sorted())")
         #expect(procShowedProgress, "proc showed the progress bar while syncing")
+        let loop = try #require(cluster.status(alpha)?.blockDevice?.loopDevice, "the Primary's block device")
         #expect(
             try cluster.admOK(alpha, "status", "r0").standardOutput
-                == "r0 role:Primary\n  disk:UpToDate\n  beta role:Secondary\n    peer-disk:UpToDate\n")
+                == "r0 role:Primary\n  disk:UpToDate\n  device:\(alpha.deviceLink) loop:\(loop)\n  beta role:Secondary\n    peer-disk:UpToDate\n")
         let proc = try cluster.admOK(beta, "proc", "r0").standardOutput
         #expect(proc.contains(" 0: cs:Connected ro:Secondary/Primary ds:UpToDate/UpToDate C r-----"), "\(proc)")
         let received = try counters(cluster, beta).networkReceivedKiB

@@ -35,6 +35,22 @@ struct StatusTextTests {
                 == "r0 role:Primary\n  disk:UpToDate\n  beta role:Secondary\n    replication:SyncSource peer-disk:Inconsistent done:47.30\n")
     }
 
+    @Test("a Primary's block device: a device line in status; adm device lists links, the loop device and holders")
+    func blockDevice() {
+        var report = Self.report(connection: "Connected")
+        report.blockDevice = BlockDeviceReport(
+            loopDevice: "/dev/loop3", links: ["/dev/drbd0", "/dev/tandem/by-res/r0"], fuseFile: "/run/tandem/fuse/r0/r0",
+            directIO: true, flushesCompleted: 7)
+        #expect(
+            StatusText.render(report)
+                == "r0 role:Primary\n  disk:UpToDate\n  device:/dev/drbd0 loop:/dev/loop3\n  beta role:Secondary\n    peer-disk:UpToDate\n")
+        report.heldOpenBy = ["mounted at /data (pid 812 mariadbd)"]
+        #expect(
+            StatusText.device(report)
+                == "/dev/drbd0 -> /dev/loop3\n/dev/tandem/by-res/r0 -> /dev/loop3\n/dev/loop3: direct I/O to /run/tandem/fuse/r0/r0\nheld: mounted at /data (pid 812 mariadbd)")
+        #expect(StatusText.device(Self.report(connection: "Connected", role: "Secondary")).contains("no block device attached"))
+    }
+
     @Test("not established: the connection state (WFConnection is Connecting); out-of-sync shown on the disk line")
     func notEstablished() {
         var waiting = Self.report(connection: "WFConnection", peerRole: "Unknown", peerDisk: "DUnknown")
