@@ -24,12 +24,8 @@ tools=(ip fio losetup unshare mkfs.ext4 python3)
 for tool in "${tools[@]}"; do
     command -v "$tool" >/dev/null || { echo "bench-blockdevice.sh: $tool is missing (apt-get install fio sysbench mariadb-server ...)" >&2; exit 1; }
 done
-if [[ -n ${1:-} ]]; then
-    tandem=$(realpath "$1")
-else
-    swift build -c release --product tandem >&2
-    tandem=$(realpath .build/release/tandem)
-fi
+source scripts/lib/bench-lab.sh
+bench_tandem_binary "${1:-}"
 size=${BENCH_SIZE:-512M}
 seconds=${BENCH_SECONDS:-10}
 db_seconds=${BENCH_DB_SECONDS:-30}
@@ -38,16 +34,11 @@ ns_a=tdmblk-a ns_b=tdmblk-b
 pids=()
 loop_file=""
 cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    [[ -n $loop_file ]] && losetup -d "$loop_file" 2>/dev/null || true
-    ip netns del "$ns_a" 2>/dev/null || true
-    ip netns del "$ns_b" 2>/dev/null || true
-    rm -rf "$work"
+    [[ -z $loop_file ]] || losetup -d "$loop_file" 2>/dev/null || true
+    bench_cleanup
 }
 trap cleanup EXIT
 
-source scripts/lib/bench-lab.sh
 bench_namespaces "$ns_a" 10.213.10.1/24 "$ns_b" 10.213.10.2/24
 
 mkdir -p "$work/conf" "$work/alpha" "$work/beta" "$work/results"

@@ -17,27 +17,15 @@ for tool in ip fio python3; do
     command -v "$tool" >/dev/null || { echo "bench-replication.sh: $tool is missing (scripts/install-dependencies.sh)" >&2; exit 1; }
 done
 fio --enghelp=nbd >/dev/null 2>&1 || { echo "bench-replication.sh: this fio has no nbd engine" >&2; exit 1; }
-if [[ -n ${1:-} ]]; then
-    tandem=$(realpath "$1")
-else
-    swift build -c release --product tandem >&2
-    tandem=$(realpath .build/release/tandem)
-fi
+source scripts/lib/bench-lab.sh
+bench_tandem_binary "${1:-}"
 size=${BENCH_SIZE:-512M}
 seconds=${BENCH_SECONDS:-10}
 work=$(mktemp -d /tmp/tandem-bench.XXXXXX)
 ns_a=tdmbench-a ns_b=tdmbench-b
 pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    ip netns del "$ns_a" 2>/dev/null || true
-    ip netns del "$ns_b" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
+trap bench_cleanup EXIT
 
-source scripts/lib/bench-lab.sh
 bench_namespaces "$ns_a" 10.213.9.1/24 "$ns_b" 10.213.9.2/24
 
 mkdir -p "$work/conf" "$work/alpha" "$work/beta"

@@ -20,12 +20,20 @@ final class MemoryBlockFile: BlockFileBackend {
     init(sizeBytes: Int) { bytes = Mutex([UInt8](repeating: 0, count: sizeBytes)) }
 
     func read(offset: UInt64, length: UInt32, completion: @escaping @Sendable (Int32, [UInt8]) -> Void) {
-        let data = bytes.withLock { Array($0[Int(offset)..<Int(offset) + Int(length)]) }
+        let data = bytes.withLock { bytes in
+            bytes.withUnsafeBytes { [UInt8](UnsafeRawBufferPointer(rebasing: $0[Int(offset)..<Int(offset) + Int(length)])) }
+        }
         completions.async { completion(0, data) }
     }
 
+    // Byte copies through raw pointers: element-wise array operations over 64 MiB are slow in debug builds, and
+    // mkfs discards and writes the whole device.
     func write(offset: UInt64, bytes data: [UInt8], completion: @escaping @Sendable (Int32) -> Void) {
-        bytes.withLock { $0.replaceSubrange(Int(offset)..<Int(offset) + data.count, with: data) }
+        bytes.withLock { bytes in
+            bytes.withUnsafeMutableBytes { target in
+                data.withUnsafeBytes { target.baseAddress!.advanced(by: Int(offset)).copyMemory(from: $0.baseAddress!, byteCount: data.count) }
+            }
+        }
         completions.async { completion(0) }
     }
 
@@ -35,7 +43,9 @@ final class MemoryBlockFile: BlockFileBackend {
     }
 
     func zero(offset: UInt64, length: UInt32, completion: @escaping @Sendable (Int32) -> Void) {
-        bytes.withLock { $0.replaceSubrange(Int(offset)..<Int(offset) + Int(length), with: repeatElement(0, count: Int(length))) }
+        bytes.withLock { bytes in
+            bytes.withUnsafeMutableBytes { _ = memset($0.baseAddress!.advanced(by: Int(offset)), 0, Int(length)) }
+        }
         zeroedBytes.add(Int(length), ordering: .relaxed)
         completions.async { completion(0) }
     }
@@ -48,7 +58,7 @@ struct FuseBlockFileTests {
     static let sizeBytes = 64 << 20
 
     /// Mounts a server on a fresh directory, runs `body`, then stops it and checks the mount is gone.
-    func withServer(_ body: (FuseBlockFileServer, MemoryBlockFile) throws -> Void) throws {
+    func withServer(_ body: (FuseBlockFileServer, MemoryBlockFile) async throws -> Void) async throws {
         var template = Array("/tmp/tandem-fuse-XXXXXX".utf8CString)
         guard let directory = mkdtemp(&template) else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         let mountpoint = String(cString: directory)
@@ -59,7 +69,7 @@ struct FuseBlockFileTests {
             options: .init(mountpoint: mountpoint, fileName: "r0", sizeBytes: UInt64(Self.sizeBytes)), backend: backend)
         try server.start()
         do {
-            try body(server, backend)
+            try await body(server, backend)
         } catch {
             server.stop()
             throw error
@@ -73,10 +83,10 @@ struct FuseBlockFileTests {
     static func mountTable() throws -> String { try String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) }
 
     @Test("reads, writes, fsync and a punched hole reach the backend; truncation is refused")
-    func fileOperations() throws {
+    func fileOperations() async throws {
         let fallocate = try #require(ExternalCommand.tool("fallocate"), "fallocate (util-linux) is required")
         let truncate = try #require(ExternalCommand.tool("truncate"), "truncate (coreutils) is required")
-        try withServer { server, backend in
+        try await withServer { server, backend in
             var info = stat()
             #expect(stat(server.filePath, &info) == 0)
             #expect(info.st_size == off_t(Self.sizeBytes))
@@ -109,12 +119,12 @@ struct FuseBlockFileTests {
     }
 
     @Test("a loop device with direct I/O on the FUSE file carries ext4: mkfs discards, mount, write, umount, fsck clean")
-    func loopDeviceWithExt4() throws {
+    func loopDeviceWithExt4() async throws {
         let unshare = try #require(ExternalCommand.tool("unshare"), "unshare (util-linux) is required")
         for tool in ["losetup", "mkfs.ext4", "e2fsck", "mount", "umount"] {
             _ = try #require(ExternalCommand.tool(tool), "\(tool) is required")
         }
-        try withServer { server, backend in
+        try await withServer { server, backend in
             let mountpoint = server.options.mountpoint + "-ext4"
             // The filesystem lives in a private mount namespace, so that no other namespace keeps a copy of it.
             let script = """
@@ -131,7 +141,7 @@ struct FuseBlockFileTests {
                 umount '\(mountpoint)'
                 e2fsck -fn "$device"
                 """
-            let run = try ExternalCommand.run(unshare, ["--mount", "--propagation", "private", "/bin/sh", "-c", script])
+            let run = try await ExternalCommand.runDetached(unshare, ["--mount", "--propagation", "private", "/bin/sh", "-c", script])
             #expect(run.status == 0, "stdout: \(run.standardOutput)\nstderr: \(run.standardError)")
             #expect(backend.zeroedBytes.load(ordering: .relaxed) > 0, "mkfs.ext4's discard became zeroing requests")
             #expect(backend.flushes.load(ordering: .relaxed) > 0, "the journal's flushes reached the backend")
@@ -139,8 +149,8 @@ struct FuseBlockFileTests {
     }
 
     @Test("LoopDevice: attached with direct I/O and its tag; a detach while held is refused and leaves no autoclear; holders name the process; detached for real once let go")
-    func loopDeviceAttachDetach() throws {
-        try withServer { server, _ in
+    func loopDeviceAttachDetach() async throws {
+        try await withServer { server, _ in
             let tag = "tandem:test:\(getpid())"
             let loop = try LoopDevice.attach(filePath: server.filePath, tag: tag)
             defer { try? loop.detach() }

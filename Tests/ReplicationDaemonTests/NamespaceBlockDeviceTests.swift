@@ -19,9 +19,10 @@ extension NamespaceClusterTests {
     @discardableResult
     func onNodePrivately(
         _ cluster: TestCluster, _ node: TestCluster.Node, _ script: String, sourceLocation: SourceLocation = #_sourceLocation
-    ) throws -> String {
+    ) async throws -> String {
         let unshare = try TestCluster.requiredTool("unshare", package: "util-linux")
-        let output = try cluster.runOnNode(node, unshare, ["--mount", "--propagation", "private", "sh", "-euc", script])
+        let (program, arguments) = cluster.onNode(node, unshare, ["--mount", "--propagation", "private", "sh", "-euc", script])
+        let output = try await ExternalCommand.runDetached(program, arguments)
         #expect(
             output.status == 0, "script on \(node.name) failed (\(output.status)):\n\(output.standardOutput)\(output.standardError)",
             sourceLocation: sourceLocation)
@@ -110,7 +111,7 @@ extension NamespaceClusterTests {
         #expect(betaDevice.directIO)
         let betaMount = cluster.root + "/mnt-beta"
         try FileManager.default.createDirectory(atPath: betaMount, withIntermediateDirectories: true)
-        try onNodePrivately(cluster, beta, """
+        try await onNodePrivately(cluster, beta, """
             mount \(beta.deviceLink) \(betaMount)
             cd \(betaMount)
             sha256sum -c --quiet \(cluster.root)/sums
@@ -163,7 +164,7 @@ extension NamespaceClusterTests {
         try cluster.admOK(beta, "primary", "r0")
         let betaMount = cluster.root + "/mnt-beta"
         try FileManager.default.createDirectory(atPath: betaMount, withIntermediateDirectories: true)
-        try onNodePrivately(cluster, beta, """
+        try await onNodePrivately(cluster, beta, """
             mount \(beta.deviceLink) \(betaMount)
             for i in $(cat \(acked)); do
               seq -f "batch $i line %g" 1 300 | cmp -s - \(betaMount)/batch-$i || { echo "batch $i is missing or wrong"; exit 1; }
@@ -188,7 +189,7 @@ extension NamespaceClusterTests {
         defer { cluster.tearDown() }
         try await setUp(cluster, .skip)
         let started = ContinuousClock.now
-        try onNodePrivately(cluster, cluster.alpha, "mkfs.ext4 -q -F -E lazy_itable_init=1 \(cluster.alpha.deviceLink)")
+        try await onNodePrivately(cluster, cluster.alpha, "mkfs.ext4 -q -F -E lazy_itable_init=1 \(cluster.alpha.deviceLink)")
         print("mkfs.ext4 on 4 GiB took \(ContinuousClock.now - started)")
         await cluster.waitUntilInSync()
         for node in cluster.nodes {

@@ -14,6 +14,19 @@ public enum ExternalCommand {
         public var standardError: String
     }
 
+    /// As `run`, on a thread of its own, for commands that take long (mkfs, a whole script): a blocking wait would hold
+    /// one of the few threads of Swift's cooperative pool, which the tests running in parallel need; starved, their
+    /// timeouts fire.
+    public static func runDetached(
+        _ executable: String, _ arguments: [String], environment: [String: String] = [:]
+    ) async throws -> Output {
+        try await withCheckedThrowingContinuation { continuation in
+            Thread {
+                continuation.resume(with: Result { try run(executable, arguments, environment: environment) })
+            }.start()
+        }
+    }
+
     /// Runs `executable` with `arguments`, its environment being ours with `environment` laid over it.
     public static func run(_ executable: String, _ arguments: [String], environment: [String: String] = [:]) throws -> Output {
         let process = Process()

@@ -10,9 +10,10 @@ import Testing
 @Suite("TCP replication transport against hostile clients", .serialized, .timeLimit(.minutes(2)))
 struct HostileClientTests {
     /// `helloTimeout` is short only for the tests about it: elsewhere a loaded machine could let the timeout close
-    /// a client before it sends what the test is about.
+    /// a client before it sends what the test is about (CI once starved a test's task for over 10 s while other
+    /// suites held the two threads of the cooperative pool).
     private func withListener(
-        helloTimeout: Duration = .seconds(10),
+        helloTimeout: Duration = .seconds(60),
         _ body: (_ node: TestNode, _ port: UInt16, _ group: any EventLoopGroup) async throws -> Void
     ) async throws {
         try await withPair(configure: { $0.helloTimeout = helloTimeout }) { a, b, group in
@@ -79,9 +80,9 @@ struct HostileClientTests {
 
     @Test("Sockets beyond the half-open limit are closed at once")
     func halfOpenLimit() async throws {
-        // The default (long) hello timeout: with a short one, a loaded machine could time the first sockets out
-        // before the last ones arrive, and the limit would never be reached.
-        try await withListener { node, port, group in
+        // A long hello timeout: with a short one, a loaded machine could time the first sockets out before the last
+        // ones arrive, and the limit would never be reached. It must still end within `eventually`'s patience.
+        try await withListener(helloTimeout: .seconds(10)) { node, port, group in
             var clients: [RawClient] = []
             for _ in 0..<12 { clients.append(try await RawClient.connect(port: port, group: group)) }
             // The limit is 8 half-open sockets: the last 4 are refused.

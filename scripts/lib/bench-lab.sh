@@ -1,6 +1,26 @@
-# Shared by the benchmark scripts (sourced, not run): two network namespaces joined by a veth pair, and a replicad
-# in each. The caller sets `work` (a temporary directory with conf/drbd.conf) and `tandem`, and owns the cleanup:
-# the daemons' PIDs are appended to `pids`, and it deletes the namespaces it named.
+# Shared by the benchmark scripts (sourced, not run): the tandem binary, two network namespaces joined by a veth
+# pair, a replicad in each, and the cleanup. The caller sets `work` (a temporary directory with conf/drbd.conf),
+# `ns_a`, `ns_b` and `pids=()`, and calls bench_cleanup on exit.
+
+# bench_tandem_binary [PATH]: sets `tandem` to PATH, or to a release build (made if missing).
+bench_tandem_binary() {
+    if [[ -n ${1:-} ]]; then
+        tandem=$(realpath "$1")
+    else
+        swift build -c release --product tandem >&2
+        tandem=$(realpath .build/release/tandem)
+    fi
+}
+
+# bench_cleanup: stops the daemons by PID, deletes the namespaces and the work directory.
+bench_cleanup() {
+    local pid
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    ip netns del "$ns_a" 2>/dev/null || true
+    ip netns del "$ns_b" 2>/dev/null || true
+    rm -rf "$work"
+}
 
 # bench_namespaces NS_A ADDRESS_A NS_B ADDRESS_B (addresses with their prefix, e.g. 10.213.9.1/24): each veth end
 # is named after its namespace.
