@@ -53,6 +53,13 @@ extension NamespaceClusterTests {
         fileSystem == "xfs" ? "mkfs.xfs -q -f" : "mkfs.ext4 -q -F"
     }
 
+    /// mkfs and fsck for `fileSystem` must be installed.
+    static func requireTools(_ fileSystem: String) throws {
+        for tool in [fileSystem == "xfs" ? "mkfs.xfs" : "mkfs.ext4", fileSystem == "xfs" ? "xfs_repair" : "e2fsck"] {
+            _ = try TestCluster.requiredTool(tool, package: fileSystem == "xfs" ? "xfsprogs" : "e2fsprogs")
+        }
+    }
+
     /// The read-only check for `fileSystem` on an unmounted device: exit 0 only when clean.
     static func fsckReadOnly(_ fileSystem: String) -> String {
         fileSystem == "xfs" ? "xfs_repair -n" : "e2fsck -fn"
@@ -62,9 +69,7 @@ extension NamespaceClusterTests {
         "the seeds' manual switchover on the block device: mkfs, mount and files on alpha; secondary and down refused while mounted, naming the mount; umount, secondary on alpha, primary on beta, files there and fsck clean",
         arguments: ["ext4", "xfs"])
     func switchover(fileSystem: String) async throws {
-        for tool in [fileSystem == "xfs" ? "mkfs.xfs" : "mkfs.ext4", fileSystem == "xfs" ? "xfs_repair" : "e2fsck"] {
-            _ = try TestCluster.requiredTool(tool, package: fileSystem == "xfs" ? "xfsprogs" : "e2fsprogs")
-        }
+        try Self.requireTools(fileSystem)
         let cluster = try TestCluster(network: .namespaces, diskBytes: 320 << 20)
         defer { cluster.tearDown() }
         let (alpha, beta) = (cluster.alpha, cluster.beta)
@@ -123,9 +128,13 @@ extension NamespaceClusterTests {
         for node in cluster.nodes { try cluster.admOK(node, "down", "r0") }
     }
 
-    @Test("durability through the whole stack: numbered batches fsynced on ext4 on alpha, replicad on alpha killed (SIGKILL) mid-run; on beta every batch whose fsync returned is there and fsck is clean; alpha's next up clears its stale loop device")
-    func killedPrimaryKeepsFsyncedBatches() async throws {
-        let cluster = try TestCluster(network: .namespaces, diskBytes: 192 << 20)
+    @Test(
+        "durability through the whole stack: numbered batches fsynced on alpha's file system, replicad on alpha killed (SIGKILL) mid-run; on beta every batch whose fsync returned is there and fsck is clean; alpha's next up clears its stale loop device",
+        arguments: ["ext4", "xfs"])
+    func killedPrimaryKeepsFsyncedBatches(fileSystem: String) async throws {
+        try Self.requireTools(fileSystem)
+        // 320 MiB: xfs needs at least 300.
+        let cluster = try TestCluster(network: .namespaces, diskBytes: 320 << 20)
         defer { cluster.tearDown() }
         let (alpha, beta) = (cluster.alpha, cluster.beta)
         try await setUp(cluster, .skip)
@@ -136,7 +145,7 @@ extension NamespaceClusterTests {
         // `sync FILE DIR` fsyncs both: the batch's data and its directory entry. A batch is acknowledged only after
         // that returned. Bounded: at most 3000 batches.
         let writer = try startHolder(cluster, alpha, """
-            mkfs.ext4 -q -F \(alpha.deviceLink)
+            \(Self.mkfs(fileSystem)) \(alpha.deviceLink)
             mount \(alpha.deviceLink) \(mountpoint)
             i=0
             while [ $i -lt 3000 ]; do
@@ -170,7 +179,7 @@ extension NamespaceClusterTests {
               seq -f "batch $i line %g" 1 300 | cmp -s - \(betaMount)/batch-$i || { echo "batch $i is missing or wrong"; exit 1; }
             done
             umount \(betaMount)
-            e2fsck -fn \(beta.deviceLink)
+            \(Self.fsckReadOnly(fileSystem)) \(beta.deviceLink)
             """)
         #expect(acknowledged >= 40, "\(acknowledged) batches acknowledged before the kill")
 
