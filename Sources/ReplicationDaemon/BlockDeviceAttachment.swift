@@ -88,7 +88,7 @@ final class BlockDeviceAttachment: Sendable {
     static func attach(
         paths: BlockDevicePaths, sizeBytes: UInt64, backend: any BlockFileBackend, requireDirectIO: Bool
     ) throws(BlockDeviceError) -> BlockDeviceAttachment {
-        try clearLeftovers(paths)
+        // What a replicad that died left behind was cleared at `up` (clearLeftovers).
         try checkLinksAreFree(paths.links, tag: paths.loopTag)
         do {
             try FileManager.default.createDirectory(
@@ -169,9 +169,11 @@ final class BlockDeviceAttachment: Sendable {
 
     /// Clears what a replicad that died left of this resource's device: loop devices still attached to the FUSE
     /// file (refused, naming the holders, while one is still mounted or open), the dead FUSE mount, and links to
-    /// loop devices. Nothing to clear is the normal case.
-    static func clearLeftovers(_ paths: BlockDevicePaths) throws(BlockDeviceError) {
-        for loop in LoopDevice.attached(taggedWith: paths.loopTag) {
+    /// loop devices. Nothing to clear is the normal case. Returns the loop devices it detached.
+    @discardableResult
+    static func clearLeftovers(_ paths: BlockDevicePaths) throws(BlockDeviceError) -> [LoopDevice] {
+        let stale = LoopDevice.attached(taggedWith: paths.loopTag)
+        for loop in stale {
             if let number = loop.deviceNumber {
                 let holders = DeviceHolders.find(devicePath: loop.path, deviceNumber: number)
                 guard holders.isEmpty else {
@@ -198,6 +200,7 @@ final class BlockDeviceAttachment: Sendable {
             }
         }
         for link in paths.links where Self.isReplaceable(link: link, tag: paths.loopTag) { unlink(link) }
+        return stale
     }
 
     // MARK: Links

@@ -73,6 +73,8 @@ extension ReplicationDaemon {
     /// refuses attaches the device again.
     func demote(_ name: String, timeout: Duration) async -> ControlResponse {
         guard let resource = running(name) else { return notUp(name) }
+        // An NBD client refuses the demotion anyway (the resource's thread checks again, against a client that
+        // arrives meanwhile); asked first, it spares detaching the block device for nothing.
         if let refusal = resource.runner.exportState.heldOpenRefusal(resource: name) {
             return ControlResponse(.refused, refusal)
         }
@@ -134,9 +136,9 @@ extension ReplicationDaemon {
     func clearDeviceLeftovers(_ paths: BlockDevicePaths) async -> ControlResponse? {
         let logger = logger
         return await DaemonThread.run(name: "tandem-clear") {
-            let stale = LoopDevice.attached(taggedWith: paths.loopTag)
+            let stale: [LoopDevice]
             do throws(BlockDeviceError) {
-                try BlockDeviceAttachment.clearLeftovers(paths)
+                stale = try BlockDeviceAttachment.clearLeftovers(paths)
             } catch {
                 return ControlResponse(error.controlResult, error.message)
             }

@@ -242,8 +242,6 @@ public final class ReplicationDaemon: Sendable {
         case .detach: return command(.detach)
         case .connect: return command(.connect(discardMyData: request.discardMyData ?? false))
         case .disconnect: return command(.disconnect)
-        case .primary: return command(.promote(force: request.force ?? false))
-        case .secondary: return command(.demote)
         case .invalidate: return command(.invalidate)
         case .invalidateRemote: return command(.invalidateRemote)
         case .verify: return command(.verify)
@@ -277,8 +275,9 @@ public final class ReplicationDaemon: Sendable {
         case .fault:
             guard let fault = request.fault else { return .failure(ResponseError(.badRequest, "fault needs 'fault'")) }
             return .success(.fault(fault))
-        case .ping, .list, .up, .down, .attach, .status, .dumpMetadata:
-            preconditionFailure("\(request.verb) is not carried out by the resource's thread")
+        case .ping, .list, .up, .down, .attach, .status, .dumpMetadata, .primary, .secondary:
+            // primary and secondary go through `promote` and `demote`, which attach and detach the block device.
+            preconditionFailure("\(request.verb) is not carried out by the resource's thread alone")
         }
     }
 
@@ -459,6 +458,7 @@ public final class ReplicationDaemon: Sendable {
             return ControlResponse(.ok, "\(name) is not up")
         case .reserved(let reserved): resource = reserved
         }
+        // As for `secondary`: asked before the block device is detached, and again by the resource's thread.
         if mode == .down, let refusal = resource.runner.exportState.heldOpenRefusal(resource: name) {
             slots.withLock { $0[name] = .running(resource) }
             return ControlResponse(.refused, refusal)

@@ -118,8 +118,11 @@ public final class FuseBlockFileServer: Sendable {
         return mount.minor
     }
 
-    /// Ends the FUSE connection `connectionID` (its queued and future requests fail), as stop does: for clearing a
-    /// mount left by a process that died.
+    /// Writes the fusectl abort switch of connection `connectionID`: every request, queued or being read, fails,
+    /// and the workers' reads of /dev/fuse end with ENODEV. `stop` uses it, and so does the clearing of a mount left
+    /// by a process that died. fusectl is not mounted everywhere; if it is not, it is mounted for this write and
+    /// unmounted again, so that nothing is left behind (EBUSY from mount means another process has it mounted, and
+    /// then it stays theirs).
     public static func abortConnection(_ connectionID: UInt32) {
         let mountedHere = mount("fusectl", controlDirectory, "fusectl", 0, nil) == 0
         defer { if mountedHere { umount2(controlDirectory, 0) } }
@@ -170,7 +173,7 @@ public final class FuseBlockFileServer: Sendable {
         }
         guard !session.isDestroyed else { return }
         fuse_session_exit(session.raw)
-        abortConnection()
+        Self.abortConnection(connectionID)
         if let thread { pthread_join(thread, nil) }
         guard context.waitForBackendReplies(timeoutMilliseconds: Self.replyPatienceMilliseconds) else {
             // A backend that never answers: the session and its descriptor are left as they are (leaked) rather
@@ -193,12 +196,6 @@ public final class FuseBlockFileServer: Sendable {
         guard Self.connectionID(mountpoint: options.mountpoint) == connectionID else { return }
         umount2(options.mountpoint, Int32(MNT_DETACH))
     }
-
-    /// Writes the connection's fusectl abort switch: every request, queued or being read, fails, and the workers'
-    /// reads of /dev/fuse end with ENODEV. fusectl is not mounted everywhere; if it is not, it is mounted for this
-    /// write and unmounted again, so that nothing is left behind (EBUSY from mount means another process has it
-    /// mounted, and then it stays theirs).
-    private func abortConnection() { Self.abortConnection(connectionID) }
 
     deinit { stop() }
 }
