@@ -34,14 +34,22 @@ let package = Package(
         // the only I/O is reading the files named by the caller.
         .target(name: "TandemConfig", swiftSettings: strictSettings),
 
-        // Pure protocol cores: value-type state machines, time passed in, no I/O.
+        // Pure protocol cores: value-type state machines, time passed in, no I/O. CoreSupport holds what they share:
+        // the monotonic instant every event carries and the seeded generator.
+        .target(name: "CoreSupport", swiftSettings: optimisedSettings),
         .target(
             name: "ReplicationCore",
-            dependencies: ["TandemConfig", .product(name: "Crypto", package: "swift-crypto")],
+            dependencies: ["CoreSupport", "TandemConfig", .product(name: "Crypto", package: "swift-crypto")],
             swiftSettings: optimisedSettings
         ),
-        .target(name: "MembershipCore", swiftSettings: strictSettings),
-        .target(name: "ResourceCore", swiftSettings: strictSettings),
+        // Heartbeat's membership (failure detector, sequencing, retransmission) and its wire format and signatures.
+        .target(
+            name: "MembershipCore",
+            dependencies: ["CoreSupport", "TandemConfig", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strictSettings
+        ),
+        // Heartbeat R1's resource ownership: who runs which group, ordered start and stop, standby and takeover.
+        .target(name: "ResourceCore", dependencies: ["CoreSupport", "MembershipCore"], swiftSettings: strictSettings),
 
         // Drivers that interpret the cores' actions over small environment protocols.
         .target(
@@ -135,6 +143,11 @@ let package = Package(
         .testTarget(
             name: "ReplicationCoreTests",
             dependencies: ["ReplicationCore", "TandemConfig"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
+            name: "ClusterCoreTests",
+            dependencies: ["CoreSupport", "MembershipCore", "ResourceCore", "TandemDrivers", "TandemConfig"],
             swiftSettings: strictSettings
         ),
         .testTarget(

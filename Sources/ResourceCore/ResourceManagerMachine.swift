@@ -1,0 +1,670 @@
+import CoreSupport
+import MembershipCore
+
+/// Heartbeat R1's resource manager as a pure state machine: which node runs which haresources group, started left
+/// to right and stopped right to left, one operation at a time.
+///
+/// The machine keeps, per group, whether this node wants it and how many of its resources are (possibly) started.
+/// Every event adjusts what is wanted; `reconcile` then issues the next stop (groups being released, last group
+/// first) or start (groups being acquired, first group first). When nothing is left to do the node is "settled" and
+/// the notices that waited for that go out (the `resource` announcement, the standby's `done`, `shutdone`).
+///
+/// The rules (R1 with nice_failback semantics, see docs/cluster-manager.md):
+/// - At start the node sends `starting` and waits. If the peer is dead (or never heard within initdead) it takes
+///   every group. When the peer answers, it takes the groups the peer does not hold: all of them if the peer is
+///   stable, only its own (local) ones otherwise.
+/// - `auto_failback on`: a node that sees its peer start releases the peer's own groups, then announces; the peer
+///   takes them.
+/// - When the peer dies or announces its shutdown, this node takes every group ("Resources being acquired from X").
+/// - Standby is a three-step exchange (offer, accept, done); takeover asks the peer to run standby.
+/// - A failed start releases the group and leaves it to the peer; a node never retries a group that failed on it
+///   until an operator moves it or the peer dies.
+/// - A failed stop is retried; after the retries the configured last resort runs.
+/// - If both nodes hold a group (a healed partition), the one that is not its preferred node releases it.
+public struct ResourceManagerMachine: Sendable {
+    public let configuration: ResourceManagerConfiguration
+    public private(set) var phase: Phase = .notStarted
+    public private(set) var counters = ResourceCounters()
+
+    private var groups: [GroupState]
+    private var peer = PeerView()
+    private var exchange: Exchange?
+    private var inFlight: ResourceOperation?
+    private var stopRetryAt: MonotonicInstant?
+    private var notices: [Notice] = []
+    private var isActive = false
+
+    public enum Phase: String, Sendable, Hashable {
+        case notStarted = "not-started"
+        /// Sent `starting`; waiting for the peer's answer or its death.
+        case waitingForPeer = "waiting-for-peer"
+        case running
+        /// Releasing everything before exit.
+        case shuttingDown = "shutting-down"
+        /// Shut down, or stopped by the last resort: no more operations.
+        case halted
+    }
+
+    public init(configuration: ResourceManagerConfiguration) {
+        self.configuration = configuration
+        self.groups = configuration.groups.map { GroupState(definition: $0) }
+    }
+
+    // MARK: Events
+
+    public mutating func start(now: MonotonicInstant) -> [ResourceAction] {
+        precondition(phase == .notStarted, "resource manager of \(configuration.localNode) started in phase \(phase)")
+        var actions: [ResourceAction] = []
+        guard let peerName = configuration.peerNode else {
+            phase = .running
+            actions.append(.log(.info, "no other node in ha.cf: acquiring every resource group"))
+            acquire(groups.indices.map { $0 }, reason: "single node", into: &actions)
+            notices.append(.initialAcquisitionComplete)
+            reconcile(now: now, into: &actions)
+            return actions
+        }
+        phase = .waitingForPeer
+        actions.append(.send(.starting))
+        actions.append(.log(.info, "waiting for \(peerName) before acquiring resources"))
+        return actions
+    }
+
+    /// The membership layer's view of the peer changed.
+    public mutating func peerStatusChanged(_ status: NodeStatus, now: MonotonicInstant) -> [ResourceAction] {
+        guard let peerName = configuration.peerNode, phase != .notStarted, phase != .halted else { return [] }
+        var actions: [ResourceAction] = []
+        switch status {
+        case .dead:
+            let wasAlive = peer.isAlive
+            peer = PeerView()
+            // A standby that was releasing groups to the peer has no one to tell any more; they are taken back below.
+            notices.removeAll { if case .standbyDone = $0 { true } else { false } }
+            if let exchange {
+                actions.append(.log(.warning, "standby exchange (\(exchange.description)) abandoned: \(peerName) is dead"))
+                self.exchange = nil
+            }
+            switch phase {
+            case .waitingForPeer:
+                phase = .running
+                actions.append(.log(.info, "\(peerName) is not running: acquiring every resource group"))
+                acquire(groups.indices.map { $0 }, reason: "peer dead at start", into: &actions)
+                notices.append(.initialAcquisitionComplete)
+            case .running:
+                actions.append(.log(.info, "Resources being acquired from \(peerName)."))
+                if !wasAlive { actions.append(.log(.debug, "(\(peerName) was not known to be alive)")) }
+                // A group that failed here gets another chance: nobody else can run it now.
+                for index in groups.indices { groups[index].failedHere = false }
+                acquire(groups.indices.map { $0 }, reason: "takeover from \(peerName)", into: &actions)
+                notices.append(.takeoverComplete(peerName))
+                counters.takeovers += 1
+            default:
+                break
+            }
+        case .up, .active:
+            peer.isAlive = true
+        case .initial:
+            break
+        }
+        reconcile(now: now, into: &actions)
+        return actions
+    }
+
+    /// The peer was dead to us and is back in the same incarnation: we may both hold groups. Tell it what we hold;
+    /// its announcement tells us what it holds, and the conflict rule settles the rest.
+    public mutating func peerReturnedAfterPartition(now: MonotonicInstant) -> [ResourceAction] {
+        guard phase == .running || phase == .waitingForPeer else { return [] }
+        peer.isAlive = true
+        return [.send(.holdings(holdingsMessage, stable: isSettled))]
+    }
+
+    public mutating func received(_ message: ResourceMessage, now: MonotonicInstant) -> [ResourceAction] {
+        guard let peerName = configuration.peerNode, phase != .notStarted, phase != .halted else { return [] }
+        var actions: [ResourceAction] = []
+        peer.isAlive = true
+        switch message {
+        case .starting:
+            // The peer (re)started and holds nothing.
+            peer.held = []
+            peer.isStable = false
+            if let exchange {
+                actions.append(.log(.warning, "standby exchange (\(exchange.description)) abandoned: \(peerName) restarted"))
+                self.exchange = nil
+            }
+            if phase == .running, configuration.autoFailback == .on {
+                let theirs = groups.indices.filter { !configuration.isLocal(groups[$0].definition) && groups[$0].isHeld }
+                if !theirs.isEmpty {
+                    actions.append(.log(.info, "auto_failback: giving \(peerName) its resource groups back"))
+                    release(theirs, reason: "auto_failback to \(peerName)", into: &actions)
+                    notices.append(.announce)
+                }
+            }
+            actions.append(.send(.holdings(holdingsMessage, stable: isSettled && phase == .running)))
+        case .holdings(let holdings, let stable):
+            peer.held = resolve(holdings, fromPeer: true)
+            peer.isStable = stable
+            settleConflicts(into: &actions)
+            if phase == .waitingForPeer {
+                phase = .running
+                let unheld = groups.indices.filter { !peer.held.contains($0) && !groups[$0].failedHere }
+                let taking = stable ? unheld : unheld.filter { configuration.isLocal(groups[$0].definition) }
+                acquire(taking, reason: "initial acquisition", into: &actions)
+                notices.append(.initialAcquisitionComplete)
+            } else if phase == .running, stable, exchange == nil, isSettled {
+                if acquire(unheldGroupsToTake(), reason: "\(peerName) does not hold it", into: &actions) > 0 {
+                    notices.append(.announce)
+                }
+            }
+        case .standby(let step, let holdings, let reason):
+            receivedStandby(step, resolve(holdings, fromPeer: true), reason: reason, now: now, into: &actions)
+        case .takeover(let selection):
+            // The peer checked that it was settled before asking.
+            peer.isStable = true
+            actions.append(.log(.info, "\(peerName) asks to take over \(selection.rawValue) resources (hb_takeover)"))
+            offer(select(selection.swapped), now: now, into: &actions)
+        case .shutdownDone:
+            // Membership reports the peer dead with the same notice; the takeover happens there.
+            break
+        }
+        reconcile(now: now, into: &actions)
+        return actions
+    }
+
+    /// The operation from the last `.run` action finished.
+    public mutating func operationFinished(
+        _ operation: ResourceOperation, outcome: OperationOutcome, now: MonotonicInstant
+    ) -> [ResourceAction] {
+        precondition(inFlight == operation, "finished \(operation) but \(String(describing: inFlight)) was running")
+        inFlight = nil
+        var actions: [ResourceAction] = []
+        let name = configuration.groups[operation.group].resources[operation.resource]
+        switch (operation.kind, outcome) {
+        case (.start, .succeeded):
+            groups[operation.group].started = operation.resource + 1
+        case (.start, .failed(let detail)):
+            counters.startFailures += 1
+            // The failed resource may be half started: it is stopped with the rest.
+            groups[operation.group].started = operation.resource + 1
+            groups[operation.group].failedHere = true
+            groups[operation.group].wanted = false
+            actions.append(.log(.critical, "Giving up resources due to failure of \(name): \(detail)"))
+            actions.append(.log(.info, "Releasing resource group: \(describe(operation.group))"))
+            notices.append(.announce)
+        case (.stop, .succeeded):
+            groups[operation.group].started = operation.resource
+            groups[operation.group].stopAttempts = 0
+        case (.stop, .failed(let detail)):
+            counters.stopFailures += 1
+            groups[operation.group].stopAttempts += 1
+            let attempts = groups[operation.group].stopAttempts
+            if attempts <= configuration.stopRetries {
+                actions.append(.log(.error, "stop of \(name) failed (\(detail)); retry \(attempts) of \(configuration.stopRetries) in \(configuration.stopRetryInterval)"))
+                stopRetryAt = now + configuration.stopRetryInterval
+            } else {
+                groups[operation.group].stopFailed = true
+                actions.append(.log(.critical, "Resource STOP failure. Reboot required! \(name) did not stop after \(attempts) attempts: \(detail)"))
+                actions.append(.lastResort(configuration.stopFailureAction, reason: "\(name) cannot be stopped"))
+                if configuration.stopFailureAction != .none {
+                    phase = .halted
+                    return actions
+                }
+            }
+        }
+        reconcile(now: now, into: &actions)
+        return actions
+    }
+
+    public mutating func tick(now: MonotonicInstant) -> [ResourceAction] {
+        var actions: [ResourceAction] = []
+        if let due = stopRetryAt, now >= due { stopRetryAt = nil }
+        if case .offering(_, let since)? = exchange, now - since >= configuration.exchangeTimeout {
+            actions.append(.log(.warning, "standby: \(configuration.peerNode ?? "the peer") did not answer within \(configuration.exchangeTimeout); nothing moved"))
+            exchange = nil
+        }
+        reconcile(now: now, into: &actions)
+        return actions
+    }
+
+    /// `hb_standby`: give the selected groups to the peer.
+    public mutating func requestStandby(_ selection: ResourceSelection, now: MonotonicInstant) -> AdminOutcome {
+        if let refusal = exchangeRefusal(asking: true) { return AdminOutcome(accepted: false, message: refusal, actions: []) }
+        let chosen = select(selection)
+        guard !chosen.isEmpty else {
+            return AdminOutcome(accepted: false, message: "this node holds no \(selection.rawValue) resource group", actions: [])
+        }
+        var actions: [ResourceAction] = []
+        offer(chosen, now: now, into: &actions)
+        return AdminOutcome(
+            accepted: true, message: "offered \(chosen.map { groups[$0].definition.key }.joined(separator: ", ")) to \(configuration.peerNode!)",
+            actions: actions)
+    }
+
+    /// `hb_takeover`: ask the peer to give us the selected groups (named from our side).
+    public mutating func requestTakeover(_ selection: ResourceSelection, now: MonotonicInstant) -> AdminOutcome {
+        if let refusal = exchangeRefusal(asking: true) { return AdminOutcome(accepted: false, message: refusal, actions: []) }
+        let wanted = groups.indices.filter { selectionContains(selection, $0) && peer.held.contains($0) }
+        guard !wanted.isEmpty else {
+            return AdminOutcome(accepted: false, message: "\(configuration.peerNode!) holds no \(selection.rawValue) resource group", actions: [])
+        }
+        for index in wanted { groups[index].failedHere = false }
+        return AdminOutcome(
+            accepted: true, message: "asked \(configuration.peerNode!) to hand over \(selection.rawValue) resource groups",
+            actions: [.send(.takeover(selection))])
+    }
+
+    /// SIGTERM: release everything (last group first, each right to left), then send `shutdone` and finish.
+    public mutating func shutdown(now: MonotonicInstant) -> [ResourceAction] {
+        var actions: [ResourceAction] = []
+        switch phase {
+        case .notStarted, .halted:
+            phase = .halted
+            return [.shutdownComplete]
+        case .shuttingDown:
+            return []
+        case .waitingForPeer, .running:
+            phase = .shuttingDown
+        }
+        exchange = nil
+        actions.append(.log(.info, "Heartbeat shutdown in progress. Giving up all HA resources."))
+        release(groups.indices.filter { groups[$0].isHeld }, reason: "shutdown", into: &actions)
+        notices = [.shutdownDone]
+        reconcile(now: now, into: &actions)
+        return actions
+    }
+
+    // MARK: Queries
+
+    /// When `tick` must next run, if any timer is pending.
+    public var nextDeadline: MonotonicInstant? {
+        var deadline = stopRetryAt
+        if case .offering(_, let since)? = exchange {
+            let due = since + configuration.exchangeTimeout
+            deadline = deadline.map { min($0, due) } ?? due
+        }
+        return deadline
+    }
+
+    public var groupReports: [GroupReport] {
+        groups.indices.map { index in
+            let group = groups[index]
+            return GroupReport(
+                key: group.definition.key, preferredNode: group.definition.preferredNode,
+                resources: group.definition.resources, state: state(of: index), resourcesStarted: group.started,
+                heldByPeer: peer.held.contains(index), failedHere: group.failedHere)
+        }
+    }
+
+    /// Heartbeat's `cl_status rscstatus`: what this node holds (none, local, foreign, all), or `transition`.
+    public var heldSummary: String { isSettled && exchange == nil ? heldSelection.rawValue : "transition" }
+
+    public var exchangeDescription: String? { exchange?.description }
+
+    public var peerIsStable: Bool { peer.isStable }
+
+    // MARK: Internals
+
+    private var isSettled: Bool {
+        inFlight == nil && stopRetryAt == nil && !groups.contains(where: \.needsWork)
+    }
+
+    private var heldSelection: HeldSelection {
+        let held = groups.indices.filter { groups[$0].isHeld }
+        let local = held.contains { configuration.isLocal(groups[$0].definition) }
+        let foreign = held.contains { !configuration.isLocal(groups[$0].definition) }
+        switch (local, foreign) {
+        case (true, true): return .all
+        case (true, false): return .local
+        case (false, true): return .foreign
+        case (false, false): return .none
+        }
+    }
+
+    private var holdingsMessage: ResourceMessage.Holdings {
+        ResourceMessage.Holdings(
+            selection: heldSelection, groupKeys: groups.filter(\.isHeld).map(\.definition.key))
+    }
+
+    private func state(of index: Int) -> GroupReport.State {
+        let group = groups[index]
+        if group.stopFailed { return .stopFailed }
+        if inFlight?.group == index || (stopRetryAt != nil && !group.wanted && group.started > 0) {
+            return group.wanted ? .starting : .stopping
+        }
+        if group.wanted && group.started == group.definition.resources.count { return .running }
+        if group.wanted { return .starting }
+        if group.started > 0 { return .stopping }
+        return group.failedHere ? .failed : .stopped
+    }
+
+    private func selectionContains(_ selection: ResourceSelection, _ index: Int) -> Bool {
+        let local = configuration.isLocal(groups[index].definition)
+        switch selection {
+        case .all: return true
+        case .local: return local
+        case .foreign, .failback: return !local
+        }
+    }
+
+    /// The held groups in `selection`.
+    private func select(_ selection: ResourceSelection) -> [Int] {
+        groups.indices.filter { groups[$0].isHeld && selectionContains(selection, $0) }
+    }
+
+    /// The groups a holdings message names, as indices.
+    private func resolve(_ holdings: ResourceMessage.Holdings, fromPeer: Bool) -> Set<Int> {
+        if let keys = holdings.groupKeys {
+            return Set(groups.indices.filter { keys.contains(groups[$0].definition.key) })
+        }
+        // From a Heartbeat node: rsc_hold is from its side, so its "local" groups are our foreign ones.
+        let selection = fromPeer ? holdings.selection.swapped : holdings.selection
+        return Set(groups.indices.filter { index in
+            let local = configuration.isLocal(groups[index].definition)
+            switch selection {
+            case .none: return false
+            case .all: return true
+            case .local: return local
+            case .foreign: return !local
+            }
+        })
+    }
+
+    /// Unheld groups this node should take when the stable peer does not hold them. A group whose preferred node is
+    /// neither of us goes to the node whose name sorts first, so that the two cannot both take it.
+    private func unheldGroupsToTake() -> [Int] {
+        let peerName = configuration.peerNode ?? ""
+        return groups.indices.filter { index in
+            let group = groups[index]
+            guard !group.isHeld, !peer.held.contains(index), !group.failedHere else { return false }
+            let preferred = group.definition.preferredNode.lowercased()
+            if preferred == configuration.localNode.lowercased() || preferred == peerName.lowercased() { return true }
+            return configuration.localNode.lowercased() < peerName.lowercased()
+        }
+    }
+
+    /// Both nodes hold a group (after a partition healed): the node that is not its preferred node releases it.
+    private mutating func settleConflicts(into actions: inout [ResourceAction]) {
+        let peerName = configuration.peerNode ?? ""
+        let contested = groups.indices.filter { groups[$0].isHeld && peer.held.contains($0) }
+        guard !contested.isEmpty else { return }
+        var releasing: [Int] = []
+        for index in contested {
+            let preferred = groups[index].definition.preferredNode.lowercased()
+            let keeper: String
+            if preferred == configuration.localNode.lowercased() || preferred == peerName.lowercased() {
+                keeper = preferred
+            } else {
+                keeper = min(configuration.localNode.lowercased(), peerName.lowercased())
+            }
+            counters.conflicts += 1
+            if keeper == configuration.localNode.lowercased() {
+                actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): keeping it here, \(peerName) releases it"))
+            } else {
+                actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): releasing it to \(peerName)"))
+                releasing.append(index)
+            }
+        }
+        if !releasing.isEmpty {
+            release(releasing, reason: "split brain resolution", into: &actions)
+            notices.append(.announce)
+        }
+    }
+
+    private func exchangeRefusal(asking: Bool) -> String? {
+        guard let peerName = configuration.peerNode else { return "there is no other node in ha.cf" }
+        if phase != .running { return "this node is \(phase.rawValue)" }
+        if !peer.isAlive { return "\(peerName) is not up" }
+        if let exchange { return "a standby exchange is already under way (\(exchange.description))" }
+        if !isSettled { return "this node is still starting or stopping resources" }
+        if !peer.isStable { return "\(peerName) is not stable (it is acquiring or releasing resources)" }
+        return nil
+    }
+
+    private mutating func offer(_ chosen: [Int], now: MonotonicInstant, into actions: inout [ResourceAction]) {
+        guard !chosen.isEmpty else { return }
+        if let refusal = exchangeRefusal(asking: true) {
+            actions.append(.log(.warning, "standby refused: \(refusal)"))
+            return
+        }
+        exchange = .offering(chosen, since: now)
+        actions.append(.log(.info, "Giving up \(chosen.map { groups[$0].definition.key }.joined(separator: ", ")): asking \(configuration.peerNode!) to take over"))
+        actions.append(.send(.standby(.offer, holdings(of: chosen), reason: nil)))
+    }
+
+    private func holdings(of indices: [Int]) -> ResourceMessage.Holdings {
+        let local = indices.contains { configuration.isLocal(groups[$0].definition) }
+        let foreign = indices.contains { !configuration.isLocal(groups[$0].definition) }
+        let selection: HeldSelection = local && foreign ? .all : local ? .local : foreign ? .foreign : .none
+        return ResourceMessage.Holdings(selection: selection, groupKeys: indices.map { groups[$0].definition.key })
+    }
+
+    private mutating func receivedStandby(
+        _ step: ResourceMessage.StandbyPhase, _ named: Set<Int>, reason: String?, now: MonotonicInstant,
+        into actions: inout [ResourceAction]
+    ) {
+        let peerName = configuration.peerNode!
+        let keys = named.sorted().map { groups[$0].definition.key }.joined(separator: ", ")
+        switch step {
+        case .offer:
+            // The peer was stable when it asked; its offer proves it.
+            peer.isStable = true
+            if let refusal = exchangeRefusal(asking: false) {
+                actions.append(.log(.warning, "\(peerName) offers \(keys): refused, \(refusal)"))
+                actions.append(.send(.standby(.refuse, holdings(of: named.sorted()), reason: refusal)))
+                return
+            }
+            exchange = .accepting(named.sorted())
+            actions.append(.log(.info, "\(peerName) gives up \(keys): accepting"))
+            actions.append(.send(.standby(.accept, holdings(of: named.sorted()), reason: nil)))
+        case .accept:
+            guard case .offering(let offered, _)? = exchange else { return }
+            actions.append(.log(.info, "\(peerName) accepts \(keys): releasing them"))
+            release(offered, reason: "standby", into: &actions)
+            notices.append(.standbyDone(offered))
+            notices.append(.announce)
+        case .refuse:
+            guard case .offering? = exchange else { return }
+            exchange = nil
+            actions.append(.log(.warning, "standby: \(peerName) refused to take \(keys): \(reason ?? "no reason given")"))
+        case .done:
+            guard case .accepting(let accepted)? = exchange else { return }
+            exchange = nil
+            for index in accepted { groups[index].failedHere = false }
+            acquire(accepted, reason: "standby of \(peerName)", into: &actions)
+            notices.append(.announce)
+            counters.standbysAccepted += 1
+        }
+    }
+
+    /// Wants the groups here; returns how many were not wanted before.
+    @discardableResult
+    private mutating func acquire(_ indices: [Int], reason: String, into actions: inout [ResourceAction]) -> Int {
+        var count = 0
+        for index in indices where !groups[index].wanted && !groups[index].stopFailed {
+            count += 1
+            groups[index].wanted = true
+            actions.append(.log(.info, "Taking over resource group \(groups[index].definition.key) (\(reason))"))
+            actions.append(.log(.info, "Acquiring resource group: \(describe(index))"))
+        }
+        return count
+    }
+
+    private mutating func release(_ indices: [Int], reason: String, into actions: inout [ResourceAction]) {
+        for index in indices where groups[index].wanted || groups[index].started > 0 {
+            groups[index].wanted = false
+            actions.append(.log(.info, "Releasing resource group: \(describe(index)) (\(reason))"))
+        }
+    }
+
+    private func describe(_ index: Int) -> String {
+        ([groups[index].definition.preferredNode] + groups[index].definition.resources).joined(separator: " ")
+    }
+
+    /// Issues the next operation, or, when there is nothing left to do, sends what waited for that.
+    private mutating func reconcile(now: MonotonicInstant, into actions: inout [ResourceAction]) {
+        guard inFlight == nil, stopRetryAt == nil, phase != .halted, phase != .notStarted else { return }
+        // Releases first, last group first, each right to left.
+        if let index = groups.indices.reversed().first(where: { !groups[$0].wanted && groups[$0].started > 0 && !groups[$0].stopFailed }) {
+            issue(ResourceOperation(group: index, resource: groups[index].started - 1, kind: .stop), into: &actions)
+            return
+        }
+        if phase != .shuttingDown,
+            let index = groups.indices.first(where: { groups[$0].wanted && groups[$0].started < groups[$0].definition.resources.count })
+        {
+            issue(ResourceOperation(group: index, resource: groups[index].started, kind: .start), into: &actions)
+            return
+        }
+        guard phase == .running || phase == .shuttingDown else { return }
+        let due = notices
+        notices.removeAll()
+        var announced = false
+        for notice in due {
+            switch notice {
+            case .announce:
+                if !announced { actions.append(.send(.holdings(holdingsMessage, stable: true))) }
+                announced = true
+            case .initialAcquisitionComplete:
+                actions.append(.log(.info, "Initial resource acquisition complete"))
+                if !announced { actions.append(.send(.holdings(holdingsMessage, stable: true))) }
+                announced = true
+            case .takeoverComplete(let node):
+                actions.append(.log(.info, "mach_down takeover complete for node \(node)."))
+                if !announced { actions.append(.send(.holdings(holdingsMessage, stable: true))) }
+                announced = true
+            case .standbyDone(let released):
+                exchange = nil
+                actions.append(.send(.standby(.done, holdings(of: released), reason: nil)))
+                actions.append(.log(.info, "standby completed: \(configuration.peerNode ?? "the peer") takes over"))
+            case .shutdownDone:
+                actions.append(.log(.info, "All HA resources relinquished."))
+                actions.append(.send(.shutdownDone))
+                actions.append(.shutdownComplete)
+                phase = .halted
+            }
+        }
+        if phase == .running, !isActive {
+            isActive = true
+            actions.append(.setLocalStatus(.active))
+        }
+    }
+
+    private mutating func issue(_ operation: ResourceOperation, into actions: inout [ResourceAction]) {
+        inFlight = operation
+        let timeout = operation.kind == .start ? configuration.startTimeout : configuration.stopTimeout
+        actions.append(.run(operation, resource: configuration.groups[operation.group].resources[operation.resource], timeout: timeout))
+    }
+}
+
+/// One start or stop of one resource.
+public struct ResourceOperation: Sendable, Hashable, CustomStringConvertible {
+    public enum Kind: String, Sendable, Hashable { case start, stop }
+    /// Index into the configuration's groups, and into that group's resources.
+    public var group: Int
+    public var resource: Int
+    public var kind: Kind
+
+    public init(group: Int, resource: Int, kind: Kind) {
+        self.group = group
+        self.resource = resource
+        self.kind = kind
+    }
+
+    public var description: String { "\(kind.rawValue) of resource \(resource) of group \(group)" }
+}
+
+public enum OperationOutcome: Sendable, Hashable {
+    case succeeded
+    /// Failed, timed out or could not run; the detail says which.
+    case failed(String)
+}
+
+public enum ResourceAction: Sendable, Equatable {
+    case send(ResourceMessage)
+    /// Run one agent action; call `operationFinished` with the outcome. `timeout` is the operation's bound.
+    case run(ResourceOperation, resource: String, timeout: Duration)
+    case setLocalStatus(NodeStatus)
+    case log(LogLevel, String)
+    /// A resource cannot be stopped: carry out the configured last resort.
+    case lastResort(StopFailureAction, reason: String)
+    /// Shutdown finished: every group is released and `shutdone` was sent.
+    case shutdownComplete
+}
+
+/// The answer to an operator's standby or takeover.
+public struct AdminOutcome: Sendable, Equatable {
+    public var accepted: Bool
+    public var message: String
+    public var actions: [ResourceAction]
+}
+
+public struct GroupReport: Sendable, Hashable {
+    public enum State: String, Sendable, Hashable {
+        case stopped, starting, running, stopping, failed
+        case stopFailed = "stop-failed"
+    }
+
+    public var key: String
+    public var preferredNode: String
+    public var resources: [String]
+    public var state: State
+    public var resourcesStarted: Int
+    public var heldByPeer: Bool
+    public var failedHere: Bool
+}
+
+public struct ResourceCounters: Sendable, Hashable, Codable {
+    public var takeovers: UInt64 = 0
+    public var standbysAccepted: UInt64 = 0
+    public var startFailures: UInt64 = 0
+    public var stopFailures: UInt64 = 0
+    public var conflicts: UInt64 = 0
+
+    public init() {}
+}
+
+struct GroupState: Sendable {
+    var definition: GroupDefinition
+    /// This node should run the group.
+    var wanted = false
+    /// Resources 0..<started are started or may be (a failed start counts, so that it is stopped).
+    var started = 0
+    /// A start failed here; the group is left to the peer.
+    var failedHere = false
+    /// The last resort ran for this group's stop.
+    var stopFailed = false
+    var stopAttempts = 0
+
+    init(definition: GroupDefinition) { self.definition = definition }
+
+    /// Held: running, starting, or still to be stopped.
+    var isHeld: Bool { wanted || started > 0 }
+
+    var needsWork: Bool {
+        if stopFailed { return false }
+        return wanted ? started < definition.resources.count : started > 0
+    }
+}
+
+struct PeerView: Sendable {
+    var isAlive = false
+    var isStable = false
+    var held: Set<Int> = []
+}
+
+enum Exchange: Sendable, CustomStringConvertible {
+    case offering([Int], since: MonotonicInstant)
+    case accepting([Int])
+
+    var description: String {
+        switch self {
+        case .offering(let groups, _): "offering \(groups.count) group(s)"
+        case .accepting(let groups): "accepting \(groups.count) group(s)"
+        }
+    }
+}
+
+enum Notice: Sendable, Equatable {
+    case announce
+    case initialAcquisitionComplete
+    case takeoverComplete(String)
+    case standbyDone([Int])
+    case shutdownDone
+}

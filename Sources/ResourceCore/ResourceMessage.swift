@@ -1,0 +1,120 @@
+import MembershipCore
+
+/// The resource-layer messages of Heartbeat R1, typed. `HeartbeatMessage` is their wire form.
+///
+/// Holdings travel twice: as R1's `rsc_hold` (none, local, foreign, all, from the sender's point of view), which
+/// Heartbeat understands, and as Tandem's `groups` field (the keys of the groups the sender holds or names, separated
+/// by spaces), which is exact when a node holds only some of its local groups. A receiver uses `groups` when present.
+public enum ResourceMessage: Sendable, Hashable {
+    /// "I have just started and hold nothing."
+    case starting
+    /// What the sender holds, and whether it is stable (not acquiring or releasing anything).
+    case holdings(Holdings, stable: Bool)
+    /// The standby exchange: the sender offers `groups` (`info=me`), accepts an offer (`other`), refuses one
+    /// (`refused`, Tandem's addition, with the reason), or has released what it offered (`done`).
+    case standby(StandbyPhase, Holdings, reason: String?)
+    /// hb_takeover: "give me these" (the selection as seen by the sender).
+    case takeover(ResourceSelection)
+    /// "I released everything and I am leaving."
+    case shutdownDone
+
+    public enum StandbyPhase: String, Sendable, Hashable {
+        case offer = "me"
+        case accept = "other"
+        case refuse = "refused"
+        case done
+    }
+
+    /// A set of groups: `rsc_hold` and, from Tandem nodes, the exact keys.
+    public struct Holdings: Sendable, Hashable {
+        public var selection: HeldSelection
+        public var groupKeys: [String]?
+
+        public init(selection: HeldSelection, groupKeys: [String]?) {
+            self.selection = selection
+            self.groupKeys = groupKeys
+        }
+    }
+
+    public func encode() -> HeartbeatMessage {
+        switch self {
+        case .starting:
+            return HeartbeatMessage(type: .starting)
+        case .holdings(let holdings, let stable):
+            var message = HeartbeatMessage(type: .resource)
+            Self.put(holdings, into: &message)
+            message[HeartbeatField.isStable] = stable ? "1" : "0"
+            return message
+        case .standby(let phase, let holdings, let reason):
+            var message = HeartbeatMessage(type: .askResources)
+            message[HeartbeatField.info] = phase.rawValue
+            Self.put(holdings, into: &message)
+            if let reason { message[HeartbeatField.comment] = reason }
+            return message
+        case .takeover(let selection):
+            var message = HeartbeatMessage(type: .takeover)
+            message[HeartbeatField.resourcesHeld] = selection.rawValue
+            return message
+        case .shutdownDone:
+            return HeartbeatMessage(type: .shutdownDone)
+        }
+    }
+
+    /// The typed message, or nil for messages that are not about resources or lack a required field.
+    public init?(_ message: HeartbeatMessage) {
+        switch message.type {
+        case .starting?:
+            self = .starting
+        case .resource?:
+            guard let holdings = Self.holdings(in: message) else { return nil }
+            self = .holdings(holdings, stable: message[HeartbeatField.isStable] == "1")
+        case .askResources?:
+            guard let phase = message[HeartbeatField.info].flatMap(StandbyPhase.init(rawValue:)),
+                let holdings = Self.holdings(in: message)
+            else { return nil }
+            self = .standby(phase, holdings, reason: message[HeartbeatField.comment])
+        case .takeover?:
+            guard let selection = message[HeartbeatField.resourcesHeld].flatMap(ResourceSelection.init(rawValue:)) else {
+                return nil
+            }
+            self = .takeover(selection)
+        case .shutdownDone?:
+            self = .shutdownDone
+        default:
+            return nil
+        }
+    }
+
+    static let groupsField = "groups"
+
+    private static func put(_ holdings: Holdings, into message: inout HeartbeatMessage) {
+        message[HeartbeatField.resourcesHeld] = holdings.selection.rawValue
+        if let keys = holdings.groupKeys { message[groupsField] = keys.joined(separator: " ") }
+    }
+
+    private static func holdings(in message: HeartbeatMessage) -> Holdings? {
+        guard let selection = message[HeartbeatField.resourcesHeld].flatMap(HeldSelection.init(rawValue:)) else {
+            return nil
+        }
+        let keys = message[groupsField].map { $0.split(separator: " ").map(String.init) }
+        return Holdings(selection: selection, groupKeys: keys)
+    }
+}
+
+/// R1's `rsc_hold` values.
+public enum HeldSelection: String, Sendable, Hashable {
+    case none
+    case local
+    case foreign
+    case all
+
+    /// The same set seen from the other node.
+    public var swapped: HeldSelection {
+        switch self {
+        case .none: .none
+        case .local: .foreign
+        case .foreign: .local
+        case .all: .all
+        }
+    }
+}

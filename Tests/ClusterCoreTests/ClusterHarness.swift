@@ -1,0 +1,157 @@
+import CoreSupport
+import MembershipCore
+import ResourceCore
+import TandemConfig
+import TandemDrivers
+
+/// A deterministic two-node cluster in memory: production `ClusterNode` drivers over links that can be cut, lose
+/// or duplicate datagrams, and agents whose operations finish after a fixed delay (or fail on demand). Time only
+/// moves when the harness moves it.
+final class ClusterHarness {
+    final class Environment: ClusterEnvironment {
+        let name: String
+        unowned let harness: ClusterHarness
+        var logLines: [String] = []
+        var isShutDown = false
+        var lastResorts: [StopFailureAction] = []
+
+        init(name: String, harness: ClusterHarness) {
+            self.name = name
+            self.harness = harness
+        }
+
+        func transmit(_ datagram: [UInt8]) { harness.transmit(from: name, datagram) }
+        func runOperation(_ operation: ResourceOperation, resource: String, timeout: Duration) {
+            harness.schedule(operation, on: name, resource: resource)
+        }
+        func log(_ level: LogLevel, _ message: String) { logLines.append("\(level.rawValue): \(message)") }
+        func lastResort(_ action: StopFailureAction, reason: String) { lastResorts.append(action) }
+        func shutdownComplete() { isShutDown = true }
+        var wallClockSeconds: UInt64 { 1_700_000_000 }
+        var loadAverage: String? { "0.00 0.00 0.00" }
+    }
+
+    struct Pending {
+        var due: MonotonicInstant
+        var node: String
+        var operation: ResourceOperation
+        var resource: String
+    }
+
+    static let linkNames = ["eth1", "eth2"]
+    static let keys = Authkeys(
+        activeIndex: Located(1, at: SourceLocation(file: "authkeys", line: 1, column: 1)),
+        keys: [Located(AuthKey(index: 1, method: .sha1, secret: "secret"), at: SourceLocation(file: "authkeys", line: 2, column: 1))])
+
+    var now = MonotonicInstant(nanoseconds: 1_000_000_000)
+    var nodes: [String: ClusterNode<Environment>] = [:]
+    var environments: [String: Environment] = [:]
+    /// Links cut per link index (both directions).
+    var cutLinks: Set<Int> = []
+    /// Nodes whose processes are gone (crashed): they neither send nor receive.
+    var crashed: Set<String> = []
+    var pending: [Pending] = []
+    var operationDelay: Duration = .milliseconds(300)
+    /// Resources whose start or stop fails on a node: "node/resource/start".
+    var failing: Set<String> = []
+    /// Every start and stop that completed successfully, per node: the resources running there.
+    var running: [String: [String]] = [:]
+    var generations: [String: UInt64] = [:]
+    var booted: Set<String> = []
+    let groups: [GroupDefinition]
+    let autoFailback: FailbackPolicy
+
+    init(groups: [GroupDefinition], autoFailback: FailbackPolicy = .on) {
+        self.groups = groups
+        self.autoFailback = autoFailback
+    }
+
+    func boot(_ name: String) {
+        let peer = name == "node1" ? "node2" : "node1"
+        generations[name, default: 0] += 1
+        let environment = Environment(name: name, harness: self)
+        environments[name] = environment
+        booted.insert(name)
+        crashed.remove(name)
+        running[name] = []
+        pending.removeAll { $0.node == name }
+        var node = ClusterNode(
+            membership: MembershipConfiguration(
+                localNode: name, peers: [peer], links: Self.linkNames, keepalive: .milliseconds(200),
+                warntime: .milliseconds(500), deadtime: .seconds(1), initdead: .seconds(2),
+                maxRetransmitDelay: .milliseconds(250), generation: generations[name]!, randomSeed: 7),
+            resources: ResourceManagerConfiguration(
+                localNode: name, peerNode: peer, groups: groups, autoFailback: autoFailback,
+                startTimeout: .seconds(5), stopTimeout: .seconds(5), stopRetries: 2,
+                stopRetryInterval: .milliseconds(100), stopFailureAction: .stopHeartbeats),
+            authenticator: MessageAuthenticator(keys: Self.keys), environment: environment)
+        node.start(now: now)
+        nodes[name] = node
+    }
+
+    func crash(_ name: String) {
+        crashed.insert(name)
+        running[name] = []
+        pending.removeAll { $0.node == name }
+    }
+
+    func transmit(from sender: String, _ datagram: [UInt8]) {
+        guard !crashed.contains(sender) else { return }
+        for link in Self.linkNames.indices where !cutLinks.contains(link) {
+            // Not `nodes.keys`: the sender's driver is being mutated inside `nodes` while it transmits.
+            for receiver in booted where receiver != sender && !crashed.contains(receiver) {
+                deliveries.append((receiver, link, datagram))
+            }
+        }
+    }
+
+    var deliveries: [(String, Int, [UInt8])] = []
+
+    func schedule(_ operation: ResourceOperation, on node: String, resource: String) {
+        pending.append(Pending(due: now + operationDelay, node: node, operation: operation, resource: resource))
+    }
+
+    /// Advances time in 10 ms steps, delivering datagrams and finishing operations as they come due.
+    func run(for duration: Duration) {
+        let end = now + duration
+        while now < end {
+            now = now + .milliseconds(10)
+            drain()
+            for (index, item) in pending.enumerated().reversed() where item.due <= now {
+                pending.remove(at: index)
+                finish(item)
+                drain()
+            }
+            for name in nodes.keys.sorted() where !crashed.contains(name) {
+                nodes[name]!.tick(now: now)
+            }
+            drain()
+        }
+    }
+
+    private func drain() {
+        while !deliveries.isEmpty {
+            let (receiver, link, datagram) = deliveries.removeFirst()
+            guard !crashed.contains(receiver) else { continue }
+            nodes[receiver]!.datagramReceived(datagram, link: link, now: now)
+        }
+    }
+
+    private func finish(_ item: Pending) {
+        let kind = item.operation.kind
+        let failure = failing.contains("\(item.node)/\(item.resource)/\(kind.rawValue)")
+        if !failure {
+            if kind == .start { running[item.node, default: []].append(item.resource) }
+            else { running[item.node, default: []].removeAll { $0 == item.resource } }
+        }
+        nodes[item.node]!.operationFinished(
+            item.operation, outcome: failure ? .failed("injected failure") : .succeeded, now: now)
+    }
+
+    /// The node that runs `resource`, or nil; fails the caller's expectation when two do.
+    func holders(of resource: String) -> [String] {
+        running.filter { $0.value.contains(resource) }.map(\.key).sorted()
+    }
+
+    func log(_ name: String) -> String { environments[name]!.logLines.joined(separator: "\n") }
+}

@@ -1,0 +1,153 @@
+import CoreSupport
+import MembershipCore
+import ResourceCore
+import Testing
+
+/// Heartbeat R1 behaviour of the production cluster driver, in the deterministic in-memory harness: the seed's
+/// failover tests (seed 004 section 5) and the R1 rules, asserted from which node runs what.
+@Suite struct ClusterScenarioTests {
+    static let groups = [
+        GroupDefinition(key: "IPaddr::10.0.0.10", preferredNode: "node1", resources: ["IPaddr::10.0.0.10", "service1"]),
+        GroupDefinition(key: "IPaddr::10.0.0.20", preferredNode: "node2", resources: ["IPaddr::10.0.0.20"]),
+    ]
+
+    func bothUp(autoFailback: FailbackPolicy = .on) -> ClusterHarness {
+        let harness = ClusterHarness(groups: Self.groups, autoFailback: autoFailback)
+        harness.boot("node1")
+        harness.boot("node2")
+        harness.run(for: .seconds(3))
+        return harness
+    }
+
+    @Test func normalStateEachNodeRunsItsOwnGroupInOrder() {
+        let harness = bothUp()
+        #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "service1"])
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.20"])
+        #expect(harness.nodes["node1"]!.membership.localStatus == .active)
+        #expect(harness.nodes["node1"]!.membership.status(of: "node2") == .active)
+        #expect(harness.nodes["node1"]!.resources.heldSummary == "local")
+    }
+
+    @Test func deadNodeIsTakenOverAndReturnsWithAutoFailbackOn() {
+        let harness = bothUp()
+        harness.crash("node1")
+        harness.run(for: .seconds(3))
+        #expect(harness.running["node2"]!.sorted() == ["IPaddr::10.0.0.10", "IPaddr::10.0.0.20", "service1"])
+        #expect(harness.log("node2").contains("node node1: is dead"))
+        #expect(harness.log("node2").contains("Resources being acquired from node1."))
+        #expect(harness.log("node2").contains("mach_down takeover complete for node node1."))
+
+        harness.boot("node1")
+        harness.run(for: .seconds(4))
+        #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "service1"])
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.20"])
+        #expect(harness.log("node2").contains("Heartbeat restart on node node1") || harness.log("node2").contains("Status update for node node1"))
+    }
+
+    @Test func withAutoFailbackOffTheGroupStaysWhereItIs() {
+        let harness = bothUp(autoFailback: .off)
+        harness.crash("node1")
+        harness.run(for: .seconds(3))
+        harness.boot("node1")
+        harness.run(for: .seconds(4))
+        #expect(harness.running["node1"] == [])
+        #expect(harness.running["node2"]!.count == 3)
+        #expect(harness.nodes["node1"]!.membership.localStatus == .active)
+    }
+
+    @Test func cleanShutdownHandsOverWithoutWaitingForDeadtime() {
+        let harness = bothUp()
+        harness.nodes["node1"]!.shutdown(now: harness.now)
+        // Two stops of 300 ms each, then shutdone; well under the 1 s deadtime after that.
+        harness.run(for: .milliseconds(700))
+        #expect(harness.environments["node1"]!.isShutDown)
+        harness.crash("node1")
+        harness.run(for: .milliseconds(800))
+        #expect(harness.running["node2"]!.count == 3)
+        #expect(harness.log("node2").contains("Received shutdown notice from 'node1'."))
+        #expect(!harness.log("node2").contains("node node1: is dead"))
+    }
+
+    @Test func standbyAndTakeoverBothWays() {
+        let harness = bothUp()
+        let standby = harness.nodes["node1"]!.requestStandby(.all, now: harness.now)
+        #expect(standby.accepted, "\(standby.message)")
+        harness.run(for: .seconds(3))
+        #expect(harness.running["node1"] == [])
+        #expect(harness.running["node2"]!.count == 3)
+
+        let takeover = harness.nodes["node1"]!.requestTakeover(.local, now: harness.now)
+        #expect(takeover.accepted, "\(takeover.message)")
+        harness.run(for: .seconds(3))
+        #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "service1"])
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.20"])
+
+        let refused = harness.nodes["node1"]!.requestTakeover(.local, now: harness.now)
+        #expect(!refused.accepted)
+    }
+
+    @Test func oneLinkCutIsNoFailover() {
+        let harness = bothUp()
+        harness.cutLinks = [0]
+        harness.run(for: .seconds(3))
+        #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "service1"])
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.20"])
+        #expect(harness.log("node2").contains("Link node1:eth1 dead."))
+        #expect(!harness.log("node2").contains("is dead"))
+        harness.cutLinks = []
+        harness.run(for: .seconds(1))
+        #expect(harness.log("node2").contains("Link node1:eth1 up."))
+    }
+
+    @Test func allLinksCutIsSplitBrainAndHealingLeavesOneOwner() {
+        let harness = bothUp()
+        harness.cutLinks = [0, 1]
+        harness.run(for: .seconds(3))
+        // R1 behaviour: both nodes take everything.
+        #expect(harness.running["node1"]!.count == 3)
+        #expect(harness.running["node2"]!.count == 3)
+        harness.cutLinks = []
+        harness.run(for: .seconds(4))
+        #expect(harness.log("node1").contains("returning after partition"))
+        #expect(harness.holders(of: "IPaddr::10.0.0.10") == ["node1"])
+        #expect(harness.holders(of: "service1") == ["node1"])
+        #expect(harness.holders(of: "IPaddr::10.0.0.20") == ["node2"])
+    }
+
+    @Test func aFailedStartMovesTheGroupToThePeer() {
+        let harness = ClusterHarness(groups: Self.groups)
+        harness.failing = ["node1/service1/start"]
+        harness.boot("node1")
+        harness.boot("node2")
+        harness.run(for: .seconds(5))
+        #expect(harness.holders(of: "service1") == ["node2"])
+        #expect(harness.holders(of: "IPaddr::10.0.0.10") == ["node2"])
+        #expect(harness.log("node1").contains("Giving up resources due to failure of service1"))
+        // The group failed on node1, so node1 does not take it back (no ping-pong).
+        harness.run(for: .seconds(3))
+        #expect(harness.holders(of: "service1") == ["node2"])
+    }
+
+    @Test func aStopThatNeverSucceedsRunsTheLastResort() {
+        let harness = bothUp()
+        harness.failing = ["node1/service1/stop"]
+        _ = harness.nodes["node1"]!.requestStandby(.all, now: harness.now)
+        harness.run(for: .seconds(3))
+        #expect(harness.environments["node1"]!.lastResorts == [.stopHeartbeats])
+        #expect(harness.log("node1").contains("Resource STOP failure. Reboot required!"))
+    }
+
+    @Test func lostMessagesAreRetransmitted() {
+        let harness = bothUp()
+        let before = harness.nodes["node2"]!.membership.counters.retransmissionsReceived
+        // Drop everything node1 sends for a moment, shorter than deadtime.
+        harness.cutLinks = [0, 1]
+        harness.run(for: .milliseconds(450))
+        harness.cutLinks = []
+        harness.run(for: .seconds(1))
+        let counters = harness.nodes["node2"]!.membership.counters
+        #expect(counters.retransmissionsRequested > 0)
+        #expect(counters.retransmissionsReceived > before)
+        #expect(harness.nodes["node2"]!.membership.status(of: "node1") == .active)
+    }
+}
