@@ -84,6 +84,7 @@ let package = Package(
             name: "ReplicationDaemon",
             dependencies: [
                 "CTandemStorage",
+                "DaemonSupport",
                 "DeviceFrontend",
                 "ReplicationCore",
                 "TandemDrivers",
@@ -94,6 +95,19 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
+        // What every daemon shares: dedicated threads and locks, the run directory's lock file, the control socket's
+        // server (JSON lines over a Unix socket, root only) and its blocking client.
+        .target(
+            name: "DaemonSupport",
+            dependencies: [
+                "CoreSupport",
+                "CTandemStorage",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strictSettings
         ),
@@ -108,6 +122,7 @@ let package = Package(
             dependencies: [
                 "CFuse",
                 "CTandemStorage",
+                "DaemonSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ],

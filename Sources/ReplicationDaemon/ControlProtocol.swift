@@ -1,3 +1,5 @@
+import DaemonSupport
+
 /// The control socket's protocol: how `tandem adm` (and any other local client) talks to `tandem replicad`.
 ///
 /// Transport: a Unix stream socket at `<run-dir>/replicad.sock`, mode 0600. Only root (uid 0) and the daemon's own
@@ -357,5 +359,20 @@ public struct BlockDeviceReport: Codable, Sendable, Hashable {
         self.fuseFile = fuseFile
         self.directIO = directIO
         self.flushesCompleted = flushesCompleted
+    }
+}
+
+extension ReplicationDaemon: ControlHandler {
+    public static var protocolVersion: Int { ControlProtocol.version }
+    public static var requestBytesMaximum: Int { ControlProtocol.requestBytesMaximum }
+    public static var responseBytesMaximum: Int { ControlProtocol.responseBytesMaximum }
+    public static var daemonName: String { "replicad" }
+
+    public static func errorResponse(_ kind: ControlErrorKind, _ message: String) -> ControlResponse {
+        switch kind {
+        case .refused: ControlResponse(.refused, message)
+        case .badRequest: ControlResponse(.badRequest, message)
+        case .failed: ControlResponse(.failed, message)
+        }
     }
 }

@@ -1,3 +1,4 @@
+import DaemonSupport
 import ReplicationCore
 
 /// A request from the control socket to a resource's thread. `reply` is called exactly once: by the thread when

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import CTandemStorage
+import DaemonSupport
 import Foundation
 import Logging
 import NIOCore
@@ -25,7 +26,7 @@ public enum ReplicadMain {
         umask(0o077)
         let lock: LockFile
         do {
-            lock = try LockFile.acquire(runDirectory: options.runDirectory)
+            lock = try LockFile.acquire(runDirectory: options.runDirectory, daemonName: "replicad")
         } catch {
             logger.critical("\(error.message)")
             return error.exitCode
@@ -67,10 +68,10 @@ public enum ReplicadMain {
         -> Int32
     {
         let daemon = ReplicationDaemon(options: options, logger: logger, eventLoopGroup: group)
-        let server: ControlServer
+        let server: ControlServer<ReplicationDaemon>
         do {
             server = try await ControlServer.bind(
-                path: options.socketPath, daemon: daemon, group: group, logger: logger)
+                path: options.socketPath, handler: daemon, group: group, logger: logger)
         } catch let error as DaemonStartError {
             logger.critical("\(error.message)")
             return error.exitCode
@@ -98,7 +99,7 @@ public enum ReplicadMain {
 /// stop every resource (which answers the requests still waiting) and let the connections end.
 struct DaemonService: Service {
     let daemon: ReplicationDaemon
-    let server: ControlServer
+    let server: ControlServer<ReplicationDaemon>
 
     func run() async throws {
         try await withThrowingDiscardingTaskGroup { group in
@@ -108,41 +109,5 @@ struct DaemonService: Service {
             server.close()
             await daemon.terminateAll()
         }
-    }
-}
-
-/// `<run-dir>/replicad.lock`, held (flock) for the daemon's life, and `<run-dir>/replicad.pid`.
-struct LockFile: Sendable {
-    let descriptor: Int32
-    let pidPath: String
-
-    static func acquire(runDirectory: String) throws(DaemonStartError) -> LockFile {
-        do {
-            try FileManager.default.createDirectory(atPath: runDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw DaemonStartError("cannot create the run directory \(runDirectory): \(error)", exitCode: 20)
-        }
-        let lockPath = runDirectory + "/replicad.lock"
-        let pidPath = runDirectory + "/replicad.pid"
-        let descriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard descriptor >= 0 else {
-            throw DaemonStartError(
-                "cannot open \(lockPath): \(String(cString: strerror(errno)))", exitCode: 20)
-        }
-        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
-            close(descriptor)
-            let holder = (try? String(contentsOfFile: pidPath, encoding: .utf8))?
-                .trimmingCharacters(in: .whitespacesAndNewlines)
-            throw DaemonStartError(
-                "another replicad (pid \(holder ?? "unknown")) already uses the run directory \(runDirectory)",
-                exitCode: 10)
-        }
-        try? "\(getpid())\n".write(toFile: pidPath, atomically: true, encoding: .utf8)
-        return LockFile(descriptor: descriptor, pidPath: pidPath)
-    }
-
-    func release() {
-        unlink(pidPath)
-        close(descriptor)
     }
 }

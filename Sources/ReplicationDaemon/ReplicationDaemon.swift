@@ -1,3 +1,4 @@
+import DaemonSupport
 import DeviceFrontend
 import Foundation
 import Logging

@@ -4,24 +4,24 @@ import Glibc
 import Musl
 #endif
 import CTandemStorage
-import ReplicationCore
+import CoreSupport
 
 /// A dedicated POSIX thread that runs one closure and can be joined.
 ///
 /// The daemon keeps blocking work (the resource's synchronous metadata writes, waiting for handler scripts) off the
 /// event loops and Swift's cooperative pool, on threads of its own. Each thread is joined by whoever stops it.
-final class DaemonThread: @unchecked Sendable {
+public final class DaemonThread: @unchecked Sendable {
     // @unchecked: `thread` is written once in `start`, before the handle is shared, and only read by `join`, which
     // `joined` (behind `lock`) makes idempotent.
     private var thread = pthread_t()
     private let lock = PthreadLock()
     private var joined = false
-    let name: String
+    public let name: String
 
     private init(name: String) { self.name = name }
 
     /// Starts a thread named `name` (Linux keeps 15 characters) running `body`.
-    static func start(name: String, _ body: @escaping @Sendable () -> Void) -> DaemonThread {
+    public static func start(name: String, _ body: @escaping @Sendable () -> Void) -> DaemonThread {
         let handle = DaemonThread(name: name)
         let context = Unmanaged.passRetained(ThreadBody(name: name, body: body)).toOpaque()
         let result = pthread_create(
@@ -38,7 +38,7 @@ final class DaemonThread: @unchecked Sendable {
 
     /// Runs `body` on a detached thread of its own and returns its result: for short blocking work (reading
     /// metadata) that must stay off the event loops and the cooperative pool.
-    static func run<T: Sendable>(name: String, _ body: @escaping @Sendable () -> T) async -> T {
+    public static func run<T: Sendable>(name: String, _ body: @escaping @Sendable () -> T) async -> T {
         await withCheckedContinuation { continuation in
             let context = Unmanaged.passRetained(ThreadBody(name: name) { continuation.resume(returning: body()) })
                 .toOpaque()
@@ -57,7 +57,7 @@ final class DaemonThread: @unchecked Sendable {
     }
 
     /// Waits for the thread to end. Idempotent; must not be called from the thread itself.
-    func join() {
+    public func join() {
         let first = lock.withLock { () -> Bool in
             defer { joined = true }
             return !joined
@@ -78,12 +78,12 @@ private final class ThreadBody {
 }
 
 /// A pthread mutex with a condition variable on the monotonic clock, for the queues the daemon's threads wait on.
-final class PthreadLock: @unchecked Sendable {
+public final class PthreadLock: @unchecked Sendable {
     // @unchecked: the pthread objects are used only through their thread-safe C API.
     private let mutex: UnsafeMutablePointer<pthread_mutex_t>
     private let condition: UnsafeMutablePointer<pthread_cond_t>
 
-    init() {
+    public init() {
         mutex = .allocate(capacity: 1)
         condition = .allocate(capacity: 1)
         pthread_mutex_init(mutex, nil)
@@ -101,7 +101,7 @@ final class PthreadLock: @unchecked Sendable {
         mutex.deallocate()
     }
 
-    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+    public func withLock<T>(_ body: () throws -> T) rethrows -> T {
         pthread_mutex_lock(mutex)
         defer { pthread_mutex_unlock(mutex) }
         return try body()
@@ -109,19 +109,19 @@ final class PthreadLock: @unchecked Sendable {
 
     /// Waits for `signal`/`broadcast` or until `deadline` on the monotonic clock; call with the lock held (inside
     /// `withLock`). Spurious wake-ups happen: callers re-check their condition.
-    func wait(until deadline: MonotonicInstant) {
+    public func wait(until deadline: MonotonicInstant) {
         var time = timespec(
             tv_sec: Int(deadline.nanoseconds / 1_000_000_000), tv_nsec: Int(deadline.nanoseconds % 1_000_000_000))
         pthread_cond_timedwait(condition, mutex, &time)
     }
 
-    func broadcast() { pthread_cond_broadcast(condition) }
+    public func broadcast() { pthread_cond_broadcast(condition) }
 }
 
-/// The monotonic clock the daemon feeds the replication machine (CLOCK_MONOTONIC, which the condition variables
+/// The monotonic clock the daemons feed their machines (CLOCK_MONOTONIC, which the condition variables
 /// above wait on too).
-enum DaemonClock {
-    static var now: MonotonicInstant {
+public enum DaemonClock {
+    public static var now: MonotonicInstant {
         var time = timespec()
         clock_gettime(CLOCK_MONOTONIC, &time)
         return MonotonicInstant(nanoseconds: Int64(time.tv_sec) * 1_000_000_000 + Int64(time.tv_nsec))
