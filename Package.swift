@@ -111,6 +111,25 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // The cluster manager (`tandem heartbeatd`): the production `ClusterNode` on a thread of its own, UDP heartbeat
+        // links, resource agents (built-in, resource.d, LSB, OCF), and its control socket.
+        .target(
+            name: "ClusterDaemon",
+            dependencies: [
+                "CoreSupport",
+                "DaemonSupport",
+                "DeviceFrontend",
+                "MembershipCore",
+                "ReplicationDaemon",
+                "ResourceCore",
+                "TandemConfig",
+                "TandemDrivers",
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // libfuse3's low-level API (Debian: libfuse3-dev), for the FUSE block file.
         .systemLibrary(name: "CFuse", path: "Sources/CFuse", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
         // The block-device frontend (FUSE + loop, NBD).
@@ -137,6 +156,8 @@ let package = Package(
         .target(
             name: "TandemCLI",
             dependencies: [
+                "ClusterDaemon",
+                "DaemonSupport",
                 "TandemConfig",
                 "ReplicationCore",
                 "TandemSimulator",

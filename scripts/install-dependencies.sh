@@ -10,12 +10,14 @@ packages=(
   drbd-utils   # drbdadm / drbdadm-84: the external oracle for drbd.conf parsing
   fio          # scripts/bench-replication.sh (its nbd engine)
   fuse3        # fusermount3, and the fuse kernel interface's user side, for the FUSE block file
-  iproute2     # ip netns / veth: the two-namespace replicad tests
+  iproute2     # ip netns / veth: the two-namespace replicad tests; ip addr for the IPaddr2 agent
+  iputils-arping # arping: gratuitous ARP after a floating address moves (the IPaddr2 agent)
   kmod         # modinfo, which drbdadm 9 calls to look for a kernel module (there is none; it copes)
   libfuse3-dev # libfuse3's headers: the CFuse system library target builds against them
   libnbd-bin   # nbdinfo, nbdcopy: an independent NBD client for the NBD server and replicad tests
   pkg-config   # how SwiftPM finds libfuse3's flags
-  python3      # the replication demo's small control-socket client
+  python3      # the replication demo's small control-socket client; the cluster tests' dummy service
+  resource-agents # Debian's OCF agents (ocf:heartbeat:IPaddr2...): the cluster tests run them unchanged
   util-linux   # setpriv (the outsider-uid test), unshare and losetup (the block device tests)
   xfsprogs     # mkfs.xfs, xfs_repair: the switchover test runs xfs as well as ext4
 )

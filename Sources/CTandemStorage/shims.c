@@ -61,6 +61,8 @@ int ctandem_zero_range(int fd, int is_block_device, uint64_t offset, uint64_t le
     return (errno == ENOSYS || errno == EOPNOTSUPP) ? EOPNOTSUPP : errno;
 }
 
+int ctandem_pipe_cloexec(int fds[2]) { return pipe2(fds, O_CLOEXEC); }
+
 void ctandem_name_current_thread(const char *name) {
     char truncated[16];
     strncpy(truncated, name, sizeof truncated - 1);

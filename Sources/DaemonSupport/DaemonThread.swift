@@ -40,20 +40,25 @@ public final class DaemonThread: @unchecked Sendable {
     /// metadata) that must stay off the event loops and the cooperative pool.
     public static func run<T: Sendable>(name: String, _ body: @escaping @Sendable () -> T) async -> T {
         await withCheckedContinuation { continuation in
-            let context = Unmanaged.passRetained(ThreadBody(name: name) { continuation.resume(returning: body()) })
-                .toOpaque()
-            var thread = pthread_t()
-            let result = pthread_create(
-                &thread, nil,
-                { context in
-                    let start = Unmanaged<ThreadBody>.fromOpaque(context!).takeRetainedValue()
-                    ctandem_name_current_thread(start.name)
-                    start.body()
-                    return nil
-                }, context)
-            precondition(result == 0, "cannot start thread \(name): errno \(result)")
-            pthread_detach(thread)
+            detach(name: name) { continuation.resume(returning: body()) }
         }
+    }
+
+    /// Runs `body` on a detached thread that nobody joins: for bounded background work whose end nobody waits for
+    /// (gratuitous ARP after an address moved).
+    public static func detach(name: String, _ body: @escaping @Sendable () -> Void) {
+        let context = Unmanaged.passRetained(ThreadBody(name: name, body: body)).toOpaque()
+        var thread = pthread_t()
+        let result = pthread_create(
+            &thread, nil,
+            { context in
+                let start = Unmanaged<ThreadBody>.fromOpaque(context!).takeRetainedValue()
+                ctandem_name_current_thread(start.name)
+                start.body()
+                return nil
+            }, context)
+        precondition(result == 0, "cannot start thread \(name): errno \(result)")
+        pthread_detach(thread)
     }
 
     /// Waits for the thread to end. Idempotent; must not be called from the thread itself.

@@ -27,7 +27,6 @@ final class HandlerRunner: @unchecked Sendable {
 
     static let queueMaximum = 16
     static let killGrace: Duration = .seconds(5)
-    static let pollInterval: Duration = .milliseconds(20)
 
     let timeout: Duration
     private let logger: Logger
@@ -79,85 +78,16 @@ final class HandlerRunner: @unchecked Sendable {
 
     private func execute(_ job: Job) {
         logger.notice("running handler \(job.handler.rawValue): \(job.command)")
-        let pid: pid_t
-        switch Self.spawn(command: job.command, environment: job.environment) {
-        case .success(let spawned): pid = spawned
+        switch ChildProcess.run(
+            ["/bin/sh", "-c", job.command], environment: job.environment, timeout: timeout, killGrace: Self.killGrace,
+            output: .inherit)
+        {
+        case .success(let outcome):
+            if outcome.timedOut { logger.error("handler \(job.handler.rawValue) exceeded its \(timeout) limit") }
+            logger.notice("handler \(job.handler.rawValue) \(outcome)")
         case .failure(let error):
             logger.error("handler \(job.handler.rawValue) could not be started: \(error)")
-            return
         }
-        let deadline = DaemonClock.now + timeout
-        var signalled: (signal: Int32, at: MonotonicInstant)?
-        while true {
-            var status: Int32 = 0
-            let result = waitpid(pid, &status, WNOHANG)
-            if result == pid {
-                logger.notice("handler \(job.handler.rawValue) \(Self.describe(status: status))")
-                return
-            }
-            if result < 0 && errno != EINTR {
-                logger.error("handler \(job.handler.rawValue): waitpid failed (errno \(errno)); not waiting for it")
-                return
-            }
-            let now = DaemonClock.now
-            if signalled == nil && now >= deadline {
-                logger.error("handler \(job.handler.rawValue) exceeded its \(timeout) limit; sending SIGTERM")
-                kill(-pid, SIGTERM)
-                signalled = (SIGTERM, now)
-            } else if let sent = signalled, sent.signal == SIGTERM, now >= sent.at + Self.killGrace {
-                logger.error("handler \(job.handler.rawValue) ignored SIGTERM; sending SIGKILL")
-                kill(-pid, SIGKILL)
-                signalled = (SIGKILL, now)
-            }
-            var pause = timespec(tv_sec: 0, tv_nsec: Int(Self.pollInterval.wholeNanoseconds))
-            nanosleep(&pause, nil)
-        }
-    }
-
-    static func describe(status: Int32) -> String {
-        let signal = status & 0x7F
-        if signal == 0 { return "exited with status \((status >> 8) & 0xFF)" }
-        return "was killed by signal \(signal)"
-    }
-
-    /// posix_spawn of `/bin/sh -c command` in a process group of its own (so a time-out reaches the script's
-    /// children too), with default signal handling and mask, standard input from /dev/null, and output inherited
-    /// (the daemon's log).
-    static func spawn(command: String, environment: [String: String]) -> Result<pid_t, SpawnError> {
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var emptyMask = sigset_t()
-        sigemptyset(&emptyMask)
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for signal in [SIGTERM, SIGINT, SIGHUP, SIGPIPE, SIGCHLD, SIGQUIT, SIGUSR1, SIGUSR2] { sigaddset(&defaults, signal) }
-        posix_spawnattr_setsigmask(&attributes, &emptyMask)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(
-            &attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        let arguments = ["/bin/sh", "-c", command]
-        let variables = environment.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = variables.map { strdup($0) } + [nil]
-        defer {
-            for pointer in argv { free(pointer) }
-            for pointer in envp { free(pointer) }
-        }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, "/bin/sh", &actions, &attributes, argv, envp)
-        guard result == 0 else { return .failure(SpawnError(errnoValue: result)) }
-        return .success(pid)
-    }
-
-    struct SpawnError: Error, CustomStringConvertible {
-        var errnoValue: Int32
-        var description: String { "posix_spawn failed: \(String(cString: strerror(errnoValue)))" }
     }
 }
 

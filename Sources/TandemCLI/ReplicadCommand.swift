@@ -103,13 +103,10 @@ struct ReplicadCommand: AsyncParsableCommand {
         if code != 0 { throw ExitCode(code) }
     }
 
-    /// Starts `tandem replicad --foreground` in a new session with its output in `<run-dir>/replicad.log`, and
-    /// waits (at most 15 s) until it answers on the control socket or exits.
+    /// Starts `tandem replicad --foreground` in the background and waits until it answers.
     private func startInBackground(_ options: DaemonOptions) throws {
-        try? FileManager.default.createDirectory(atPath: options.runDirectory, withIntermediateDirectories: true)
-        let logPath = options.runDirectory + "/replicad.log"
         var arguments = [
-            "/proc/self/exe", "replicad", "--foreground", "--config-dir", options.configDirectory, "--run-dir",
+            "replicad", "--foreground", "--config-dir", options.configDirectory, "--run-dir",
             options.runDirectory, "--node", options.nodeName, "--handler-timeout", String(handlerTimeoutSeconds),
         ]
         if verbose { arguments.append("--verbose") }
@@ -117,45 +114,10 @@ struct ReplicadCommand: AsyncParsableCommand {
         for value in nbdTCP { arguments += ["--nbd-tcp", value] }
         if let deviceLinkRoot { arguments += ["--device-link-root", deviceLinkRoot] }
         if allowBufferedLoop { arguments.append("--allow-buffered-loop") }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        // POSIX_SPAWN_SETSID (glibc 2.26): detach from the terminal's session.
-        posix_spawnattr_setflags(&attributes, Int16(0x80))
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o600)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
-        let argv = arguments.map { strdup($0) } + [nil]
-        defer { for pointer in argv { free(pointer) } }
-        var pid: pid_t = 0
-        let result = posix_spawn(&pid, "/proc/self/exe", &actions, &attributes, argv, environ)
-        guard result == 0 else {
-            printToStandardError("tandem replicad: cannot start the daemon: \(String(cString: strerror(result)))")
-            throw TandemExitCode.daemonUnavailable
-        }
         let client = ControlClient(runDirectory: options.runDirectory)
-        let deadline = Date().addingTimeInterval(15)
-        while Date() < deadline {
-            var status: Int32 = 0
-            if waitpid(pid, &status, WNOHANG) == pid {
-                let code = (status >> 8) & 0xFF
-                printToStandardError("tandem replicad: the daemon exited with status \(code); see \(logPath):")
-                let log = (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? ""
-                printToStandardError(log.split(separator: "\n").suffix(10).joined(separator: "\n"))
-                throw ExitCode(code == 0 ? 20 : code)
-            }
-            if let response = try? client.send(ControlRequest(verb: .ping), answerTimeout: .seconds(2)),
-                response.result == .ok, response.message?.contains("pid \(pid)") == true
-            {
-                print("replicad started (pid \(pid)); log: \(logPath)")
-                return
-            }
-            usleep(100_000)
+        try BackgroundDaemon.start(name: "replicad", arguments: arguments, runDirectory: options.runDirectory) { pid in
+            guard let response = try? client.send(ControlRequest(verb: .ping), answerTimeout: .seconds(2)) else { return false }
+            return response.result == .ok && response.message?.contains("pid \(pid)") == true
         }
-        printToStandardError("tandem replicad: the daemon (pid \(pid)) did not answer within 15 s; see \(logPath)")
-        throw TandemExitCode.daemonUnavailable
     }
 }

@@ -15,6 +15,8 @@ public struct TandemCommand: AsyncParsableCommand {
             AdmCommand.self,
             ReplicadCommand.self,
             CheckCommand.self,
+            HeartbeatdCommand.self,
+            StatusCommand.self,
             TakeoverCommand.self,
             StandbyCommand.self,
             ClusterStatusCommand.self,

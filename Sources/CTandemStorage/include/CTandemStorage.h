@@ -27,6 +27,10 @@ int ctandem_zero_range(int fd, int is_block_device, uint64_t offset, uint64_t le
 /// Names the calling thread (at most 15 characters are kept), so that `top -H` and stack dumps show I/O threads.
 void ctandem_name_current_thread(const char *name);
 
+/// pipe2(fds, O_CLOEXEC): both ends close-on-exec from the start, so that a child spawned by another thread never
+/// inherits them. Returns 0 or -1 with errno set.
+int ctandem_pipe_cloexec(int fds[2]);
+
 /// Attaches the file open on `file_fd` (read-write) to a free loop device: LOOP_CTL_GET_FREE, then LOOP_CONFIGURE
 /// with LO_FLAGS_DIRECT_IO when `direct_io` is set, retrying when another process takes the free device first.
 /// `backing_name` is recorded in the loop's status (LO_NAME_SIZE, so at most 63 bytes are kept): a tag that

@@ -103,6 +103,15 @@ public struct HaConfig: Sendable, Equatable {
     /// `enable_config_writes` (Pacemaker only; see `recordConfigChanges`).
     public var enableConfigWrites: Bool = true
 
+    // MARK: Tandem extensions (not in Heartbeat; a Heartbeat node would refuse these lines)
+
+    /// `resource_start_timeout`: how long one resource's start may take before it counts as failed (default 120 s).
+    public var resourceStartTimeout: Duration = .seconds(120)
+    /// `resource_stop_timeout`: the same for a stop; a stop that times out is retried like a failed one.
+    public var resourceStopTimeout: Duration = .seconds(120)
+    /// `stop_failure_action`: the last resort when a resource cannot be stopped after every retry.
+    public var stopFailureAction: StopFailurePolicy = .stopHeartbeats
+
     // MARK: Fencing and watchdog
 
     /// `watchdog`: the watchdog device Heartbeat feeds.
@@ -183,6 +192,14 @@ public struct APIAuthorization: Sendable, Hashable {
         self.client = client
         self.settings = settings
     }
+}
+
+/// `stop_failure_action`: what to do when a resource will not stop after every retry. Heartbeat rebooted; Tandem's
+/// default stops sending heartbeats, so that the peer declares this node dead and takes over.
+public enum StopFailurePolicy: String, Sendable, Hashable, CaseIterable {
+    case stopHeartbeats = "stop-heartbeats"
+    case reboot
+    case none
 }
 
 /// `auto_failback`: whether resources move back to their preferred node when it returns.

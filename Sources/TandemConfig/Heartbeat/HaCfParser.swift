@@ -45,6 +45,8 @@ public enum HaCfParser {
         "hopfudge", "hbgenmethod", "realtime", "rtprio", "msgfmt", "compression", "compression_threshold",
         "traditional_compression", "coredumps", "uuidfrom", "memreserve",
         "record_config_changes", "record_pengine_inputs", "enable_config_writes",
+        // Tandem's own.
+        "resource_start_timeout", "resource_stop_timeout", "stop_failure_action",
     ]
 
     /// Directives that Heartbeat 3 knows and Tandem does not implement, with a hint where there is an alternative.
@@ -346,6 +348,10 @@ extension HaCfBuilder {
         case "deadping": config.deadping = try time(single(directive, expected: expectedTime))
         case "conn_logd_time":
             config.logdReconnectInterval = try positiveTime(single(directive, expected: expectedTime))
+        case "resource_start_timeout":
+            config.resourceStartTimeout = try positiveTime(single(directive, expected: expectedTime))
+        case "resource_stop_timeout":
+            config.resourceStopTimeout = try positiveTime(single(directive, expected: expectedTime))
         case "max_rexmit_delay":
             // Heartbeat reads this one with atoi as milliseconds, not with its time syntax.
             let field = try single(directive, expected: "a delay in milliseconds such as 250")
@@ -469,6 +475,9 @@ extension HaCfBuilder {
         case "msgfmt":
             let field = try single(directive, expected: "classic or netstring")
             config.messageFormat = try choice(field, MessageFormat.self, what: "a message format")
+        case "stop_failure_action":
+            let field = try single(directive, expected: "stop-heartbeats, reboot or none")
+            config.stopFailureAction = try choice(field, StopFailurePolicy.self, what: "a stop failure action")
         case "coredumps": config.coreDumps = try boolean(single(directive, expected: yesNo))
         case "uuidfrom":
             let field = try single(directive, expected: "file or nodename")

@@ -1,0 +1,230 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CoreSupport
+import DaemonSupport
+import DeviceFrontend
+import Foundation
+import ReplicationDaemon
+import ResourceCore
+import TandemConfig
+
+/// IPaddr and IPaddr2: the floating address, added with its label and broadcast address, then announced with
+/// gratuitous ARP from the new owner (without it, clients keep the old MAC for up to a minute). Stopping deletes
+/// the address. Both are idempotent.
+struct IPAddressAgent {
+    let address: IPAddressResource
+    let log: ClusterLog
+    /// Gratuitous ARP: `arping -U` (unsolicited) and `-A` (reply), this many each, in the background.
+    static let announcements = 3
+
+    func run(_ kind: ResourceOperation.Kind, deadline: MonotonicInstant) -> OperationOutcome {
+        let resolved: (interface: String, prefix: UInt8)
+        switch resolve(deadline: deadline) {
+        case .success(let value): resolved = value
+        case .failure(let error): return .failed(error.description)
+        }
+        let cidr = "\(address.address)/\(resolved.prefix)"
+        let present = isPresent(on: resolved.interface, deadline: deadline)
+        switch kind {
+        case .start:
+            // Checked first, so that a missing tool changes nothing.
+            guard Tool.arping.path != nil else {
+                return .failed("arping is not installed (Debian: apt-get install iputils-arping): without gratuitous ARP clients keep the old owner's MAC")
+            }
+            if !present {
+                var arguments = ["-4", "addr", "add", cidr]
+                arguments += ["brd", address.broadcast.map(String.init(describing:)) ?? "+"]
+                arguments += ["dev", resolved.interface]
+                if let label = address.label { arguments += ["label", "\(resolved.interface):\(label)"] }
+                if case .failure(let error) = Tool.ip.check(arguments, deadline: deadline) { return .failed(error.description) }
+            }
+            announce(interface: resolved.interface)
+            return .succeeded
+        case .stop:
+            guard present else { return .succeeded }
+            return Tool.ip.check(["-4", "addr", "del", cidr, "dev", resolved.interface], deadline: deadline).outcome
+        }
+    }
+
+    /// Sends the gratuitous ARPs on a detached thread: they take a few seconds and must not delay the next resource.
+    func announce(interface: String) {
+        let address = self.address.address
+        let log = self.log
+        DaemonThread.detach(name: "garp") {
+            for mode in ["-U", "-A"] {
+                let result = Tool.arping.run(
+                    [mode, "-c", String(Self.announcements), "-I", interface, String(describing: address)],
+                    deadline: DaemonClock.now + .seconds(10))
+                if case .failure(let error) = result { log.error("gratuitous ARP for \(address): \(error)") }
+            }
+            log.info("gratuitous ARP for \(address) sent on \(interface)")
+        }
+    }
+
+    /// The interface and prefix: as written, or those of the interface whose network holds the address.
+    private func resolve(deadline: MonotonicInstant) -> Result<(interface: String, prefix: UInt8), ToolError> {
+        if let interface = address.interface, let prefix = address.prefixLength { return .success((interface, prefix)) }
+        let output: String
+        switch Tool.ip.check(["-o", "-4", "addr", "show"], deadline: deadline) {
+        case .success(let text): output = text
+        case .failure(let error): return .failure(error)
+        }
+        // Lines such as "3: eth1    inet 10.0.0.1/24 brd 10.0.0.255 scope global eth1".
+        for line in output.split(separator: "\n") {
+            let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard fields.count >= 4, let inet = fields.firstIndex(of: "inet"), inet + 1 < fields.count else { continue }
+            let parts = fields[inet + 1].split(separator: "/")
+            guard parts.count == 2, let network = IPv4Address(parts[0]), let prefix = UInt8(parts[1]), prefix <= 32 else { continue }
+            let interface = String(fields[1])
+            if let wanted = address.interface, wanted != interface { continue }
+            let mask: UInt32 = prefix == 0 ? 0 : ~UInt32(0) << (32 - UInt32(prefix))
+            if network.rawValue & mask == address.address.rawValue & mask {
+                return .success((interface, address.prefixLength ?? prefix))
+            }
+        }
+        return .failure(ToolError(
+            "no interface has a network that holds \(address.address); give it as IPaddr2::\(address.address)/PREFIX/INTERFACE"))
+    }
+
+    private func isPresent(on interface: String, deadline: MonotonicInstant) -> Bool {
+        guard case .success(let output) = Tool.ip.check(["-o", "-4", "addr", "show", "dev", interface], deadline: deadline) else {
+            return false
+        }
+        return output.contains(" \(address.address)/")
+    }
+}
+
+/// drbddisk: makes a replicated resource Primary (start) or Secondary (stop) through replicad, retrying as
+/// Heartbeat's drbddisk does (start 6 times, stop 3 times, 1 s apart): the peer may still be demoting.
+struct DrbddiskAgent {
+    let resource: String?
+    let runDirectory: String
+    let log: ClusterLog
+
+    func run(_ kind: ResourceOperation.Kind, deadline: MonotonicInstant) -> OperationOutcome {
+        guard let resource else { return .failed("drbddisk without a resource name is not supported; write drbddisk::NAME") }
+        let attempts = kind == .start ? 6 : 3
+        let client = ControlClient(runDirectory: runDirectory)
+        var lastProblem = ""
+        for attempt in 1...attempts {
+            let request = ControlRequest(verb: kind == .start ? .primary : .secondary, resource: resource)
+            let remaining = deadline - DaemonClock.now
+            guard remaining > .zero else { break }
+            do {
+                let response = try client.send(request, answerTimeout: min(remaining, .seconds(60)))
+                if response.result == .ok { return .succeeded }
+                lastProblem = "\(response.result.rawValue): \(response.message ?? "")"
+            } catch {
+                lastProblem = error.message
+            }
+            log.warning("drbddisk \(resource) \(kind.rawValue), attempt \(attempt) of \(attempts): \(lastProblem)")
+            if attempt < attempts { sleep(1) }
+        }
+        return .failed("drbddisk \(resource) \(kind.rawValue): \(lastProblem)")
+    }
+}
+
+/// Filesystem: checks the file system when needed, mounts it, and unmounts it; an unmount that is refused because
+/// the file system is busy sends SIGTERM, then SIGKILL, to the processes that use it, within the operation's time.
+struct FilesystemAgent {
+    let device: String
+    let mountPoint: String
+    let fsType: String?
+    let options: String?
+    let log: ClusterLog
+
+    func run(_ kind: ResourceOperation.Kind, deadline: MonotonicInstant) -> OperationOutcome {
+        switch kind {
+        case .start: return start(deadline: deadline)
+        case .stop: return stop(deadline: deadline)
+        }
+    }
+
+    private func start(deadline: MonotonicInstant) -> OperationOutcome {
+        if let mounted = MountTable.newestMount(at: mountPoint)?.source {
+            if Self.sameDevice(mounted, device) { return .succeeded }
+            return .failed("\(mountPoint) already has \(mounted) mounted on it")
+        }
+        if let fsType, ["ext2", "ext3", "ext4"].contains(fsType) {
+            // -p repairs what is safe; 0 clean, 1 repaired, 2 repaired and a reboot advised (not for a data volume).
+            switch Tool.fsck.run(["-p", "-T", "-t", fsType, device], deadline: deadline) {
+            case .failure(let error): return .failed(error.description)
+            case .success(let outcome) where (outcome.exitStatus ?? 8) >= 4 || outcome.timedOut:
+                return .failed("fsck of \(device) \(outcome): \(outcome.output)")
+            case .success(let outcome):
+                if outcome.exitStatus != 0 { log.warning("fsck repaired \(device): \(outcome.output)") }
+            }
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: mountPoint, withIntermediateDirectories: true)
+        } catch {
+            return .failed("cannot create \(mountPoint): \(error)")
+        }
+        var arguments: [String] = []
+        if let fsType { arguments += ["-t", fsType] }
+        if let options { arguments += ["-o", options] }
+        return Tool.mount.check(arguments + [device, mountPoint], deadline: deadline).outcome
+    }
+
+    private func stop(deadline: MonotonicInstant) -> OperationOutcome {
+        guard MountTable.newestMount(at: mountPoint)?.source != nil else { return .succeeded }
+        let started = DaemonClock.now
+        // Half the time for users to leave after SIGTERM, as the Filesystem agent does; then SIGKILL.
+        let killAt = started + (deadline - started) / 2
+        var lastError = ""
+        while DaemonClock.now < deadline {
+            switch Tool.umount.run([mountPoint], deadline: deadline) {
+            case .failure(let error): return .failed(error.description)
+            case .success(let outcome) where outcome.succeeded: return .succeeded
+            case .success(let outcome): lastError = outcome.output.trimmingCharacters(in: .whitespacesAndNewlines)
+            }
+            guard MountTable.newestMount(at: mountPoint)?.source != nil else { return .succeeded }
+            let users = MountUsers.find(mountPoint: mountPoint)
+            let signal = DaemonClock.now >= killAt ? SIGKILL : SIGTERM
+            if !users.isEmpty {
+                log.warning("\(mountPoint) is busy: sending \(signal == SIGKILL ? "SIGKILL" : "SIGTERM") to \(users.map(String.init).joined(separator: ", "))")
+                for pid in users { kill(pid, signal) }
+            }
+            usleep(200_000)
+        }
+        return .failed("\(mountPoint) could not be unmounted in time: \(lastError)")
+    }
+
+    /// Whether two device paths name the same node (/dev/drbd0 is a link to the loop device mount shows).
+    static func sameDevice(_ left: String, _ right: String) -> Bool {
+        func resolved(_ path: String) -> String {
+            guard let real = realpath(path, nil) else { return path }
+            defer { free(real) }
+            return String(cString: real)
+        }
+        return resolved(left) == resolved(right)
+    }
+}
+
+/// The processes that use a mounted file system: working directory, root, or an open file under the mount point.
+enum MountUsers {
+    static func find(mountPoint: String) -> [pid_t] {
+        let root = URL(fileURLWithPath: mountPoint).standardizedFileURL.path
+        func inside(_ path: String) -> Bool { path == root || path.hasPrefix(root + "/") }
+        let own = getpid()
+        var users: [pid_t] = []
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = pid_t(entry), pid != own else { continue }
+            let base = "/proc/\(entry)"
+            var uses = ["cwd", "root"].contains { (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(base)/\($0)")).map(inside) ?? false }
+            if !uses {
+                for descriptor in (try? FileManager.default.contentsOfDirectory(atPath: "\(base)/fd")) ?? [] {
+                    if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(base)/fd/\(descriptor)"), inside(target) {
+                        uses = true
+                        break
+                    }
+                }
+            }
+            if uses { users.append(pid) }
+        }
+        return users
+    }
+}

@@ -1,0 +1,116 @@
+import DaemonSupport
+
+/// heartbeatd's control socket: `<run-dir>/heartbeatd.sock`, JSON lines, root only, like replicad's (see
+/// `ControlServer`). `tandem takeover`, `standby`, `cl-status` and `status` use it.
+public enum ClusterControlProtocol {
+    public static let version = 1
+    public static let socketFileName = "heartbeatd.sock"
+    public static let requestBytesMaximum = 4096
+    public static let responseBytesMaximum = 1 << 20
+
+    public static func socketPath(runDirectory: String) -> String {
+        runDirectory.hasSuffix("/") ? runDirectory + socketFileName : runDirectory + "/" + socketFileName
+    }
+
+    public static func client(runDirectory: String) -> LineControlClient {
+        LineControlClient(
+            socketPath: socketPath(runDirectory: runDirectory), daemonName: "the cluster manager",
+            startHint: "start it with 'tandem heartbeatd'", responseBytesMaximum: responseBytesMaximum)
+    }
+}
+
+public enum ClusterControlVerb: String, Codable, Sendable, CaseIterable {
+    case ping
+    case status
+    /// hb_standby: give the `selection` to the peer.
+    case standby
+    /// hb_takeover: take the `selection` from the peer.
+    case takeover
+}
+
+public struct ClusterControlRequest: Codable, Sendable {
+    public var version: Int
+    public var verb: ClusterControlVerb
+    /// all, local, foreign or failback.
+    public var selection: String?
+
+    public init(verb: ClusterControlVerb, selection: String? = nil) {
+        self.version = ClusterControlProtocol.version
+        self.verb = verb
+        self.selection = selection
+    }
+}
+
+public enum ClusterControlResult: String, Codable, Sendable {
+    case ok
+    case refused
+    case badRequest = "bad-request"
+    case failed
+}
+
+public struct ClusterControlResponse: Codable, Sendable {
+    public var version: Int
+    public var result: ClusterControlResult
+    public var message: String?
+    public var status: ClusterStatusReport?
+
+    public init(_ result: ClusterControlResult, _ message: String? = nil, status: ClusterStatusReport? = nil) {
+        self.version = ClusterControlProtocol.version
+        self.result = result
+        self.message = message
+        self.status = status
+    }
+}
+
+/// What `status` reports: nodes, links, groups, counters.
+public struct ClusterStatusReport: Codable, Sendable {
+    public struct Peer: Codable, Sendable {
+        public var name: String
+        public var status: String
+        public var links: [Link]
+    }
+
+    public struct Link: Codable, Sendable {
+        public var name: String
+        public var status: String
+    }
+
+    public struct Group: Codable, Sendable {
+        public var key: String
+        public var preferredNode: String
+        public var resources: [String]
+        /// stopped, starting, running, stopping, failed, stop-failed.
+        public var state: String
+        public var resourcesStarted: Int
+        public var heldByPeer: Bool
+        public var failedHere: Bool
+    }
+
+    public var node: String
+    /// This node's status: up, active; `halted` after a last resort.
+    public var status: String
+    /// Heartbeat's rscstatus: none, local, foreign, all, transition.
+    public var resourcesHeld: String
+    public var phase: String
+    public var exchange: String?
+    public var generation: UInt64
+    public var peers: [Peer]
+    public var groups: [Group]
+    /// Counters by name: membership, wire and resource counters together.
+    public var counters: [String: UInt64]
+}
+
+extension ClusterDaemon: ControlHandler {
+    public static var protocolVersion: Int { ClusterControlProtocol.version }
+    public static var requestBytesMaximum: Int { ClusterControlProtocol.requestBytesMaximum }
+    public static var responseBytesMaximum: Int { ClusterControlProtocol.responseBytesMaximum }
+    public static var daemonName: String { "heartbeatd" }
+
+    public static func errorResponse(_ kind: ControlErrorKind, _ message: String) -> ClusterControlResponse {
+        switch kind {
+        case .refused: ClusterControlResponse(.refused, message)
+        case .badRequest: ClusterControlResponse(.badRequest, message)
+        case .failed: ClusterControlResponse(.failed, message)
+        }
+    }
+}

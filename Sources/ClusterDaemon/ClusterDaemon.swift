@@ -1,0 +1,313 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CoreSupport
+import DaemonSupport
+import Foundation
+import MembershipCore
+import ResourceCore
+import Synchronization
+import TandemConfig
+import TandemDrivers
+
+/// `tandem heartbeatd`'s engine: one dedicated thread owns the production `ClusterNode` and everything reaches it
+/// through a mailbox (datagrams from the links' threads, finished operations from the agents' threads, control
+/// requests). The thread sleeps until the next message or the machines' next deadline.
+public final class ClusterDaemon: Sendable {
+    let plan: ClusterPlan
+    let generation: UInt64
+    private let mailbox = ClusterMailbox()
+    private let links: [HeartbeatLink]
+    private let log: ClusterLog
+    private let agents: ResourceAgents
+    private let thread: Mutex<DaemonThread?> = Mutex(nil)
+
+    init(plan: ClusterPlan, generation: UInt64, links: [HeartbeatLink], log: ClusterLog, agents: ResourceAgents) {
+        self.plan = plan
+        self.generation = generation
+        self.links = links
+        self.log = log
+        self.agents = agents
+    }
+
+    /// Starts the cluster thread and the links' receivers.
+    func start() {
+        let environment = DaemonClusterEnvironment(
+            links: links, mailbox: mailbox, agents: agents, log: log, groups: plan.groups)
+        let membership = plan.membershipConfiguration(generation: generation, randomSeed: UInt64.random(in: .min ... .max))
+        let resources = plan.resourceConfiguration()
+        let keys = plan.authkeys
+        let mailbox = self.mailbox
+        let authkeysPath = plan.authkeysPath
+        let log = self.log
+        for (index, link) in links.enumerated() {
+            link.startReceiving { datagram in mailbox.post(.datagram(datagram, link: index)) }
+        }
+        let handle = DaemonThread.start(name: "heartbeatd") {
+            var node = ClusterNode(
+                membership: membership, resources: resources, authenticator: MessageAuthenticator(keys: keys),
+                environment: environment)
+            var keysWatcher = AuthkeysWatcher(path: authkeysPath)
+            node.start(now: DaemonClock.now)
+            while !environment.isFinished {
+                let deadline = min(node.nextDeadline ?? DaemonClock.now + .seconds(1), DaemonClock.now + .seconds(1))
+                for message in mailbox.take(until: deadline) {
+                    let now = DaemonClock.now
+                    switch message {
+                    case .datagram(let bytes, let link):
+                        if !environment.isSilenced { node.datagramReceived(bytes, link: link, now: now) }
+                    case .operationFinished(let operation, let outcome):
+                        environment.operationEnded(operation)
+                        node.operationFinished(operation, outcome: outcome, now: now)
+                    case .admin(let request, let reply):
+                        reply(Self.answer(request, node: &node, environment: environment, now: now))
+                    case .shutdown:
+                        node.shutdown(now: now)
+                    }
+                }
+                if let keys = keysWatcher.changedKeys(log: log) { node.replaceKeys(MessageAuthenticator(keys: keys)) }
+                node.tick(now: DaemonClock.now)
+            }
+            environment.finish()
+        }
+        thread.withLock { $0 = handle }
+    }
+
+    /// SIGTERM: release every group, send shutdone, then return. The links close last, so that shutdone goes out.
+    func shutdown() async {
+        mailbox.post(.shutdown)
+        let handle = thread.withLock { $0 }
+        await DaemonThread.run(name: "hb-join") { handle?.join() }
+        for link in links { link.close() }
+        mailbox.close()
+    }
+
+    public func handle(_ request: ClusterControlRequest) async -> ClusterControlResponse {
+        await withCheckedContinuation { continuation in
+            let posted = mailbox.post(.admin(request, reply: { continuation.resume(returning: $0) }))
+            if !posted { continuation.resume(returning: ClusterControlResponse(.failed, "heartbeatd is stopping")) }
+        }
+    }
+
+    private static func answer(
+        _ request: ClusterControlRequest, node: inout ClusterNode<DaemonClusterEnvironment>,
+        environment: DaemonClusterEnvironment, now: MonotonicInstant
+    ) -> ClusterControlResponse {
+        switch request.verb {
+        case .ping:
+            return ClusterControlResponse(.ok, "heartbeatd of \(node.membership.configuration.localNode) (pid \(getpid()))")
+        case .status:
+            return ClusterControlResponse(.ok, status: report(node, environment: environment))
+        case .standby, .takeover:
+            guard let selection = ResourceSelection(rawValue: request.selection ?? "all") else {
+                return ClusterControlResponse(.badRequest, "'\(request.selection ?? "")' is not all, local, foreign or failback")
+            }
+            if environment.isSilenced {
+                return ClusterControlResponse(.refused, "this node stopped its heartbeats after a failed stop; restart heartbeatd")
+            }
+            let outcome = request.verb == .standby
+                ? node.requestStandby(selection, now: now) : node.requestTakeover(selection, now: now)
+            return ClusterControlResponse(outcome.accepted ? .ok : .refused, outcome.message)
+        }
+    }
+
+    static func report(_ node: ClusterNode<DaemonClusterEnvironment>, environment: DaemonClusterEnvironment) -> ClusterStatusReport {
+        var counters: [String: UInt64] = [:]
+        for source in [Mirror(reflecting: node.membership.counters), Mirror(reflecting: node.wireCounters), Mirror(reflecting: node.resources.counters)] {
+            for child in source.children { if let name = child.label, let value = child.value as? UInt64 { counters[name] = value } }
+        }
+        return ClusterStatusReport(
+            node: node.membership.configuration.localNode,
+            status: environment.isSilenced ? "halted" : node.membership.localStatus.rawValue,
+            resourcesHeld: node.resources.heldSummary, phase: node.resources.phase.rawValue,
+            exchange: node.resources.exchangeDescription, generation: node.membership.configuration.generation,
+            peers: node.membership.peerReports.map { peer in
+                ClusterStatusReport.Peer(
+                    name: peer.name, status: peer.status.rawValue,
+                    links: peer.links.map { ClusterStatusReport.Link(name: $0.name, status: $0.status.rawValue) })
+            },
+            groups: node.resources.groupReports.map { group in
+                ClusterStatusReport.Group(
+                    key: group.key, preferredNode: group.preferredNode, resources: group.resources,
+                    state: group.state.rawValue, resourcesStarted: group.resourcesStarted, heldByPeer: group.heldByPeer,
+                    failedHere: group.failedHere)
+            },
+            counters: counters)
+    }
+}
+
+/// The environment the production driver runs over in the daemon. Used only on the cluster thread, except for the
+/// agents' threads, which post their outcomes to the mailbox.
+final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
+    // @unchecked: the mutable fields are only touched on the cluster thread.
+    let links: [HeartbeatLink]
+    let mailbox: ClusterMailbox
+    let agents: ResourceAgents
+    let log: ClusterLog
+    let groups: [ResourceGroup]
+    private(set) var isFinished = false
+    /// Set by the stop-heartbeats last resort: nothing more is sent or acted on.
+    private(set) var isSilenced = false
+    private var operationThreads: [ResourceOperation: DaemonThread] = [:]
+
+    init(links: [HeartbeatLink], mailbox: ClusterMailbox, agents: ResourceAgents, log: ClusterLog, groups: [ResourceGroup]) {
+        self.links = links
+        self.mailbox = mailbox
+        self.agents = agents
+        self.log = log
+        self.groups = groups
+    }
+
+    func transmit(_ datagram: [UInt8]) {
+        guard !isSilenced else { return }
+        for link in links {
+            if let error = link.send(datagram) {
+                log.log(.debug, "sending on \(link.name) failed: \(String(cString: strerror(error)))")
+            }
+        }
+    }
+
+    func runOperation(_ operation: ResourceOperation, resource: String, timeout: Duration) {
+        let spec = groups[operation.group].resources[operation.resource]
+        let agents = self.agents
+        let mailbox = self.mailbox
+        operationThreads[operation] = DaemonThread.start(name: "hb-\(operation.kind.rawValue)") {
+            let outcome = agents.run(operation.kind, spec, timeout: timeout)
+            mailbox.post(.operationFinished(operation, outcome))
+        }
+    }
+
+    func operationEnded(_ operation: ResourceOperation) {
+        operationThreads.removeValue(forKey: operation)?.join()
+    }
+
+    func log(_ level: LogLevel, _ message: String) { log.log(level, message) }
+
+    func lastResort(_ action: StopFailureAction, reason: String) {
+        switch action {
+        case .stopHeartbeats:
+            log.log(.critical, "\(reason): stopping heartbeats so that the peer takes over (stop_failure_action stop-heartbeats); this node keeps what it could not stop until an operator intervenes")
+            isSilenced = true
+        case .reboot:
+            log.log(.critical, "\(reason): rebooting now (stop_failure_action reboot)")
+            sync()
+            _ = ChildProcess.run(["/sbin/reboot", "-f"], environment: ["PATH": ChildProcess.searchPath], timeout: .seconds(10))
+        case .none:
+            log.log(.critical, "\(reason): left as it is (stop_failure_action none); the group is marked stop-failed")
+        }
+    }
+
+    func shutdownComplete() { isFinished = true }
+
+    /// Joins what is left once the loop ends.
+    func finish() {
+        for thread in operationThreads.values { thread.join() }
+        operationThreads.removeAll()
+    }
+
+    var wallClockSeconds: UInt64 { UInt64(time(nil)) }
+
+    var loadAverage: String? {
+        guard let text = try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8) else { return nil }
+        return text.split(separator: " ").prefix(3).joined(separator: " ")
+    }
+}
+
+/// The cluster thread's inbox. Producers never block. Datagrams beyond `datagramsMaximum` waiting are dropped (a
+/// flood must not grow memory; heartbeats are repeated anyway), and control requests beyond
+/// `requestsMaximum` are refused.
+final class ClusterMailbox: @unchecked Sendable {
+    // @unchecked: every mutable field is only touched with `lock` held.
+    enum Message: Sendable {
+        case datagram([UInt8], link: Int)
+        case operationFinished(ResourceOperation, OperationOutcome)
+        case admin(ClusterControlRequest, reply: @Sendable (ClusterControlResponse) -> Void)
+        case shutdown
+    }
+
+    static let datagramsMaximum = 1024
+    static let requestsMaximum = 64
+
+    private let lock = PthreadLock()
+    private var messages: [Message] = []
+    private var datagrams = 0
+    private var requests = 0
+    private var isClosed = false
+
+    /// Adds a message; false when it was dropped (closed, or over a limit).
+    @discardableResult
+    func post(_ message: Message) -> Bool {
+        lock.withLock {
+            guard !isClosed else { return false }
+            switch message {
+            case .datagram:
+                guard datagrams < Self.datagramsMaximum else { return false }
+                datagrams += 1
+            case .admin:
+                guard requests < Self.requestsMaximum else { return false }
+                requests += 1
+            default:
+                break
+            }
+            messages.append(message)
+            lock.broadcast()
+            return true
+        }
+    }
+
+    /// Everything waiting, or nothing once `deadline` passes.
+    func take(until deadline: MonotonicInstant) -> [Message] {
+        lock.withLock {
+            while messages.isEmpty && DaemonClock.now < deadline { lock.wait(until: deadline) }
+            let taken = messages
+            messages.removeAll()
+            datagrams = 0
+            requests = 0
+            return taken
+        }
+    }
+
+    /// Refuses everything from now on, and answers the control requests still waiting.
+    func close() {
+        let stranded = lock.withLock {
+            isClosed = true
+            defer { messages.removeAll() }
+            return messages
+        }
+        for case .admin(_, let reply) in stranded { reply(ClusterControlResponse(.failed, "heartbeatd stopped")) }
+    }
+}
+
+/// authkeys is re-read when its modification time changes, as Heartbeat does. A changed file that does not parse is
+/// reported and the keys in force stay.
+struct AuthkeysWatcher {
+    let path: String
+    private var modified: timespec?
+
+    init(path: String) {
+        self.path = path
+        self.modified = Self.modificationTime(path)
+    }
+
+    mutating func changedKeys(log: ClusterLog) -> Authkeys? {
+        let now = Self.modificationTime(path)
+        guard now?.tv_sec != modified?.tv_sec || now?.tv_nsec != modified?.tv_nsec else { return nil }
+        modified = now
+        do {
+            let parsed = try AuthkeysParser.load(path: path)
+            log.info("\(path) changed: signing with key \(parsed.model.activeIndex.value) from now on")
+            return parsed.model
+        } catch {
+            log.error("\(path) changed but cannot be used, keeping the keys in force: \(error.description)")
+            return nil
+        }
+    }
+
+    private static func modificationTime(_ path: String) -> timespec? {
+        var status = stat()
+        guard stat(path, &status) == 0 else { return nil }
+        return status.st_mtim
+    }
+}

@@ -1,0 +1,156 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import CoreSupport
+import DaemonSupport
+import Foundation
+import ResourceCore
+import TandemConfig
+
+/// Runs one start or stop of one haresources resource. Blocking: called on a thread of its own.
+///
+/// Agents are found in this order:
+/// 1. built-in: `IPaddr`/`IPaddr2` (and a bare address), `drbddisk`, `Filesystem`;
+/// 2. `<config-dir>/resource.d/NAME` (Heartbeat's /etc/ha.d/resource.d), run as `NAME ARG... start|stop`;
+/// 3. `/etc/init.d/NAME`, an LSB init script, run as `NAME start|stop`;
+/// 4. `ocf:PROVIDER:TYPE::name=value::...`, an OCF agent under /usr/lib/ocf/resource.d, with the arguments as
+///    `OCF_RESKEY_name`.
+struct ResourceAgents: Sendable {
+    let configDirectory: String
+    /// This node's name, given to scripts as TANDEM_NODE.
+    let localNode: String
+    /// replicad's run directory, for drbddisk.
+    let runDirectory: String
+    let initDirectory: String
+    let ocfRoot: String
+    let log: ClusterLog
+
+    func run(_ kind: ResourceOperation.Kind, _ resource: ResourceSpec, timeout: Duration) -> OperationOutcome {
+        log.info("Running \(resource.text) \(kind.rawValue)")
+        let deadline = DaemonClock.now + timeout
+        let outcome: OperationOutcome
+        switch resource.kind {
+        case .ipAddress(let address):
+            outcome = IPAddressAgent(address: address, log: log).run(kind, deadline: deadline)
+        case .drbddisk(let name):
+            outcome = DrbddiskAgent(resource: name, runDirectory: runDirectory, log: log).run(kind, deadline: deadline)
+        case .filesystem(let device, let mountPoint, let fsType, let options):
+            outcome = FilesystemAgent(
+                device: device, mountPoint: mountPoint, fsType: fsType, options: options, log: log
+            ).run(kind, deadline: deadline)
+        case .script(let name, let arguments):
+            outcome = runScript(name: name, arguments: arguments, kind: kind, timeout: timeout)
+        }
+        if case .failed(let detail) = outcome {
+            log.error("\(resource.text) \(kind.rawValue) failed: \(detail)")
+        } else {
+            log.info("\(resource.text) \(kind.rawValue) done")
+        }
+        return outcome
+    }
+
+    private func runScript(
+        name: String, arguments: [String], kind: ResourceOperation.Kind, timeout: Duration
+    ) -> OperationOutcome {
+        var environment = ["PATH": ChildProcess.searchPath, "HA_d": configDirectory, "TANDEM_NODE": localNode]
+        let command: [String]
+        if name.hasPrefix("ocf:") {
+            let parts = name.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 3, !parts[1].isEmpty, !parts[2].isEmpty else {
+                return .failed("'\(name)' is not ocf:PROVIDER:TYPE")
+            }
+            let script = "\(ocfRoot)/resource.d/\(parts[1])/\(parts[2])"
+            guard access(script, X_OK) == 0 else {
+                return .failed("OCF agent \(script) not found or not executable (Debian: apt-get install resource-agents)")
+            }
+            environment["OCF_ROOT"] = ocfRoot
+            environment["OCF_FUNCTIONS_DIR"] = "\(ocfRoot)/lib/heartbeat"
+            environment["OCF_RESOURCE_TYPE"] = String(parts[2])
+            environment["OCF_RESOURCE_PROVIDER"] = String(parts[1])
+            environment["OCF_RESOURCE_INSTANCE"] = String(parts[2]) + "_" + String(arguments.joined().unicodeScalars.filter { CharacterSet.alphanumerics.contains($0) }.prefix(32))
+            environment["OCF_RESKEY_CRM_meta_timeout"] = String(timeout.wholeMilliseconds)
+            for argument in arguments {
+                guard let equals = argument.firstIndex(of: "="), equals != argument.startIndex else {
+                    return .failed("OCF argument '\(argument)' is not name=value")
+                }
+                environment["OCF_RESKEY_" + argument[..<equals]] = String(argument[argument.index(after: equals)...])
+            }
+            command = [script, kind.rawValue]
+        } else if access("\(configDirectory)/resource.d/\(name)", X_OK) == 0 {
+            command = ["\(configDirectory)/resource.d/\(name)"] + arguments + [kind.rawValue]
+        } else if access("\(initDirectory)/\(name)", X_OK) == 0 {
+            command = ["\(initDirectory)/\(name)", kind.rawValue]
+        } else {
+            return .failed(
+                "no agent for '\(name)': not built in, not in \(configDirectory)/resource.d, not in \(initDirectory), not ocf:PROVIDER:TYPE")
+        }
+        switch ChildProcess.run(command, environment: environment, timeout: timeout) {
+        case .failure(let error):
+            return .failed("\(command[0]): \(error)")
+        case .success(let outcome):
+            for line in outcome.output.split(separator: "\n").prefix(50) { log.info("\(name): \(line)") }
+            // OCF: a stop of something not running is a success (7 is tolerated from agents that say so).
+            if outcome.succeeded || (kind == .stop && outcome.exitStatus == 7 && name.hasPrefix("ocf:")) {
+                return .succeeded
+            }
+            return .failed("\(command[0]) \(kind.rawValue) \(outcome)")
+        }
+    }
+}
+
+extension Duration {
+    var wholeMilliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
+}
+
+/// Runs a tool (`ip`, `mount`, `arping`) found on the search path, bounded by the operation's deadline.
+struct Tool {
+    let name: String
+    let debianPackage: String
+
+    static let ip = Tool(name: "ip", debianPackage: "iproute2")
+    static let arping = Tool(name: "arping", debianPackage: "iputils-arping")
+    static let mount = Tool(name: "mount", debianPackage: "mount")
+    static let umount = Tool(name: "umount", debianPackage: "mount")
+    static let fsck = Tool(name: "fsck", debianPackage: "util-linux")
+
+    var path: String? {
+        ChildProcess.searchPath.split(separator: ":").map { "\($0)/\(name)" }.first { access($0, X_OK) == 0 }
+    }
+
+    /// Runs the tool; `.failure` carries a message that says what is missing or what the tool said.
+    func run(_ arguments: [String], deadline: MonotonicInstant) -> Result<ChildProcess.Outcome, ToolError> {
+        guard let path else { return .failure(ToolError("\(name) is not installed (Debian: apt-get install \(debianPackage))")) }
+        let remaining = deadline - DaemonClock.now
+        guard remaining > .zero else { return .failure(ToolError("no time left to run \(name)")) }
+        switch ChildProcess.run([path] + arguments, environment: ["PATH": ChildProcess.searchPath], timeout: remaining, killGrace: .seconds(2)) {
+        case .success(let outcome): return .success(outcome)
+        case .failure(let error): return .failure(ToolError("\(name): \(error)"))
+        }
+    }
+
+    /// Runs the tool and requires exit status 0.
+    func check(_ arguments: [String], deadline: MonotonicInstant) -> Result<String, ToolError> {
+        switch run(arguments, deadline: deadline) {
+        case .failure(let error): return .failure(error)
+        case .success(let outcome) where outcome.succeeded: return .success(outcome.output)
+        case .success(let outcome):
+            return .failure(ToolError("\(name) \(arguments.joined(separator: " ")) \(outcome): \(outcome.output.trimmingCharacters(in: .whitespacesAndNewlines))"))
+        }
+    }
+}
+
+struct ToolError: Error, CustomStringConvertible {
+    var description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension Result where Failure == ToolError {
+    var outcome: OperationOutcome {
+        switch self {
+        case .success: .succeeded
+        case .failure(let error): .failed(error.description)
+        }
+    }
+}
