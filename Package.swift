@@ -187,6 +187,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "ClusterDaemonTests",
+            dependencies: ["ClusterDaemon", "DaemonSupport", "TandemTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "TandemSimulatorTests",
             dependencies: ["TandemSimulator", "ReplicationCore", "TandemConfig"],
             swiftSettings: strictSettings

@@ -117,6 +117,8 @@ public struct MembershipMachine: Sendable {
         } else if peer.status == .dead && !peer.shutDown {
             actions.append(.log(.critical, "Cluster node \(peer.name) returning after partition."))
             actions.append(.log(.warning, "Deadtime value may be too small."))
+            // Alive again at once, whatever kind of message this is, so that the return is reported once.
+            setStatus(&peer, .up, into: &actions)
             actions.append(.nodeReturnedAfterPartition(node: peer.name))
             counters.partitionReturns += 1
         }

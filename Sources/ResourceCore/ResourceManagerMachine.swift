@@ -33,6 +33,8 @@ public struct ResourceManagerMachine: Sendable {
     private var stopRetryAt: MonotonicInstant?
     private var notices: [Notice] = []
     private var isActive = false
+    /// The contested groups this node last told the peer it keeps (see `settleConflicts`).
+    private var conflictAnswered: Set<Int> = []
 
     public enum Phase: String, Sendable, Hashable {
         case notStarted = "not-started"
@@ -384,27 +386,36 @@ public struct ResourceManagerMachine: Sendable {
     private mutating func settleConflicts(into actions: inout [ResourceAction]) {
         let peerName = configuration.peerNode ?? ""
         let contested = groups.indices.filter { groups[$0].isHeld && peer.held.contains($0) }
-        guard !contested.isEmpty else { return }
-        var releasing: [Int] = []
-        for index in contested {
+        guard !contested.isEmpty else {
+            conflictAnswered = []
+            return
+        }
+        let local = configuration.localNode.lowercased()
+        let kept = contested.filter { index in
             let preferred = groups[index].definition.preferredNode.lowercased()
-            let keeper: String
-            if preferred == configuration.localNode.lowercased() || preferred == peerName.lowercased() {
-                keeper = preferred
-            } else {
-                keeper = min(configuration.localNode.lowercased(), peerName.lowercased())
-            }
+            if preferred == local || preferred == peerName.lowercased() { return preferred == local }
+            return local < peerName.lowercased()
+        }
+        // Groups already being released were reported when the conflict was first seen.
+        let releasing = contested.filter { !kept.contains($0) && groups[$0].wanted }
+        for index in releasing {
             counters.conflicts += 1
-            if keeper == configuration.localNode.lowercased() {
-                actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): keeping it here, \(peerName) releases it"))
-            } else {
-                actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): releasing it to \(peerName)"))
-                releasing.append(index)
-            }
+            actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): releasing it to \(peerName)"))
         }
         if !releasing.isEmpty {
             release(releasing, reason: "split brain resolution", into: &actions)
             notices.append(.announce)
+        }
+        if !kept.isEmpty && Set(contested) != conflictAnswered {
+            // The peer may not know that we hold what it must release (it may not have seen a partition at all):
+            // tell it, once per conflict. Its answer may still show the groups it is stopping; answering that again
+            // would have the two nodes answer each other forever.
+            conflictAnswered = Set(contested)
+            for index in kept {
+                counters.conflicts += 1
+                actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): keeping it here, \(peerName) releases it"))
+            }
+            actions.append(.send(.holdings(holdingsMessage, stable: isSettled)))
         }
     }
 

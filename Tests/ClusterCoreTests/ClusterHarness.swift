@@ -95,8 +95,11 @@ final class ClusterHarness {
         pending.removeAll { $0.node == name }
     }
 
+    /// Nodes whose messages are lost on every link while they still hear the others (a one-way partition).
+    var muted: Set<String> = []
+
     func transmit(from sender: String, _ datagram: [UInt8]) {
-        guard !crashed.contains(sender) else { return }
+        guard !crashed.contains(sender), !muted.contains(sender) else { return }
         for link in Self.linkNames.indices where !cutLinks.contains(link) {
             // Not `nodes.keys`: the sender's driver is being mutated inside `nodes` while it transmits.
             for receiver in booted where receiver != sender && !crashed.contains(receiver) {
@@ -129,8 +132,14 @@ final class ClusterHarness {
         }
     }
 
+    /// Deliveries allowed within one 10 ms step: more means two nodes answer each other forever.
+    static let deliveriesPerStepMaximum = 10_000
+
     private func drain() {
+        var delivered = 0
         while !deliveries.isEmpty {
+            delivered += 1
+            precondition(delivered < Self.deliveriesPerStepMaximum, "message storm at \(now): \(deliveries.count) waiting; last from \(String(decoding: deliveries.last!.2.prefix(200), as: UTF8.self))")
             let (receiver, link, datagram) = deliveries.removeFirst()
             guard !crashed.contains(receiver) else { continue }
             nodes[receiver]!.datagramReceived(datagram, link: link, now: now)

@@ -114,6 +114,22 @@ import Testing
         #expect(harness.holders(of: "IPaddr::10.0.0.20") == ["node2"])
     }
 
+    /// Only node2 sees a partition (node1's messages are lost; node1 still hears node2): node2 takes the group, node1
+    /// never thought anything happened. When node1 is heard again, the two still end with one owner.
+    @Test func aOneWayPartitionHealsToOneOwner() {
+        let harness = bothUp()
+        harness.muted = ["node1"]
+        harness.run(for: .seconds(3))
+        #expect(harness.running["node2"]!.count == 3)
+        #expect(harness.running["node1"]!.count == 2)
+        harness.muted = []
+        harness.run(for: .seconds(4))
+        #expect(harness.holders(of: "IPaddr::10.0.0.10") == ["node1"])
+        #expect(harness.holders(of: "service1") == ["node1"])
+        #expect(harness.holders(of: "IPaddr::10.0.0.20") == ["node2"])
+        #expect(harness.log("node2").components(separatedBy: "returning after partition").count == 2)
+    }
+
     @Test func aFailedStartMovesTheGroupToThePeer() {
         let harness = ClusterHarness(groups: Self.groups)
         harness.failing = ["node1/service1/start"]

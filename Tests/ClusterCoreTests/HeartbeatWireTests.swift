@@ -82,7 +82,7 @@ import Testing
     }
 
     @Test func oversizedAndFieldFloodsAreRefused() {
-        #expect(throws: HeartbeatWireError(.oversized, "65508 bytes, more than 65507")) {
+        #expect(throws: HeartbeatWireError(.oversized, "16385 bytes, more than 16384")) {
             try HeartbeatWire.decode([UInt8](repeating: 0x41, count: HeartbeatWire.messageBytesMaximum + 1))
         }
         let flood = ">>>\n" + (0...HeartbeatWire.fieldsMaximum).map { "f\($0)=x\n" }.joined() + "<<<\n"

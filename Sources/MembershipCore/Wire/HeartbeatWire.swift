@@ -5,9 +5,10 @@
 /// `[A-Za-z0-9_.()-]`, a control character in a value, a repeated name, or anything outside the frame is refused
 /// with the reason. One NUL after the end marker is tolerated: Heartbeat sends its C string's terminator.
 public enum HeartbeatWire {
-    /// Largest datagram accepted or produced: a UDP payload's limit, well above any R1 message (a status message is
-    /// about 200 bytes).
-    public static let messageBytesMaximum = 65_507
+    /// Largest datagram accepted or produced: 16 KiB, far above any R1 message (a status message is about 200
+    /// bytes, a resource message a few hundred), and below what one UDP datagram can carry, so that the limit is
+    /// enforced rather than left to the network.
+    public static let messageBytesMaximum = 16 * 1024
     /// Fields in one message; R1 messages have about a dozen.
     public static let fieldsMaximum = 256
     /// Length of one field name.

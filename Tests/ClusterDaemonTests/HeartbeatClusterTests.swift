@@ -1,0 +1,168 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import ClusterDaemon
+import Foundation
+import TandemTestSupport
+import Testing
+
+/// The seeds' Heartbeat tests (seed 004 section 5) against real heartbeatd processes in network namespaces, each
+/// asserted from the client's side (who answers on the floating address) and from status.
+@Suite("heartbeatd in network namespaces", .serialized, .timeLimit(.minutes(10)))
+struct HeartbeatClusterTests {
+    static let group = "node1 IPaddr2::\(HeartbeatLab.virtualAddress)/24/eth3 hbservice::\(HeartbeatLab.virtualAddress)"
+
+    func bothUp(_ lab: HeartbeatLab) async throws {
+        try await lab.start(lab.node1)
+        try await lab.start(lab.node2)
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node1" }, "\(lab.describe())")
+        #expect(await eventually(timeout: patience) { lab.status(lab.node2)?.status == "active" }, "\(lab.describe())")
+    }
+
+    @Test func normalStateCleanStopAndAutoFailbackOn() async throws {
+        let lab = try HeartbeatLab(haresources: Self.group)
+        defer { lab.tearDown() }
+        try await bothUp(lab)
+        #expect(lab.holdsAddress(lab.node1) && !lab.holdsAddress(lab.node2))
+        let node1 = try #require(lab.status(lab.node1))
+        #expect(node1.resourcesHeld == "local")
+        #expect(node1.peers.first?.links.map(\.status) == ["up", "up"])
+
+        // The active node's daemon stopped cleanly: the peer takes over at once (shutdone), not after deadtime.
+        await lab.stop(lab.node1)
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
+        #expect(!lab.holdsAddress(lab.node1))
+        #expect(lab.haLog(lab.node2).contains("Received shutdown notice from 'node1'."))
+        #expect(lab.haLog(lab.node1).contains("All HA resources relinquished."))
+
+        // auto_failback on: node1 takes its group back when it returns.
+        try await lab.start(lab.node1)
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node1" }, "\(lab.describe())")
+        #expect(await eventually(timeout: patience) { !lab.holdsAddress(lab.node2) }, "\(lab.describe())")
+    }
+
+    @Test func activeNodeKilledAndAutoFailbackOff() async throws {
+        let lab = try HeartbeatLab(haresources: Self.group, autoFailback: "off")
+        defer { lab.tearDown() }
+        try await bothUp(lab)
+        await lab.crash(lab.node1)
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
+        let log = lab.haLog(lab.node2)
+        #expect(log.contains("node node1: is dead"))
+        #expect(log.contains("Resources being acquired from node1."))
+        #expect(log.contains("mach_down takeover complete for node node1."))
+
+        // auto_failback off: node1 comes back and the group stays where it is.
+        try lab.powerOn(lab.node1)
+        try await lab.start(lab.node1)
+        #expect(await eventually(timeout: patience) { lab.status(lab.node1)?.status == "active" }, "\(lab.describe())")
+        #expect(lab.answeringNode() == "node2")
+        #expect(!lab.holdsAddress(lab.node1))
+        #expect(lab.status(lab.node1)?.resourcesHeld == "none")
+    }
+
+    @Test func takeoverAndStandbyBothWays() async throws {
+        let lab = try HeartbeatLab(haresources: Self.group)
+        defer { lab.tearDown() }
+        try await bothUp(lab)
+        let standby = try lab.tandem(lab.node1, ["standby"])
+        #expect(standby.status == 0, "\(standby.standardError)")
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
+        #expect(!lab.holdsAddress(lab.node1))
+
+        let takeover = try lab.tandem(lab.node1, ["takeover"])
+        #expect(takeover.status == 0, "\(takeover.standardError)")
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node1" }, "\(lab.describe())")
+        #expect(await eventually(timeout: patience) { !lab.holdsAddress(lab.node2) })
+
+        // From the other side: node2 takes over, then gives the group back with standby.
+        #expect(await eventually(timeout: patience) { lab.status(lab.node2)?.exchange == nil && lab.status(lab.node1)?.exchange == nil })
+        let fromNode2 = try lab.tandem(lab.node2, ["takeover", "foreign"])
+        #expect(fromNode2.status == 0, "\(fromNode2.standardError)")
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
+        #expect(await eventually(timeout: patience) { lab.status(lab.node2)?.exchange == nil && lab.status(lab.node1)?.exchange == nil })
+        let back = try lab.tandem(lab.node2, ["standby", "foreign"])
+        #expect(back.status == 0, "\(back.standardError)")
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node1" }, "\(lab.describe())")
+
+        // Nothing to take: refused with exit 10 and a reason.
+        #expect(await eventually(timeout: patience) { lab.status(lab.node1)?.exchange == nil })
+        let refused = try lab.tandem(lab.node1, ["takeover"])
+        #expect(refused.status == 10)
+        #expect(refused.standardError.contains("holds no all resource group"))
+
+        let queries = try lab.tandem(lab.node1, ["cl-status", "hblinkstatus", "node2", "eth2"])
+        #expect(queries.standardOutput == "up\n")
+        #expect(try lab.tandem(lab.node1, ["cl-status", "rscstatus"]).standardOutput == "local\n")
+        #expect(try lab.tandem(lab.node1, ["cl-status", "listnodes"]).standardOutput == "node1\nnode2\n")
+    }
+
+    @Test func oneLinkCutIsNoFailoverAllLinksCutIsSplitBrain() async throws {
+        let lab = try HeartbeatLab(haresources: Self.group)
+        defer { lab.tearDown() }
+        try await bothUp(lab)
+
+        try lab.setLink(lab.node1, "eth1", up: false)
+        #expect(await eventually(timeout: patience) { lab.haLog(lab.node2).contains("Link node1:eth1 dead.") }, "\(lab.describe())")
+        #expect(lab.status(lab.node2)?.peers.first?.links.map(\.status) == ["dead", "up"])
+        #expect(lab.status(lab.node2)?.peers.first?.status == "active")
+        #expect(lab.answeringNode() == "node1")
+        #expect(!lab.holdsAddress(lab.node2))
+
+        // Every link cut: R1 behaviour, both nodes take the group (the next issue's fencing prevents it).
+        try lab.setLink(lab.node1, "eth2", up: false)
+        #expect(await eventually(timeout: patience) { lab.holdsAddress(lab.node2) }, "\(lab.describe())")
+        #expect(lab.holdsAddress(lab.node1))
+        #expect(lab.haLog(lab.node2).contains("node node1: is dead"))
+
+        // Healed: both see the partition end, the logs say split brain, and one owner remains (its preferred node).
+        try lab.setLink(lab.node1, "eth1", up: true)
+        try lab.setLink(lab.node1, "eth2", up: true)
+        #expect(await eventually(timeout: patience) { !lab.holdsAddress(lab.node2) }, "\(lab.describe())")
+        #expect(lab.haLog(lab.node2).contains("returning after partition"))
+        #expect(lab.haLog(lab.node2).contains("split brain"))
+        #expect(lab.holdsAddress(lab.node1))
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node1" }, "\(lab.describe())")
+    }
+
+    @Test func aFailedStartMovesTheGroupAndAHungStopIsKilled() async throws {
+        let lab = try HeartbeatLab(
+            haresources: "node1 IPaddr2::\(HeartbeatLab.virtualAddress)/24/eth3 hbservice::\(HeartbeatLab.virtualAddress) flaky",
+            haCfExtra: "resource_stop_timeout 2")
+        defer { lab.tearDown() }
+        // flaky: its start fails on node1; its first stop on node2 hangs (a marker file says which stop is first).
+        try lab.addScript("flaky", """
+            case "$1" in
+            start) [ "$TANDEM_NODE" = node1 ] && { echo "cannot start here"; exit 1; }; exit 0 ;;
+            stop) if [ "$TANDEM_NODE" = node2 ] && [ ! -f "$HA_d/hung-once" ]; then touch "$HA_d/hung-once"; exec sleep 600; fi; exit 0 ;;
+            esac
+            """)
+        try await lab.start(lab.node1)
+        try await lab.start(lab.node2)
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
+        #expect(lab.haLog(lab.node1).contains("Giving up resources due to failure of flaky"))
+        #expect(!lab.holdsAddress(lab.node1))
+
+        // node2's stop of flaky hangs: it is killed after resource_stop_timeout and retried; the group is released.
+        await lab.stop(lab.node2)
+        let log = lab.haLog(lab.node2)
+        #expect(log.contains("stop of flaky failed"), "\(log)")
+        #expect(log.contains("timed out"), "\(log)")
+        #expect(log.contains("All HA resources relinquished."))
+        #expect(!lab.holdsAddress(lab.node2))
+    }
+
+    @Test func debiansOCFIPaddr2WorksInPlaceOfTheBuiltIn() async throws {
+        let agent = "/usr/lib/ocf/resource.d/heartbeat/IPaddr2"
+        try #require(FileManager.default.isExecutableFile(atPath: agent), "\(agent) not found: install resource-agents")
+        let lab = try HeartbeatLab(
+            haresources: "node1 ocf:heartbeat:IPaddr2::ip=\(HeartbeatLab.virtualAddress)::cidr_netmask=24::nic=eth3 hbservice::\(HeartbeatLab.virtualAddress)")
+        defer { lab.tearDown() }
+        try await bothUp(lab)
+        await lab.crash(lab.node1)
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
+        #expect(lab.holdsAddress(lab.node2))
+    }
+}
