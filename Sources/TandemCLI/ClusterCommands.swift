@@ -3,6 +3,7 @@ import ClusterDaemon
 import DaemonSupport
 import Foundation
 import Logging
+import ReplicationDaemon
 
 /// `tandem heartbeatd`: the cluster manager (Heartbeat's heartbeat process with R1 resource management).
 struct HeartbeatdCommand: AsyncParsableCommand {
@@ -191,6 +192,16 @@ struct StatusCommand: ParsableCommand {
             return
         }
         print(ClusterStatusText.render(status))
+        // The replicated resources, when replicad runs on this node too.
+        let replicad = ControlClient(runDirectory: global.runDirectory)
+        guard let listing = try? replicad.send(ControlRequest(verb: .list), answerTimeout: .seconds(5)),
+            listing.result == .ok
+        else { return }
+        for resource in listing.resources ?? [] where resource.up {
+            if let report = try? replicad.send(ControlRequest(verb: .status, resource: resource.name), answerTimeout: .seconds(5)).status {
+                print(StatusText.render(report))
+            }
+        }
     }
 }
 

@@ -44,6 +44,31 @@ struct HeartbeatBadInputTests {
         #expect(lab.holdsAddress(lab.node1) && !lab.holdsAddress(lab.node2))
     }
 
+    /// Key rotation as Heartbeat does it, with no restart: authkeys is re-read when it changes.
+    @Test func authkeysAreReReadWhenTheyChange() async throws {
+        let lab = try HeartbeatLab(haresources: HeartbeatClusterTests.group)
+        defer { lab.tearDown() }
+        try await lab.start(lab.node1)
+        try await lab.start(lab.node2)
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node1" }, "\(lab.describe())")
+        func write(_ node: HeartbeatLab.Node, _ text: String) throws {
+            try text.write(toFile: node.configDirectory + "/authkeys", atomically: true, encoding: .utf8)
+            chmod(node.configDirectory + "/authkeys", 0o600)
+        }
+        // Both nodes learn the new key, then node1 signs with it: nothing is dropped.
+        try write(lab.node2, "auth 1\n1 sha1 tandem-lab-secret\n2 sha256 rotated-secret\n")
+        try write(lab.node1, "auth 2\n1 sha1 tandem-lab-secret\n2 sha256 rotated-secret\n")
+        #expect(await eventually(timeout: patience) { lab.haLog(lab.node1).contains("signing with key 2") })
+        #expect(await eventually(timeout: patience) { (lab.status(lab.node2)?.counters["messagesReceived"] ?? 0) > 20 })
+        #expect(lab.status(lab.node2)?.counters["badAuthentication"] == 0)
+        #expect(lab.status(lab.node2)?.peers.first?.status == "active")
+
+        // node2 forgets the key node1 signs with: node1's messages are dropped and counted, and node2 stops seeing it.
+        try write(lab.node2, "auth 1\n1 sha1 tandem-lab-secret\n")
+        #expect(await eventually(timeout: patience) { (lab.status(lab.node2)?.counters["badAuthentication"] ?? 0) > 0 })
+        #expect(await eventually(timeout: patience) { lab.status(lab.node2)?.peers.first?.status == "dead" })
+    }
+
     @Test func aBrokenHaCfIsRefusedAtStartupWithItsLocation() throws {
         let lab = try HeartbeatLab(haresources: HeartbeatClusterTests.group, haCfExtra: "keepalives 2")
         defer { lab.tearDown() }
