@@ -19,8 +19,9 @@ phase (each probe takes a few milliseconds: a CLI call, `ip addr`, a TCP connect
   service    the client gets an answer from the survivor through the floating address
 each as time since the kill. Then the dead node is powered on, restarted, and left to settle.
 
---aggressive first looks for the shortest keepalive/deadtime pair with no false failover while both cores are busy
-for --stress-seconds (both daemons running, load from stress-ng or busy loops), then runs the trials with it.
+--aggressive looks for the shortest keepalive/deadtime pair (from 500ms/2s down to 50ms/250ms) with no false failover
+while both cores are busy for --stress-seconds (both daemons running, load from stress-ng or busy loops), then runs the
+trials with that pair instead of --keepalive/--deadtime.
 """
 
 import argparse
@@ -365,7 +366,9 @@ def main():
                 clean = clean and deaths == 0
             if not clean:
                 break
-            settings = [(arguments.keepalive, arguments.deadtime), (keepalive, deadtime)]
+            settings = [(keepalive, deadtime)]
+        if settings == [(arguments.keepalive, arguments.deadtime)]:
+            print("no setting shorter than the given one passed the false-failover check")
     for keepalive, deadtime in settings:
         for impl in arguments.impl:
             print(f"\n{impl}: keepalive {keepalive}, deadtime {deadtime}, {arguments.trials} trials", flush=True)

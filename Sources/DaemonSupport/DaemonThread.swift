@@ -23,16 +23,7 @@ public final class DaemonThread: @unchecked Sendable {
     /// Starts a thread named `name` (Linux keeps 15 characters) running `body`.
     public static func start(name: String, _ body: @escaping @Sendable () -> Void) -> DaemonThread {
         let handle = DaemonThread(name: name)
-        let context = Unmanaged.passRetained(ThreadBody(name: name, body: body)).toOpaque()
-        let result = pthread_create(
-            &handle.thread, nil,
-            { context in
-                let start = Unmanaged<ThreadBody>.fromOpaque(context!).takeRetainedValue()
-                ctandem_name_current_thread(start.name)
-                start.body()
-                return nil
-            }, context)
-        precondition(result == 0, "cannot start thread \(name): errno \(result)")
+        handle.thread = create(name: name, body)
         return handle
     }
 
@@ -47,6 +38,10 @@ public final class DaemonThread: @unchecked Sendable {
     /// Runs `body` on a detached thread that nobody joins: for bounded background work whose end nobody waits for
     /// (gratuitous ARP after an address moved).
     public static func detach(name: String, _ body: @escaping @Sendable () -> Void) {
+        pthread_detach(create(name: name, body))
+    }
+
+    private static func create(name: String, _ body: @escaping @Sendable () -> Void) -> pthread_t {
         let context = Unmanaged.passRetained(ThreadBody(name: name, body: body)).toOpaque()
         var thread = pthread_t()
         let result = pthread_create(
@@ -58,7 +53,7 @@ public final class DaemonThread: @unchecked Sendable {
                 return nil
             }, context)
         precondition(result == 0, "cannot start thread \(name): errno \(result)")
-        pthread_detach(thread)
+        return thread
     }
 
     /// Waits for the thread to end. Idempotent; must not be called from the thread itself.

@@ -100,7 +100,7 @@ public struct MembershipMachine: Sendable {
         }
         if let known = peer.generation, generation < known {
             counters.replaysRejected += 1
-            if counters.replaysRejected.isPowerOfTwoOrFirst {
+            if LogThrottle.shouldLog(occurrence: counters.replaysRejected) {
                 actions.append(.log(.error, "node \(peer.name): attempted replay attack [\(type.rawValue), generation \(generation) < \(known)] (\(counters.replaysRejected) so far)"))
             }
             return actions
@@ -509,7 +509,8 @@ struct MissingMessage: Sendable {
     var attempts: Int
 }
 
-extension UInt64 {
-    /// Log the 1st, 2nd, 4th, 8th... occurrence, so that a flood cannot fill the log.
-    var isPowerOfTwoOrFirst: Bool { self & (self - 1) == 0 }
+/// Flood control for log lines about dropped input: the 1st, 2nd, 4th, 8th... occurrence is logged, so that a flood
+/// of bad packets cannot fill the log while the counters still say how many there were.
+public enum LogThrottle {
+    public static func shouldLog(occurrence: UInt64) -> Bool { occurrence & (occurrence - 1) == 0 }
 }

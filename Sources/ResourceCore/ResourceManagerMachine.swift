@@ -142,7 +142,7 @@ public struct ResourceManagerMachine: Sendable {
             }
             actions.append(.send(.holdings(holdingsMessage, stable: isSettled && phase == .running)))
         case .holdings(let holdings, let stable):
-            peer.held = resolve(holdings, fromPeer: true)
+            peer.held = resolve(holdings)
             peer.isStable = stable
             settleConflicts(into: &actions)
             if phase == .waitingForPeer {
@@ -157,7 +157,7 @@ public struct ResourceManagerMachine: Sendable {
                 }
             }
         case .standby(let step, let holdings, let reason):
-            receivedStandby(step, resolve(holdings, fromPeer: true), reason: reason, now: now, into: &actions)
+            receivedStandby(step, resolve(holdings), reason: reason, now: now, into: &actions)
         case .takeover(let selection):
             // The peer checked that it was settled before asking.
             peer.isStable = true
@@ -228,7 +228,7 @@ public struct ResourceManagerMachine: Sendable {
 
     /// `hb_standby`: give the selected groups to the peer.
     public mutating func requestStandby(_ selection: ResourceSelection, now: MonotonicInstant) -> AdminOutcome {
-        if let refusal = exchangeRefusal(asking: true) { return AdminOutcome(accepted: false, message: refusal, actions: []) }
+        if let refusal = exchangeRefusal() { return AdminOutcome(accepted: false, message: refusal, actions: []) }
         let chosen = select(selection)
         guard !chosen.isEmpty else {
             return AdminOutcome(accepted: false, message: "this node holds no \(selection.rawValue) resource group", actions: [])
@@ -242,7 +242,7 @@ public struct ResourceManagerMachine: Sendable {
 
     /// `hb_takeover`: ask the peer to give us the selected groups (named from our side).
     public mutating func requestTakeover(_ selection: ResourceSelection, now: MonotonicInstant) -> AdminOutcome {
-        if let refusal = exchangeRefusal(asking: true) { return AdminOutcome(accepted: false, message: refusal, actions: []) }
+        if let refusal = exchangeRefusal() { return AdminOutcome(accepted: false, message: refusal, actions: []) }
         let wanted = groups.indices.filter { selectionContains(selection, $0) && peer.held.contains($0) }
         guard !wanted.isEmpty else {
             return AdminOutcome(accepted: false, message: "\(configuration.peerNode!) holds no \(selection.rawValue) resource group", actions: [])
@@ -351,13 +351,13 @@ public struct ResourceManagerMachine: Sendable {
         groups.indices.filter { groups[$0].isHeld && selectionContains(selection, $0) }
     }
 
-    /// The groups a holdings message names, as indices.
-    private func resolve(_ holdings: ResourceMessage.Holdings, fromPeer: Bool) -> Set<Int> {
+    /// The groups a holdings message from the peer names, as indices.
+    private func resolve(_ holdings: ResourceMessage.Holdings) -> Set<Int> {
         if let keys = holdings.groupKeys {
             return Set(groups.indices.filter { keys.contains(groups[$0].definition.key) })
         }
         // From a Heartbeat node: rsc_hold is from its side, so its "local" groups are our foreign ones.
-        let selection = fromPeer ? holdings.selection.swapped : holdings.selection
+        let selection = holdings.selection.swapped
         return Set(groups.indices.filter { index in
             let local = configuration.isLocal(groups[index].definition)
             switch selection {
@@ -419,7 +419,7 @@ public struct ResourceManagerMachine: Sendable {
         }
     }
 
-    private func exchangeRefusal(asking: Bool) -> String? {
+    private func exchangeRefusal() -> String? {
         guard let peerName = configuration.peerNode else { return "there is no other node in ha.cf" }
         if phase != .running { return "this node is \(phase.rawValue)" }
         if !peer.isAlive { return "\(peerName) is not up" }
@@ -431,7 +431,7 @@ public struct ResourceManagerMachine: Sendable {
 
     private mutating func offer(_ chosen: [Int], now: MonotonicInstant, into actions: inout [ResourceAction]) {
         guard !chosen.isEmpty else { return }
-        if let refusal = exchangeRefusal(asking: true) {
+        if let refusal = exchangeRefusal() {
             actions.append(.log(.warning, "standby refused: \(refusal)"))
             return
         }
@@ -457,7 +457,7 @@ public struct ResourceManagerMachine: Sendable {
         case .offer:
             // The peer was stable when it asked; its offer proves it.
             peer.isStable = true
-            if let refusal = exchangeRefusal(asking: false) {
+            if let refusal = exchangeRefusal() {
                 actions.append(.log(.warning, "\(peerName) offers \(keys): refused, \(refusal)"))
                 actions.append(.send(.standby(.refuse, holdings(of: named.sorted()), reason: refusal)))
                 return

@@ -57,6 +57,8 @@ struct HeartbeatBadInputTests {
         }
         // Both nodes learn the new key, then node1 signs with it: nothing is dropped.
         try write(lab.node2, "auth 1\n1 sha1 tandem-lab-secret\n2 sha256 rotated-secret\n")
+        // As an operator would: switch the signing key only once every node accepts the new one.
+        #expect(await eventually(timeout: patience) { lab.haLog(lab.node2).contains("authkeys changed") })
         try write(lab.node1, "auth 2\n1 sha1 tandem-lab-secret\n2 sha256 rotated-secret\n")
         #expect(await eventually(timeout: patience) { lab.haLog(lab.node1).contains("signing with key 2") })
         #expect(await eventually(timeout: patience) { (lab.status(lab.node2)?.counters["messagesReceived"] ?? 0) > 20 })

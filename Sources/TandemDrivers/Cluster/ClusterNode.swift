@@ -63,7 +63,7 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
             case .oversized: wireCounters.oversized += 1
             case .malformed: wireCounters.malformed += 1
             }
-            if (wireCounters.oversized + wireCounters.malformed).isPowerOfTwo {
+            if LogThrottle.shouldLog(occurrence: wireCounters.oversized + wireCounters.malformed) {
                 environment.log(.warning, "dropped a datagram on link \(membership.configuration.links[link]): \(error.message) (\(wireCounters.oversized + wireCounters.malformed) so far)")
             }
             return
@@ -71,7 +71,7 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         let verdict = authenticator.verify(message)
         guard verdict == .authentic else {
             wireCounters.badAuthentication += 1
-            if wireCounters.badAuthentication.isPowerOfTwo {
+            if LogThrottle.shouldLog(occurrence: wireCounters.badAuthentication) {
                 environment.log(.error, "Bad/invalid auth token from \(message.source ?? "an unknown sender") on link \(membership.configuration.links[link]): \(verdict) (\(wireCounters.badAuthentication) so far)")
             }
             return
@@ -167,9 +167,4 @@ public struct WireCounters: Sendable, Hashable, Codable {
     public var badAuthentication: UInt64 = 0
 
     public init() {}
-}
-
-extension UInt64 {
-    /// Log the 1st, 2nd, 4th, 8th... occurrence, so that a flood cannot fill the log.
-    fileprivate var isPowerOfTwo: Bool { self & (self - 1) == 0 }
 }
