@@ -15,6 +15,8 @@ packages=(
   kmod         # modinfo, which drbdadm 9 calls to look for a kernel module (there is none; it copes)
   libfuse3-dev # libfuse3's headers: the CFuse system library target builds against them
   libnbd-bin   # nbdinfo, nbdcopy: an independent NBD client for the NBD server and replicad tests
+  mariadb-client # mariadb, mariadb-admin: the mysqld agent's readiness check and the tests' queries
+  mariadb-server # mariadbd, mariadb-install-db: the mysqld agent's test runs a real server
   pkg-config   # how SwiftPM finds libfuse3's flags
   python3      # the replication demo's small control-socket client; the cluster tests' dummy service
   resource-agents # Debian's OCF agents (ocf:heartbeat:IPaddr2...): the cluster tests run them unchanged
@@ -30,6 +32,14 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # Packages must not start services on this machine (mariadb-server would start a server of its own): tests start
+  # what they need and stop it. policy-rc.d refuses every start during the install, then goes.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy"
+    chmod +x "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 

@@ -228,3 +228,136 @@ enum MountUsers {
         return users
     }
 }
+
+/// mysqld: MariaDB (or MySQL) with its datadir and my.cnf on the replicated file system, as the seeds run it:
+/// `mysqld[::DEFAULTS_FILE]` (default /etc/mysql/my.cnf).
+///
+/// Start reads the server's options from the defaults file (`my_print_defaults`), starts `mariadbd
+/// --defaults-file=...` in a session of its own (it outlives the agent; the pid file says where it is), and waits
+/// until the server answers `mariadb-admin ping` on its socket, or fails at once, with the error log's tail, when
+/// the server exits during startup (crash recovery that cannot finish, a datadir that is not there). Stop sends
+/// SIGTERM (MariaDB's clean shutdown: InnoDB flushes and closes), waits for the process to end for half the stop
+/// time, then sends SIGKILL. Both are idempotent.
+struct MysqldAgent {
+    let defaultsFile: String
+    let log: ClusterLog
+
+    static let defaultDefaultsFile = "/etc/mysql/my.cnf"
+    static let server = Tool(name: "mariadbd", debianPackage: "mariadb-server")
+    static let admin = Tool(name: "mariadb-admin", debianPackage: "mariadb-client")
+    static let printDefaults = Tool(name: "my_print_defaults", debianPackage: "mariadb-server")
+
+    struct Options {
+        var datadir: String
+        var pidFile: String
+        var socket: String?
+        var errorLog: String?
+        var user: String?
+    }
+
+    func run(_ kind: ResourceOperation.Kind, deadline: MonotonicInstant) -> OperationOutcome {
+        guard FileManager.default.fileExists(atPath: defaultsFile) else {
+            return .failed("\(defaultsFile) does not exist (is the replicated file system mounted before mysqld?)")
+        }
+        let options: Options
+        switch readOptions(deadline: deadline) {
+        case .success(let value): options = value
+        case .failure(let error): return .failed(error.description)
+        }
+        switch kind {
+        case .start: return start(options, deadline: deadline)
+        case .stop: return stop(options, deadline: deadline)
+        }
+    }
+
+    private func readOptions(deadline: MonotonicInstant) -> Result<Options, ToolError> {
+        let output: String
+        switch Self.printDefaults.check(["--defaults-file=\(defaultsFile)", "mysqld", "server", "mariadb", "mariadbd"], deadline: deadline) {
+        case .success(let text): output = text
+        case .failure(let error): return .failure(error)
+        }
+        var values: [String: String] = [:]
+        for line in output.split(separator: "\n") where line.hasPrefix("--") {
+            let option = line.dropFirst(2)
+            let parts = option.split(separator: "=", maxSplits: 1)
+            values[parts[0].replacingOccurrences(of: "_", with: "-")] = parts.count == 2 ? String(parts[1]) : ""
+        }
+        guard let datadir = values["datadir"] else {
+            return .failure(ToolError("\(defaultsFile) sets no datadir for [mysqld]"))
+        }
+        var hostName = utsname()
+        uname(&hostName)
+        let host = withUnsafeBytes(of: &hostName.nodename) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let pidFile = values["pid-file"].map { $0.hasPrefix("/") ? $0 : "\(datadir)/\($0)" } ?? "\(datadir)/\(host).pid"
+        let errorLog = values["log-error"].map { $0.hasPrefix("/") ? $0 : "\(datadir)/\($0)" }
+        return .success(Options(datadir: datadir, pidFile: pidFile, socket: values["socket"], errorLog: errorLog, user: values["user"]))
+    }
+
+    private func runningPID(_ options: Options) -> pid_t? {
+        guard let text = try? String(contentsOfFile: options.pidFile, encoding: .utf8),
+            let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 0, kill(pid, 0) == 0
+        else { return nil }
+        return pid
+    }
+
+    private func answers(deadline: MonotonicInstant) -> Bool {
+        let result = Self.admin.run(
+            ["--defaults-file=\(defaultsFile)", "--connect-timeout=2", "ping"], deadline: min(deadline, DaemonClock.now + .seconds(5)))
+        if case .success(let outcome) = result { return outcome.succeeded }
+        return false
+    }
+
+    private func start(_ options: Options, deadline: MonotonicInstant) -> OperationOutcome {
+        if runningPID(options) != nil, answers(deadline: deadline) { return .succeeded }
+        guard let server = Self.server.path else {
+            return .failed("mariadbd is not installed (Debian: apt-get install mariadb-server)")
+        }
+        guard Self.admin.path != nil else { return .failed("mariadb-admin is not installed (Debian: apt-get install mariadb-client)") }
+        var arguments = ["--defaults-file=\(defaultsFile)"]
+        if options.user == nil && getuid() == 0 { arguments.append("--user=mysql") }
+        // Through `sh -c '... &'` so that the server is not heartbeatd's child: it must survive the agent, and
+        // nobody here would reap it.
+        let quoted = ([server] + arguments).map { "'" + $0.replacingOccurrences(of: "'", with: "'\\''") + "'" }.joined(separator: " ")
+        switch ChildProcess.run(
+            ["/bin/sh", "-c", "setsid \(quoted) </dev/null >/dev/null 2>&1 &"], environment: ["PATH": ChildProcess.searchPath],
+            timeout: .seconds(10))
+        {
+        case .failure(let error): return .failed("cannot start mariadbd: \(error)")
+        case .success(let outcome) where !outcome.succeeded: return .failed("cannot start mariadbd: \(outcome)")
+        case .success: break
+        }
+        var sawPID = false
+        while DaemonClock.now < deadline {
+            if runningPID(options) != nil {
+                sawPID = true
+                if answers(deadline: deadline) { return .succeeded }
+            } else if sawPID {
+                return .failed("mariadbd exited during startup: \(errorLogTail(options))")
+            }
+            usleep(200_000)
+        }
+        return .failed("mariadbd did not answer before the start timeout: \(errorLogTail(options))")
+    }
+
+    private func stop(_ options: Options, deadline: MonotonicInstant) -> OperationOutcome {
+        guard let pid = runningPID(options) else { return .succeeded }
+        kill(pid, SIGTERM)
+        let killAt = DaemonClock.now + (deadline - DaemonClock.now) / 2
+        while DaemonClock.now < deadline {
+            if kill(pid, 0) != 0 { return .succeeded }
+            if DaemonClock.now >= killAt {
+                log.warning("mariadbd (pid \(pid)) did not shut down in time: sending SIGKILL (InnoDB recovers at the next start)")
+                kill(pid, SIGKILL)
+            }
+            usleep(100_000)
+        }
+        return .failed("mariadbd (pid \(pid)) is still running after SIGKILL")
+    }
+
+    private func errorLogTail(_ options: Options) -> String {
+        guard let path = options.errorLog, let text = try? String(contentsOfFile: path, encoding: .utf8) else {
+            return "(no log-error file in \(defaultsFile))"
+        }
+        return text.split(separator: "\n").suffix(5).joined(separator: " | ")
+    }
+}

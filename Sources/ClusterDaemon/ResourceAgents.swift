@@ -12,7 +12,7 @@ import TandemConfig
 /// Runs one start or stop of one haresources resource. Blocking: called on a thread of its own.
 ///
 /// Agents are found in this order:
-/// 1. built-in: `IPaddr`/`IPaddr2` (and a bare address), `drbddisk`, `Filesystem`;
+/// 1. built-in: `IPaddr`/`IPaddr2` (and a bare address), `drbddisk`, `Filesystem`, `mysqld`;
 /// 2. `<config-dir>/resource.d/NAME` (Heartbeat's /etc/ha.d/resource.d), run as `NAME ARG... start|stop`;
 /// 3. `/etc/init.d/NAME`, an LSB init script, run as `NAME start|stop`;
 /// 4. `ocf:PROVIDER:TYPE::name=value::...`, an OCF agent under /usr/lib/ocf/resource.d, with the arguments as
@@ -40,6 +40,9 @@ struct ResourceAgents: Sendable {
             outcome = FilesystemAgent(
                 device: device, mountPoint: mountPoint, fsType: fsType, options: options, log: log
             ).run(kind, deadline: deadline)
+        case .script("mysqld", let arguments):
+            outcome = MysqldAgent(defaultsFile: arguments.first ?? MysqldAgent.defaultDefaultsFile, log: log)
+                .run(kind, deadline: deadline)
         case .script(let name, let arguments):
             outcome = runScript(name: name, arguments: arguments, kind: kind, timeout: timeout)
         }

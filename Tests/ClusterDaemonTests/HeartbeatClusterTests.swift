@@ -154,6 +154,34 @@ struct HeartbeatClusterTests {
         #expect(!lab.holdsAddress(lab.node2))
     }
 
+    /// The built-in mysqld agent starts a real MariaDB from the node's my.cnf after the address, restarts it on the
+    /// peer when the active node dies, and shuts it down cleanly when heartbeatd stops.
+    @Test func mysqldStartsFailsOverAndStopsCleanly() async throws {
+        let lab = try HeartbeatLab(haresources: "")
+        defer { lab.tearDown() }
+        for node in lab.nodes {
+            try await lab.installDatabase(node)
+            // Each node's own my.cnf (no shared storage here; the lab issue puts the datadir on the replicated device).
+            try "node1 IPaddr2::\(HeartbeatLab.virtualAddress)/24/eth3 mysqld::\(node.mysqlDefaultsFile)\n"
+                .write(toFile: node.configDirectory + "/haresources", atomically: true, encoding: .utf8)
+        }
+        try await lab.start(lab.node1)
+        try await lab.start(lab.node2)
+        #expect(await eventually(timeout: patience) { lab.query(lab.node1, "SELECT 1") == "1" }, "\(lab.describe())")
+        #expect(await eventually(timeout: patience) { lab.status(lab.node1)?.groups.first?.state == "running" })
+        #expect(lab.mysqldPID(lab.node2) == nil)
+
+        await lab.crash(lab.node1)
+        #expect(await eventually(timeout: patience) { lab.query(lab.node2, "SELECT 1") == "1" }, "\(lab.describe())")
+        #expect(lab.holdsAddress(lab.node2))
+
+        let server = try #require(lab.mysqldPID(lab.node2))
+        await lab.stop(lab.node2)
+        #expect(kill(server, 0) != 0, "mariadbd (pid \(server)) still runs after heartbeatd released the group")
+        let errorLog = (try? String(contentsOfFile: lab.node2.mysqlDirectory + "/mysqld.err", encoding: .utf8)) ?? ""
+        #expect(errorLog.contains("Shutdown complete"), "\(errorLog.suffix(500))")
+    }
+
     @Test func debiansOCFIPaddr2WorksInPlaceOfTheBuiltIn() async throws {
         let agent = "/usr/lib/ocf/resource.d/heartbeat/IPaddr2"
         try #require(FileManager.default.isExecutableFile(atPath: agent), "\(agent) not found: install resource-agents")

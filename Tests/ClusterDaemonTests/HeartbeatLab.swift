@@ -41,6 +41,10 @@ final class HeartbeatLab: @unchecked Sendable {
         var haLog: String { directory + "/ha-log" }
         var daemonLog: String { directory + "/heartbeatd.out" }
         var servicePIDFile: String { directory + "/service.pid" }
+        /// MariaDB's files, when a test gives the node a database (`installDatabase`).
+        var mysqlDirectory: String { directory + "/mysql" }
+        var mysqlDefaultsFile: String { directory + "/my.cnf" }
+        var mysqlPIDFile: String { mysqlDirectory + "/mysqld.pid" }
     }
 
     static let virtualAddress = "10.214.3.100"
@@ -265,7 +269,49 @@ final class HeartbeatLab: @unchecked Sendable {
         try run(ip, ["-n", node.namespace, "link", "set", link, up ? "up" : "down"])
     }
 
+    /// Gives `node` a MariaDB of its own (datadir, socket, pid file and error log under the node's folder) for the
+    /// built-in mysqld agent: `mysqld::<node>/my.cnf`.
+    func installDatabase(_ node: Node) async throws {
+        let installer = try #require(ExternalCommand.tool("mariadb-install-db"), "mariadb-install-db not found: install mariadb-server")
+        let cnf = """
+            [mysqld]
+            datadir=\(node.mysqlDirectory)
+            socket=\(node.mysqlDirectory)/mysqld.sock
+            pid-file=\(node.mysqlPIDFile)
+            log-error=\(node.mysqlDirectory)/mysqld.err
+            port=3306
+            skip-name-resolve
+            innodb_buffer_pool_size=16M
+            [client]
+            socket=\(node.mysqlDirectory)/mysqld.sock
+            """
+        try cnf.write(toFile: node.mysqlDefaultsFile, atomically: true, encoding: .utf8)
+        chmod(node.directory, 0o755)
+        chmod(root, 0o755)
+        let output = try await ExternalCommand.runDetached(installer, [
+            "--defaults-file=\(node.mysqlDefaultsFile)", "--user=mysql", "--skip-test-db",
+        ])
+        try #require(output.status == 0, "mariadb-install-db for \(node.name): \(output.standardError)")
+    }
+
+    /// `SELECT 1` through the node's socket, as root; nil when the server does not answer.
+    func query(_ node: Node, _ sql: String) -> String? {
+        guard let client = ExternalCommand.tool("mariadb"),
+            let output = try? ExternalCommand.run(client, ["--defaults-file=\(node.mysqlDefaultsFile)", "-N", "-B", "-e", sql]),
+            output.status == 0
+        else { return nil }
+        return output.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func mysqldPID(_ node: Node) -> pid_t? {
+        guard let text = try? String(contentsOfFile: node.mysqlPIDFile, encoding: .utf8),
+            let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), kill(pid, 0) == 0
+        else { return nil }
+        return pid
+    }
+
     private func killService(_ node: Node) {
+        if let pid = mysqldPID(node) { kill(pid, SIGKILL) }
         if let text = try? String(contentsOfFile: node.servicePIDFile, encoding: .utf8),
             let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines))
         {
