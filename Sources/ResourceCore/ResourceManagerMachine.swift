@@ -33,6 +33,7 @@ public struct ResourceManagerMachine: Sendable {
     private var stopRetryAt: MonotonicInstant?
     private var notices: [Notice] = []
     private var isActive = false
+    private var warnedAboutUnknownGroups = false
     /// The contested groups this node last told the peer it keeps (see `settleConflicts`).
     private var conflictAnswered: Set<Int> = []
 
@@ -123,6 +124,7 @@ public struct ResourceManagerMachine: Sendable {
         guard let peerName = configuration.peerNode, phase != .notStarted, phase != .halted else { return [] }
         var actions: [ResourceAction] = []
         peer.isAlive = true
+        warnAboutUnknownGroups(in: message, into: &actions)
         switch message {
         case .starting:
             // The peer (re)started and holds nothing.
@@ -367,6 +369,21 @@ public struct ResourceManagerMachine: Sendable {
             case .foreign: return !local
             }
         })
+    }
+
+    /// haresources must be the same on both nodes; a group key the peer names that this node does not know means
+    /// they differ, and that group is managed by neither in agreement. Said once, loudly.
+    private mutating func warnAboutUnknownGroups(in message: ResourceMessage, into actions: inout [ResourceAction]) {
+        let keys: [String]
+        switch message {
+        case .holdings(let holdings, _), .standby(_, let holdings, _): keys = holdings.groupKeys ?? []
+        default: return
+        }
+        let known = Set(groups.map(\.definition.key))
+        let unknown = keys.filter { !known.contains($0) }
+        guard !unknown.isEmpty, !warnedAboutUnknownGroups else { return }
+        warnedAboutUnknownGroups = true
+        actions.append(.log(.error, "\(configuration.peerNode ?? "the peer") names resource groups that are not in this node's haresources (\(unknown.joined(separator: ", "))): haresources must be identical on both nodes"))
     }
 
     /// Unheld groups this node should take when the stable peer does not hold them. A group whose preferred node is

@@ -182,6 +182,42 @@ struct HeartbeatClusterTests {
         #expect(errorLog.contains("Shutdown complete"), "\(errorLog.suffix(500))")
     }
 
+    /// Debian's ocf:heartbeat:Filesystem, unchanged, mounts an ext4 image (one per node: no shared storage here) in
+    /// heartbeatd's mount namespace, and unmounts it when the group moves.
+    @Test func debiansOCFFilesystemMountsAndUnmounts() async throws {
+        let agent = "/usr/lib/ocf/resource.d/heartbeat/Filesystem"
+        try #require(FileManager.default.isExecutableFile(atPath: agent), "\(agent) not found: install resource-agents")
+        let mkfs = try #require(ExternalCommand.tool("mkfs.ext4"), "mkfs.ext4 not found: install e2fsprogs")
+        let lab = try HeartbeatLab(haresources: "")
+        defer { lab.tearDown() }
+        // One image for both nodes, as shared storage: R1's ordering (unmount on one before mount on the other) is
+        // what keeps it from being mounted twice. haresources is the same on both, as it must be.
+        let image = lab.root + "/fs.img"
+        try #require(FileManager.default.createFile(atPath: image, contents: nil))
+        try FileHandle(forWritingAtPath: image)!.truncate(atOffset: 64 << 20)
+        let made = try await ExternalCommand.runDetached(mkfs, ["-q", "-F", image])
+        try #require(made.status == 0, "\(made.standardError)")
+        for node in lab.nodes {
+            try """
+                node1 ocf:heartbeat:Filesystem::device=\(image)::directory=\(lab.root)/data::fstype=ext4::options=loop \\
+                    IPaddr2::\(HeartbeatLab.virtualAddress)/24/eth3 hbservice::\(HeartbeatLab.virtualAddress)
+
+                """.write(toFile: node.configDirectory + "/haresources", atomically: true, encoding: .utf8)
+        }
+        try await lab.start(lab.node1)
+        try await lab.start(lab.node2)
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node1" }, "\(lab.describe())")
+        #expect(lab.mountedData(lab.node1))
+        #expect(!lab.mountedData(lab.node2))
+
+        let standby = try lab.tandem(lab.node1, ["standby"])
+        #expect(standby.status == 0, "\(standby.standardError)")
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
+        #expect(await eventually(timeout: patience) { !lab.mountedData(lab.node1) },
+            "node1 still has its file system mounted after standby: \(lab.haLog(lab.node1).split(separator: "\n").filter { $0.contains("Filesystem") }.suffix(12).joined(separator: "\n"))")
+        #expect(lab.mountedData(lab.node2))
+    }
+
     @Test func debiansOCFIPaddr2WorksInPlaceOfTheBuiltIn() async throws {
         let agent = "/usr/lib/ocf/resource.d/heartbeat/IPaddr2"
         try #require(FileManager.default.isExecutableFile(atPath: agent), "\(agent) not found: install resource-agents")

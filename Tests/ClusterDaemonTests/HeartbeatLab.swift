@@ -303,6 +303,15 @@ final class HeartbeatLab: @unchecked Sendable {
         return output.standardOutput.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
+    /// Whether `<lab>/data` is mounted in the mount namespace of the node's heartbeatd (`ip netns exec` gives each
+    /// daemon one of its own).
+    func mountedData(_ node: Node) -> Bool {
+        guard let pid = daemons[node.name],
+            let table = try? String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8)
+        else { return false }
+        return table.split(separator: "\n").contains { $0.split(separator: " ").dropFirst(4).first == "\(root)/data" }
+    }
+
     func mysqldPID(_ node: Node) -> pid_t? {
         guard let text = try? String(contentsOfFile: node.mysqlPIDFile, encoding: .utf8),
             let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), kill(pid, 0) == 0
