@@ -34,8 +34,13 @@ public struct ResourceManagerMachine: Sendable {
     private var notices: [Notice] = []
     private var isActive = false
     private var warnedAboutUnknownGroups = false
+    /// When `starting` last went out, while waiting for the peer's answer.
+    private var startingSentAt: MonotonicInstant?
+    /// How often `starting` is repeated to a live peer that has not answered.
+    private var startingResendInterval: Duration { configuration.exchangeTimeout / 4 }
     /// The contested groups this node last told the peer it keeps (see `settleConflicts`).
     private var conflictAnswered: Set<Int> = []
+    private var conflictAnsweredAt: MonotonicInstant?
 
     public enum Phase: String, Sendable, Hashable {
         case notStarted = "not-started"
@@ -67,6 +72,7 @@ public struct ResourceManagerMachine: Sendable {
             return actions
         }
         phase = .waitingForPeer
+        startingSentAt = now
         actions.append(.send(.starting))
         actions.append(.log(.info, "waiting for \(peerName) before acquiring resources"))
         return actions
@@ -104,7 +110,17 @@ public struct ResourceManagerMachine: Sendable {
                 break
             }
         case .up, .active:
+            let wasAlive = peer.isAlive
             peer.isAlive = true
+            if phase == .waitingForPeer && !wasAlive {
+                // Our `starting` may have gone out while the peer could not hear it.
+                startingSentAt = now
+                actions.append(.send(.starting))
+            } else if phase == .running && !wasAlive {
+                // Heard again (or for the first time in this incarnation) after we thought it dead: we may both hold
+                // groups. Say what we hold; the conflict rule settles the rest on both sides.
+                actions.append(.send(.holdings(holdingsMessage, stable: isSettled)))
+            }
         case .initial:
             break
         }
@@ -146,7 +162,7 @@ public struct ResourceManagerMachine: Sendable {
         case .holdings(let holdings, let stable):
             peer.held = resolve(holdings)
             peer.isStable = stable
-            settleConflicts(into: &actions)
+            settleConflicts(now: now, into: &actions)
             if phase == .waitingForPeer {
                 phase = .running
                 let unheld = groups.indices.filter { !peer.held.contains($0) && !groups[$0].failedHere }
@@ -219,6 +235,12 @@ public struct ResourceManagerMachine: Sendable {
 
     public mutating func tick(now: MonotonicInstant) -> [ResourceAction] {
         var actions: [ResourceAction] = []
+        if phase == .waitingForPeer, peer.isAlive, let sent = startingSentAt, now - sent >= startingResendInterval {
+            // Still no answer from a peer we hear: ask again (messages sent before the peer first heard this
+            // incarnation are never retransmitted).
+            startingSentAt = now
+            actions.append(.send(.starting))
+        }
         if let due = stopRetryAt, now >= due { stopRetryAt = nil }
         if case .offering(_, let since)? = exchange, now - since >= configuration.exchangeTimeout {
             actions.append(.log(.warning, "standby: \(configuration.peerNode ?? "the peer") did not answer within \(configuration.exchangeTimeout); nothing moved"))
@@ -280,6 +302,10 @@ public struct ResourceManagerMachine: Sendable {
     /// When `tick` must next run, if any timer is pending.
     public var nextDeadline: MonotonicInstant? {
         var deadline = stopRetryAt
+        if phase == .waitingForPeer, peer.isAlive, let sent = startingSentAt {
+            let due = sent + startingResendInterval
+            deadline = deadline.map { min($0, due) } ?? due
+        }
         if case .offering(_, let since)? = exchange {
             let due = since + configuration.exchangeTimeout
             deadline = deadline.map { min($0, due) } ?? due
@@ -400,7 +426,7 @@ public struct ResourceManagerMachine: Sendable {
     }
 
     /// Both nodes hold a group (after a partition healed): the node that is not its preferred node releases it.
-    private mutating func settleConflicts(into actions: inout [ResourceAction]) {
+    private mutating func settleConflicts(now: MonotonicInstant, into actions: inout [ResourceAction]) {
         let peerName = configuration.peerNode ?? ""
         let contested = groups.indices.filter { groups[$0].isHeld && peer.held.contains($0) }
         guard !contested.isEmpty else {
@@ -423,11 +449,15 @@ public struct ResourceManagerMachine: Sendable {
             release(releasing, reason: "split brain resolution", into: &actions)
             notices.append(.announce)
         }
-        if !kept.isEmpty && Set(contested) != conflictAnswered {
+        let answeredRecently = conflictAnswered == Set(contested)
+            && conflictAnsweredAt.map { now - $0 < startingResendInterval } ?? false
+        if !kept.isEmpty && !answeredRecently {
             // The peer may not know that we hold what it must release (it may not have seen a partition at all):
-            // tell it, once per conflict. Its answer may still show the groups it is stopping; answering that again
-            // would have the two nodes answer each other forever.
+            // tell it. Its answer may still show the groups it is stopping, and answering every such answer would
+            // have the two nodes answer each other forever; so the same conflict is answered again only after a
+            // while, in case the first answer was lost.
             conflictAnswered = Set(contested)
+            conflictAnsweredAt = now
             for index in kept {
                 counters.conflicts += 1
                 actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): keeping it here, \(peerName) releases it"))

@@ -83,7 +83,7 @@ final class ClusterHarness {
             resources: ResourceManagerConfiguration(
                 localNode: name, peerNode: peer, groups: groups, autoFailback: autoFailback,
                 startTimeout: .seconds(5), stopTimeout: .seconds(5), stopRetries: 2,
-                stopRetryInterval: .milliseconds(100), stopFailureAction: .stopHeartbeats),
+                stopRetryInterval: .milliseconds(100), stopFailureAction: .stopHeartbeats, exchangeTimeout: .seconds(2)),
             authenticator: MessageAuthenticator(keys: Self.keys), environment: environment)
         node.start(now: now)
         nodes[name] = node

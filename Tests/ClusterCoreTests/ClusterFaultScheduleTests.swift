@@ -1,0 +1,87 @@
+import CoreSupport
+import Foundation
+import ResourceCore
+import Testing
+
+/// Seeded random fault schedules over the production cluster driver: crashes and restarts, links cut and healed,
+/// one-way partitions, standby and takeover requests. After the faults stop (everything healed and booted, then time
+/// to settle), the checker is the oracle: every group runs on exactly one node, with every resource started there
+/// and nowhere else, and both nodes are active. A failing seed is printed; `replay(seed:)` reruns it.
+@Suite struct ClusterFaultScheduleTests {
+    /// 150 seeds in the suite; TANDEM_CLUSTER_SEED_COUNT runs more (1...N) for a long run.
+    static var seeds: ClosedRange<UInt64> {
+        1...(ProcessInfo.processInfo.environment["TANDEM_CLUSTER_SEED_COUNT"].flatMap(UInt64.init) ?? 150)
+    }
+
+    @Test func randomFaultSchedulesEndWithOneOwnerPerGroup() {
+        // TANDEM_CLUSTER_SEED=14 swift test --filter ClusterFaultScheduleTests replays one seed and prints both logs.
+        if let text = ProcessInfo.processInfo.environment["TANDEM_CLUSTER_SEED"], let seed = UInt64(text) {
+            var logs = ""
+            let failure = Self.replay(seed: seed, logs: &logs)
+            print(logs)
+            #expect(failure == nil, "seed \(seed): \(failure ?? "")")
+            return
+        }
+        var failures: [String] = []
+        for seed in Self.seeds {
+            if let failure = Self.replay(seed: seed) { failures.append("seed \(seed): \(failure)") }
+        }
+        #expect(failures.isEmpty, "\(failures.count) of \(Self.seeds.count) seeds failed; replay with ClusterFaultScheduleTests.replay(seed:):\n\(failures.prefix(5).joined(separator: "\n"))")
+    }
+
+    /// Runs one schedule; returns what the checker found wrong, or nil.
+    static func replay(seed: UInt64) -> String? {
+        var logs = ""
+        return replay(seed: seed, logs: &logs)
+    }
+
+    static func replay(seed: UInt64, logs: inout String) -> String? {
+        var random = SplitMix64(seed: seed)
+        let harness = ClusterHarness(groups: ClusterScenarioTests.groups, autoFailback: Bool.random(using: &random) ? .on : .off)
+        harness.boot("node1")
+        harness.boot("node2")
+        harness.run(for: .seconds(3))
+        for _ in 0..<12 {
+            let node = Bool.random(using: &random) ? "node1" : "node2"
+            let fault = Int.random(in: 0..<7, using: &random)
+            for name in harness.environments.keys { harness.environments[name]!.logLines.append("FAULT \(harness.now): \(fault) on \(node)") }
+            switch fault {
+            case 0: harness.crash(node)
+            case 1: if harness.crashed.contains(node) { harness.boot(node) }
+            case 2: harness.cutLinks = [Int.random(in: 0...1, using: &random)]
+            case 3: harness.cutLinks = [0, 1]
+            case 4: harness.muted = [node]
+            case 5:
+                harness.cutLinks = []
+                harness.muted = []
+            default:
+                if !harness.crashed.contains(node) {
+                    let selection = ResourceSelection.allCases.randomElement(using: &random)!
+                    if Bool.random(using: &random) {
+                        _ = harness.nodes[node]!.requestStandby(selection, now: harness.now)
+                    } else {
+                        _ = harness.nodes[node]!.requestTakeover(selection, now: harness.now)
+                    }
+                }
+            }
+            harness.run(for: .milliseconds(Int64.random(in: 100...3000, using: &random)))
+        }
+        // Heal everything and let it settle.
+        harness.cutLinks = []
+        harness.muted = []
+        for node in ["node1", "node2"] where harness.crashed.contains(node) { harness.boot(node) }
+        harness.run(for: .seconds(12))
+        logs = ["node1", "node2"].map { "--- \($0)\n" + harness.log($0) }.joined(separator: "\n")
+
+        for group in ClusterScenarioTests.groups {
+            let holders = group.resources.map { harness.holders(of: $0) }
+            guard let first = holders.first, first.count == 1, holders.allSatisfy({ $0 == first }) else {
+                return "group \(group.key): resources held by \(holders)"
+            }
+        }
+        for node in ["node1", "node2"] where harness.nodes[node]!.membership.localStatus != .active {
+            return "\(node) is \(harness.nodes[node]!.membership.localStatus), not active"
+        }
+        return nil
+    }
+}
