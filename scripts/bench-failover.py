@@ -173,6 +173,8 @@ esac""")
         """Power loss: kill -9 of every process in the node's network namespace (the daemon however it forked,
         its agents, its service; all started by this script), then its links go down."""
         process = self.daemons.pop(node, None)
+        if self.namespaces[node] not in self.made:
+            return
         out = sh("ip", "netns", "pids", self.namespaces[node], capture=True, check=False) or ""
         for pid in (int(p) for p in out.split()):
             try:
@@ -220,7 +222,9 @@ esac""")
                               stderr=subprocess.DEVNULL, text=True).stdout.strip()
 
     def tear_down(self):
-        for node in list(self.daemons):
+        # Every process in the lab's namespaces was started by this script (Heartbeat forks away from its parent):
+        # kill them all before the namespaces go, or they would live on in namespaces no one can enter.
+        for node in self.nodes:
             self.kill_node(node)
         for node in self.nodes:
             self.kill_service(node)
