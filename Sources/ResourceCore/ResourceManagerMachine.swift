@@ -38,9 +38,6 @@ public struct ResourceManagerMachine: Sendable {
     private var startingSentAt: MonotonicInstant?
     /// How often `starting` is repeated to a live peer that has not answered.
     private var startingResendInterval: Duration { configuration.exchangeTimeout / 4 }
-    /// The contested groups this node last told the peer it keeps (see `settleConflicts`).
-    private var conflictAnswered: Set<Int> = []
-    private var conflictAnsweredAt: MonotonicInstant?
 
     public enum Phase: String, Sendable, Hashable {
         case notStarted = "not-started"
@@ -159,10 +156,11 @@ public struct ResourceManagerMachine: Sendable {
                 }
             }
             actions.append(.send(.holdings(holdingsMessage, stable: isSettled && phase == .running)))
-        case .holdings(let holdings, let stable):
+        case .holdings(let holdings, let stable), .conflictAnswer(let holdings, let stable):
             peer.held = resolve(holdings)
             peer.isStable = stable
-            settleConflicts(now: now, into: &actions)
+            let isAnswer = if case .conflictAnswer = message { true } else { false }
+            settleConflicts(answering: !isAnswer, into: &actions)
             if phase == .waitingForPeer {
                 phase = .running
                 let unheld = groups.indices.filter { !peer.held.contains($0) && !groups[$0].failedHere }
@@ -402,7 +400,8 @@ public struct ResourceManagerMachine: Sendable {
     private mutating func warnAboutUnknownGroups(in message: ResourceMessage, into actions: inout [ResourceAction]) {
         let keys: [String]
         switch message {
-        case .holdings(let holdings, _), .standby(_, let holdings, _): keys = holdings.groupKeys ?? []
+        case .holdings(let holdings, _), .conflictAnswer(let holdings, _), .standby(_, let holdings, _):
+            keys = holdings.groupKeys ?? []
         default: return
         }
         let known = Set(groups.map(\.definition.key))
@@ -426,13 +425,10 @@ public struct ResourceManagerMachine: Sendable {
     }
 
     /// Both nodes hold a group (after a partition healed): the node that is not its preferred node releases it.
-    private mutating func settleConflicts(now: MonotonicInstant, into actions: inout [ResourceAction]) {
+    private mutating func settleConflicts(answering: Bool, into actions: inout [ResourceAction]) {
         let peerName = configuration.peerNode ?? ""
         let contested = groups.indices.filter { groups[$0].isHeld && peer.held.contains($0) }
-        guard !contested.isEmpty else {
-            conflictAnswered = []
-            return
-        }
+        guard !contested.isEmpty else { return }
         let local = configuration.localNode.lowercased()
         let kept = contested.filter { index in
             let preferred = groups[index].definition.preferredNode.lowercased()
@@ -449,20 +445,15 @@ public struct ResourceManagerMachine: Sendable {
             release(releasing, reason: "split brain resolution", into: &actions)
             notices.append(.announce)
         }
-        let answeredRecently = conflictAnswered == Set(contested)
-            && conflictAnsweredAt.map { now - $0 < startingResendInterval } ?? false
-        if !kept.isEmpty && !answeredRecently {
+        if !kept.isEmpty && answering {
             // The peer may not know that we hold what it must release (it may not have seen a partition at all):
-            // tell it. Its answer may still show the groups it is stopping, and answering every such answer would
-            // have the two nodes answer each other forever; so the same conflict is answered again only after a
-            // while, in case the first answer was lost.
-            conflictAnswered = Set(contested)
-            conflictAnsweredAt = now
+            // tell it. The answer is marked as one and is never answered in turn, so two nodes that each keep a
+            // group cannot answer each other forever; if it is lost, the next announcement gets a new one.
             for index in kept {
                 counters.conflicts += 1
                 actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): keeping it here, \(peerName) releases it"))
             }
-            actions.append(.send(.holdings(holdingsMessage, stable: isSettled)))
+            actions.append(.send(.conflictAnswer(holdingsMessage, stable: isSettled)))
         }
     }
 

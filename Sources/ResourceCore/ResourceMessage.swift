@@ -10,6 +10,9 @@ public enum ResourceMessage: Sendable, Hashable {
     case starting
     /// What the sender holds, and whether it is stable (not acquiring or releasing anything).
     case holdings(Holdings, stable: Bool)
+    /// The same, sent to answer holdings that showed a group both nodes hold (Tandem's `reply=conflict`). It is never
+    /// itself answered, so that two nodes cannot answer each other forever.
+    case conflictAnswer(Holdings, stable: Bool)
     /// The standby exchange: the sender offers `groups` (`info=me`), accepts an offer (`other`), refuses one
     /// (`refused`, Tandem's addition, with the reason), or has released what it offered (`done`).
     case standby(StandbyPhase, Holdings, reason: String?)
@@ -40,10 +43,11 @@ public enum ResourceMessage: Sendable, Hashable {
         switch self {
         case .starting:
             return HeartbeatMessage(type: .starting)
-        case .holdings(let holdings, let stable):
+        case .holdings(let holdings, let stable), .conflictAnswer(let holdings, let stable):
             var message = HeartbeatMessage(type: .resource)
             Self.put(holdings, into: &message)
             message[HeartbeatField.isStable] = stable ? "1" : "0"
+            if case .conflictAnswer = self { message[Self.replyField] = Self.conflictReply }
             return message
         case .standby(let phase, let holdings, let reason):
             var message = HeartbeatMessage(type: .askResources)
@@ -67,7 +71,9 @@ public enum ResourceMessage: Sendable, Hashable {
             self = .starting
         case .resource?:
             guard let holdings = Self.holdings(in: message) else { return nil }
-            self = .holdings(holdings, stable: message[HeartbeatField.isStable] == "1")
+            let stable = message[HeartbeatField.isStable] == "1"
+            self = message[Self.replyField] == Self.conflictReply
+                ? .conflictAnswer(holdings, stable: stable) : .holdings(holdings, stable: stable)
         case .askResources?:
             guard let phase = message[HeartbeatField.info].flatMap(StandbyPhase.init(rawValue:)),
                 let holdings = Self.holdings(in: message)
@@ -86,6 +92,8 @@ public enum ResourceMessage: Sendable, Hashable {
     }
 
     static let groupsField = "groups"
+    static let replyField = "reply"
+    static let conflictReply = "conflict"
 
     private static func put(_ holdings: Holdings, into message: inout HeartbeatMessage) {
         message[HeartbeatField.resourcesHeld] = holdings.selection.rawValue

@@ -94,6 +94,7 @@ import Testing
             .starting,
             .holdings(.init(selection: .local, groupKeys: ["IPaddr::10.0.0.10", "drbddisk::r0"]), stable: true),
             .holdings(.init(selection: .none, groupKeys: nil), stable: false),
+            .conflictAnswer(.init(selection: .all, groupKeys: ["g"]), stable: true),
             .standby(.refuse, .init(selection: .all, groupKeys: ["g"]), reason: "node2 is not stable"),
             .takeover(.foreign),
             .shutdownDone,
