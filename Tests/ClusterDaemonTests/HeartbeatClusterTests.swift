@@ -67,24 +67,24 @@ struct HeartbeatClusterTests {
         let lab = try HeartbeatLab(haresources: Self.group)
         defer { lab.tearDown() }
         try await bothUp(lab)
-        let standby = try lab.tandem(lab.node1, ["standby"])
-        #expect(standby.status == 0, "\(standby.standardError)")
+        let standby = await lab.moveAccepted(lab.node1, ["standby"])
+        #expect(standby.accepted, "\(standby.lastError)")
         #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
         #expect(!lab.holdsAddress(lab.node1))
 
-        let takeover = try lab.tandem(lab.node1, ["takeover"])
-        #expect(takeover.status == 0, "\(takeover.standardError)")
+        let takeover = await lab.moveAccepted(lab.node1, ["takeover"])
+        #expect(takeover.accepted, "\(takeover.lastError)")
         #expect(await eventually(timeout: patience) { lab.answeringNode() == "node1" }, "\(lab.describe())")
         #expect(await eventually(timeout: patience) { !lab.holdsAddress(lab.node2) })
 
         // From the other side: node2 takes over, then gives the group back with standby.
         #expect(await eventually(timeout: patience) { lab.status(lab.node2)?.exchange == nil && lab.status(lab.node1)?.exchange == nil })
-        let fromNode2 = try lab.tandem(lab.node2, ["takeover", "foreign"])
-        #expect(fromNode2.status == 0, "\(fromNode2.standardError)")
+        let fromNode2 = await lab.moveAccepted(lab.node2, ["takeover", "foreign"])
+        #expect(fromNode2.accepted, "\(fromNode2.lastError)")
         #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
         #expect(await eventually(timeout: patience) { lab.status(lab.node2)?.exchange == nil && lab.status(lab.node1)?.exchange == nil })
-        let back = try lab.tandem(lab.node2, ["standby", "foreign"])
-        #expect(back.status == 0, "\(back.standardError)")
+        let back = await lab.moveAccepted(lab.node2, ["standby", "foreign"])
+        #expect(back.accepted, "\(back.lastError)")
         #expect(await eventually(timeout: patience) { lab.answeringNode() == "node1" }, "\(lab.describe())")
 
         // Nothing to take: refused with exit 10 and a reason.
@@ -210,8 +210,8 @@ struct HeartbeatClusterTests {
         #expect(lab.mountedData(lab.node1))
         #expect(!lab.mountedData(lab.node2))
 
-        let standby = try lab.tandem(lab.node1, ["standby"])
-        #expect(standby.status == 0, "\(standby.standardError)")
+        let standby = await lab.moveAccepted(lab.node1, ["standby"])
+        #expect(standby.accepted, "\(standby.lastError)")
         #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
         #expect(await eventually(timeout: patience) { !lab.mountedData(lab.node1) },
             "node1 still has its file system mounted after standby: \(lab.haLog(lab.node1).split(separator: "\n").filter { $0.contains("Filesystem") }.suffix(12).joined(separator: "\n"))")

@@ -348,6 +348,19 @@ final class HeartbeatLab: @unchecked Sendable {
             ip, ["netns", "exec", node.namespace, Self.executable] + arguments + ["--run-dir", node.runDirectory])
     }
 
+    /// Runs a standby or takeover on `node` until heartbeatd accepts it (exit 0). Right after a move both nodes may
+    /// still be settling, and the verb is then refused with the reason (exit 10), as an operator would see; the last
+    /// refusal is returned when it never gets accepted.
+    func moveAccepted(_ node: Node, _ arguments: [String]) async -> (accepted: Bool, lastError: String) {
+        var lastError = ""
+        let accepted = await eventually(timeout: patience) {
+            guard let output = try? self.tandem(node, arguments) else { return false }
+            lastError = output.standardError
+            return output.status == 0
+        }
+        return (accepted, lastError)
+    }
+
     func status(_ node: Node) -> ClusterStatusReport? {
         let client = ClusterControlProtocol.client(runDirectory: node.runDirectory)
         let response: ClusterControlResponse? = try? client.exchange(ClusterControlRequest(verb: .status), answerTimeout: .seconds(5))
