@@ -145,6 +145,8 @@ struct HeartbeatClusterTests {
         #expect(lab.haLog(lab.node1).contains("Giving up resources due to failure of flaky"))
         #expect(!lab.holdsAddress(lab.node1))
 
+        // The service answers before the group's last resource (flaky) has started: wait for all of it.
+        #expect(await eventually(timeout: patience) { lab.status(lab.node2)?.groups.first?.state == "running" })
         // node2's stop of flaky hangs: it is killed after resource_stop_timeout and retried; the group is released.
         await lab.stop(lab.node2)
         let log = lab.haLog(lab.node2)
