@@ -17,7 +17,6 @@ final class HeartbeatLink: @unchecked Sendable {
     // @unchecked: `descriptor` and `destination` are set in `open` before the link is shared and never change;
     // `receiver` is set once by `startReceiving` and read by `close`, both called by the daemon's start and stop.
     let name: String
-    let medium: HeartbeatMedium
     private let descriptor: Int32
     private let destination: sockaddr_in
     private var receiver: DaemonThread?
@@ -26,9 +25,8 @@ final class HeartbeatLink: @unchecked Sendable {
     /// Largest datagram read; anything longer is truncated and then refused by the decoder as malformed.
     static let receiveBufferBytes = 65_536
 
-    private init(name: String, medium: HeartbeatMedium, descriptor: Int32, destination: sockaddr_in) {
+    private init(name: String, descriptor: Int32, destination: sockaddr_in) {
         self.name = name
-        self.medium = medium
         self.descriptor = descriptor
         self.destination = destination
     }
@@ -93,7 +91,7 @@ final class HeartbeatLink: @unchecked Sendable {
         destination.sin_family = sa_family_t(AF_INET)
         destination.sin_port = port.bigEndian
         destination.sin_addr.s_addr = target.rawValue.bigEndian
-        return HeartbeatLink(name: name, medium: medium, descriptor: descriptor, destination: destination)
+        return HeartbeatLink(name: name, descriptor: descriptor, destination: destination)
     }
 
     private static func failure(_ call: String, _ medium: HeartbeatMedium) -> DaemonStartError {

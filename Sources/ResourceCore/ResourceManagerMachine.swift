@@ -326,7 +326,6 @@ public struct ResourceManagerMachine: Sendable {
 
     public var exchangeDescription: String? { exchange?.description }
 
-    public var peerIsStable: Bool { peer.isStable }
 
     // MARK: Internals
 
