@@ -210,22 +210,11 @@ enum MountUsers {
         let root = URL(fileURLWithPath: mountPoint).standardizedFileURL.path
         func inside(_ path: String) -> Bool { path == root || path.hasPrefix(root + "/") }
         let own = getpid()
-        var users: [pid_t] = []
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
-            guard let pid = pid_t(entry), pid != own else { continue }
-            let base = "/proc/\(entry)"
-            var uses = ["cwd", "root"].contains { (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(base)/\($0)")).map(inside) ?? false }
-            if !uses {
-                for descriptor in (try? FileManager.default.contentsOfDirectory(atPath: "\(base)/fd")) ?? [] {
-                    if let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "\(base)/fd/\(descriptor)"), inside(target) {
-                        uses = true
-                        break
-                    }
-                }
-            }
-            if uses { users.append(pid) }
+        return MountTable.processIDs().filter { pid in
+            guard pid != own else { return false }
+            let places = ["cwd", "root"].compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/\($0)") }
+            return places.contains(where: inside) || MountTable.openFiles(of: pid).contains(where: inside)
         }
-        return users
     }
 }
 

@@ -51,11 +51,7 @@ public enum DeviceHolders {
                 }
             }
             guard pid != ownPID else { continue }
-            let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
-            let opened = descriptors.contains { descriptor in
-                (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\(descriptor)")) == devicePath
-            }
-            if opened { holders.append(DeviceHolder(kind: .openFile, pid: pid, command: MountTable.command(of: pid))) }
+            if MountTable.openFiles(of: pid).contains(devicePath) { holders.append(DeviceHolder(kind: .openFile, pid: pid, command: MountTable.command(of: pid))) }
         }
         return holders
     }

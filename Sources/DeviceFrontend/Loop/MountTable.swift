@@ -64,6 +64,12 @@ public enum MountTable {
         return names.compactMap { Int32($0) }.sorted()
     }
 
+    /// What the open descriptors of `pid` point at (/proc/PID/fd/*), or nothing when the process is gone.
+    public static func openFiles(of pid: Int32) -> [String] {
+        let descriptors = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd")) ?? []
+        return descriptors.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/fd/\($0)") }
+    }
+
     /// The mount namespace of `pid` ("mnt:[4026531841]"), or nil when the process is gone.
     public static func mountNamespace(of pid: Int32) -> String? {
         try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/mnt")
