@@ -147,6 +147,22 @@ let package = Package(
             ],
             swiftSettings: strictSettings
         ),
+        // The lab (`tandem lab`): the seeds' two-node MariaDB cluster on one machine, each node a machine of its own
+        // (network, mount, UTS and PID namespaces) running the production daemons; the workload client (a MariaDB
+        // protocol client), the fault scenarios and their checks.
+        .target(
+            name: "TandemLab",
+            dependencies: [
+                "ClusterDaemon",
+                "CoreSupport",
+                "CTandemStorage",
+                "DaemonSupport",
+                "DeviceFrontend",
+                "ReplicationDaemon",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strictSettings
+        ),
         // The deterministic simulator: runs the production drivers over a simulated network and disks.
         .target(
             name: "TandemSimulator", dependencies: ["TandemDrivers", "ReplicationCore", "TandemConfig"],
@@ -163,6 +179,7 @@ let package = Package(
                 "TandemSimulator",
                 "TandemStorage",
                 "ReplicationDaemon",
+                "TandemLab",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strictSettings

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sched.h>
+#include <sys/sysmacros.h>
 
 int ctandem_o_direct(void) { return O_DIRECT; }
 
@@ -70,6 +72,31 @@ void ctandem_name_current_thread(const char *name) {
     (void)pthread_setname_np(pthread_self(), truncated);
 }
 
+int ctandem_open_loop_node(int number, int flags) {
+    char path[32];
+    snprintf(path, sizeof path, "/dev/loop%d", number);
+    int fd = open(path, flags);
+    if (fd >= 0 || errno != ENOENT) return fd;
+    // A /dev without udev (a container's, or a lab node's private one) has no node for a device allocated after it
+    // was populated: make it from the numbers sysfs gives, as udev would.
+    char sysfs[64];
+    snprintf(sysfs, sizeof sysfs, "/sys/block/loop%d/dev", number);
+    FILE *file = fopen(sysfs, "re");
+    if (file == NULL) {
+        errno = ENOENT;
+        return -1;
+    }
+    unsigned major_number = 0, minor_number = 0;
+    int parsed = fscanf(file, "%u:%u", &major_number, &minor_number);
+    fclose(file);
+    if (parsed != 2) {
+        errno = ENOENT;
+        return -1;
+    }
+    if (mknod(path, S_IFBLK | 0660, makedev(major_number, minor_number)) != 0 && errno != EEXIST) return -1;
+    return open(path, flags);
+}
+
 int ctandem_loop_attach(int file_fd, int direct_io, const char *backing_name, int *loop_number) {
     int control = open("/dev/loop-control", O_RDWR | O_CLOEXEC);
     if (control < 0) return errno;
@@ -83,7 +110,7 @@ int ctandem_loop_attach(int file_fd, int direct_io, const char *backing_name, in
         }
         char path[32];
         snprintf(path, sizeof path, "/dev/loop%d", number);
-        int loop = open(path, O_RDWR | O_CLOEXEC);
+        int loop = ctandem_open_loop_node(number, O_RDWR | O_CLOEXEC);
         if (loop < 0) {
             result = errno;
             // udev may not have created the node yet on a device just allocated.
@@ -138,3 +165,5 @@ int ctandem_harden_io_daemon(int *failed_step) {
     *failed_step = 0;
     return 0;
 }
+
+int ctandem_enter_network_namespace(int namespace_fd) { return setns(namespace_fd, CLONE_NEWNET); }

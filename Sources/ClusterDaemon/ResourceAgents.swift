@@ -103,50 +103,13 @@ struct ResourceAgents: Sendable {
     }
 }
 
-extension Duration {
-    var wholeMilliseconds: Int64 { components.seconds * 1000 + components.attoseconds / 1_000_000_000_000_000 }
-}
-
 /// Runs a tool (`ip`, `mount`, `arping`) found on the search path, bounded by the operation's deadline.
-struct Tool {
-    let name: String
-    let debianPackage: String
-
+extension Tool {
     static let ip = Tool(name: "ip", debianPackage: "iproute2")
     static let arping = Tool(name: "arping", debianPackage: "iputils-arping")
     static let mount = Tool(name: "mount", debianPackage: "mount")
     static let umount = Tool(name: "umount", debianPackage: "mount")
     static let fsck = Tool(name: "fsck", debianPackage: "util-linux")
-
-    var path: String? {
-        ChildProcess.searchPath.split(separator: ":").map { "\($0)/\(name)" }.first { access($0, X_OK) == 0 }
-    }
-
-    /// Runs the tool; `.failure` carries a message that says what is missing or what the tool said.
-    func run(_ arguments: [String], deadline: MonotonicInstant) -> Result<ChildProcess.Outcome, ToolError> {
-        guard let path else { return .failure(ToolError("\(name) is not installed (Debian: apt-get install \(debianPackage))")) }
-        let remaining = deadline - DaemonClock.now
-        guard remaining > .zero else { return .failure(ToolError("no time left to run \(name)")) }
-        switch ChildProcess.run([path] + arguments, environment: ["PATH": ChildProcess.searchPath], timeout: remaining, killGrace: .seconds(2)) {
-        case .success(let outcome): return .success(outcome)
-        case .failure(let error): return .failure(ToolError("\(name): \(error)"))
-        }
-    }
-
-    /// Runs the tool and requires exit status 0.
-    func check(_ arguments: [String], deadline: MonotonicInstant) -> Result<String, ToolError> {
-        switch run(arguments, deadline: deadline) {
-        case .failure(let error): return .failure(error)
-        case .success(let outcome) where outcome.succeeded: return .success(outcome.output)
-        case .success(let outcome):
-            return .failure(ToolError("\(name) \(arguments.joined(separator: " ")) \(outcome): \(outcome.output.trimmingCharacters(in: .whitespacesAndNewlines))"))
-        }
-    }
-}
-
-struct ToolError: Error, CustomStringConvertible {
-    var description: String
-    init(_ description: String) { self.description = description }
 }
 
 extension Result where Failure == ToolError {

@@ -31,7 +31,7 @@ struct BlockDeviceError: Error, Sendable, CustomStringConvertible {
 }
 
 /// Where one resource's block device lives on this node.
-struct BlockDevicePaths: Sendable, Hashable {
+public struct BlockDevicePaths: Sendable, Hashable {
     /// The private FUSE mount serving the device's data as one file: `<run-dir>/fuse/<resource>`.
     var fuseMountpoint: String
     /// The file's name inside the mount: the resource's name, so that `losetup -l` says whose it is.
@@ -39,25 +39,31 @@ struct BlockDevicePaths: Sendable, Hashable {
     /// The links made to point at the loop device: drbd.conf's `device` (/dev/drbd0) and
     /// /dev/tandem/by-res/<resource>, each under the daemon's device-link root.
     var links: [String]
-    /// Recorded in the loop device's status, to find it again after a replicad died: "tandem:" + a hash of the run
-    /// directory and the resource + ":" + as much of the resource's name as fits in the kernel's 63 bytes.
+    /// Recorded in the loop device's status, to find it again after a replicad died: "tandem:" + a hash of the node,
+    /// the run directory and the resource + ":" + as much of the resource's name as fits in the kernel's 63 bytes.
+    /// The node is part of it because loop devices are global: two nodes of a lab on one machine may use the same
+    /// run directory (each in its own mount namespace) and must never take each other's devices for leftovers.
     var loopTag: String
 
     var filePath: String { fuseMountpoint + "/" + fileName }
 
-    init(resourceName: String, devicePath: String, runDirectory: String, linkRoot: String) {
+    /// The loop tag of a node's resource (see `loopTag`): what finds the devices a replicad left behind.
+    public static func loopTag(nodeName: String, runDirectory: String, resourceName: String) -> String {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
+        for byte in Array(nodeName.utf8) + [0] + Array(runDirectory.utf8) + [0] + Array(resourceName.utf8) {
+            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
+        }
+        var tag = "tandem:" + String(hash, radix: 16) + ":"
+        for character in resourceName where tag.utf8.count + character.utf8.count <= 63 { tag.append(character) }
+        return tag
+    }
+
+    init(resourceName: String, devicePath: String, nodeName: String, runDirectory: String, linkRoot: String) {
         fuseMountpoint = runDirectory + "/fuse/" + resourceName
         fileName = resourceName
         let root = linkRoot.hasSuffix("/") ? String(linkRoot.dropLast()) : linkRoot
         links = [root + devicePath, root + "/dev/tandem/by-res/" + resourceName]
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
-        for byte in Array(runDirectory.utf8) + [0] + Array(resourceName.utf8) {
-            hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
-        }
-        let prefix = "tandem:" + String(hash, radix: 16) + ":"
-        var tag = prefix
-        for character in resourceName where tag.utf8.count + character.utf8.count <= 63 { tag.append(character) }
-        loopTag = tag
+        loopTag = Self.loopTag(nodeName: nodeName, runDirectory: runDirectory, resourceName: resourceName)
     }
 }
 

@@ -50,7 +50,9 @@ public struct DaemonOptions: Sendable {
 
     /// Where `resource`'s block device lives: its FUSE mount under the run directory, and its links.
     func blockDevicePaths(resource: String, devicePath: String) -> BlockDevicePaths {
-        BlockDevicePaths(resourceName: resource, devicePath: devicePath, runDirectory: runDirectory, linkRoot: deviceLinkRoot)
+        BlockDevicePaths(
+            resourceName: resource, devicePath: devicePath, nodeName: nodeName, runDirectory: runDirectory,
+            linkRoot: deviceLinkRoot)
     }
 
     /// `<run-dir>/nbd/<resource>.sock`: the resource's NBD export (export name = the resource name).

@@ -227,17 +227,3 @@ enum ClusterStatusText {
         return lines.joined(separator: "\n")
     }
 }
-
-struct LabCommand: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "lab",
-        abstract: "Build a two-node MariaDB cluster in network namespaces and show failover (not yet available).")
-    @Argument(help: "up, down, status, failover, scenario NAME or bench.") var action: [String] = []
-    @OptionGroup var global: GlobalOptions
-    func run() throws {
-        printToStandardError(
-            "tandem lab: not yet. The lab arrives with the MySQL HA issue. What works today: tandem replicad and "
-                + "tandem adm (replicated block devices), tandem heartbeatd with takeover, standby, cl-status and status.")
-        throw TandemExitCode.daemonUnavailable
-    }
-}

@@ -31,6 +31,10 @@ void ctandem_name_current_thread(const char *name);
 /// inherits them. Returns 0 or -1 with errno set.
 int ctandem_pipe_cloexec(int fds[2]);
 
+/// Opens /dev/loopN, making the node from /sys/block/loopN/dev first when it is missing (a /dev without udev).
+/// Returns the descriptor, or -1 with errno set.
+int ctandem_open_loop_node(int number, int flags);
+
 /// Attaches the file open on `file_fd` (read-write) to a free loop device: LOOP_CTL_GET_FREE, then LOOP_CONFIGURE
 /// with LO_FLAGS_DIRECT_IO when `direct_io` is set, retrying when another process takes the free device first.
 /// `backing_name` is recorded in the loop's status (LO_NAME_SIZE, so at most 63 bytes are kept): a tag that
@@ -55,4 +59,7 @@ int ctandem_loop_clear_autoclear(int loop_fd);
 /// small). Returns 0, or the errno of the first step that failed (`*failed_step` 1 or 2).
 int ctandem_harden_io_daemon(int *failed_step);
 
+/// setns(namespace_fd, CLONE_NEWNET): moves the calling thread (only it) into the network namespace open on
+/// `namespace_fd`. Returns 0, or -1 with errno set.
+int ctandem_enter_network_namespace(int namespace_fd);
 #endif

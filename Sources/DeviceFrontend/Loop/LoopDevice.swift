@@ -94,7 +94,7 @@ public struct LoopDevice: Sendable, Hashable, CustomStringConvertible {
     /// holds a new device for a moment), that mark is cleared again, since a device vanishing later under whoever
     /// holds it would be worse, and `busy` is thrown.
     public func detach() throws(LoopError) {
-        let fd = open(path, O_RDWR | O_CLOEXEC)
+        let fd = ctandem_open_loop_node(number, O_RDWR | O_CLOEXEC)
         guard fd >= 0 else {
             if errno == ENOENT || errno == ENXIO { return }
             throw LoopError(.failed, "cannot open \(path) to detach it: \(String(cString: strerror(errno)))")
@@ -110,7 +110,7 @@ public struct LoopDevice: Sendable, Hashable, CustomStringConvertible {
             if backingFile == nil { return }
             usleep(10_000)
         }
-        let again = open(path, O_RDWR | O_CLOEXEC)
+        let again = ctandem_open_loop_node(number, O_RDWR | O_CLOEXEC)
         if again >= 0 {
             _ = ctandem_loop_clear_autoclear(again)
             close(again)
@@ -124,7 +124,7 @@ public struct LoopDevice: Sendable, Hashable, CustomStringConvertible {
 
     /// The tag recorded when the device was attached, or nil when nothing is attached or it cannot be read.
     public var tag: String? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = ctandem_open_loop_node(number, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var name = [CChar](repeating: 0, count: 64)

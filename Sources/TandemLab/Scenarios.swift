@@ -1,0 +1,260 @@
+#if canImport(Glibc)
+import CoreSupport
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import DaemonSupport
+import Foundation
+
+/// What can go wrong with the active node, from seed 001's list of what must be tested, plus the planned moves.
+public enum LabScenario: String, CaseIterable, Sendable {
+    case killNode = "kill-node"
+    case freezeNode = "freeze-node"
+    case stopHeartbeat = "stop-heartbeat"
+    case cutLinks = "cut-links"
+    case killDatabase = "kill-mysqld"
+    case switchover
+    case failback
+
+    public var summary: String {
+        switch self {
+        case .killNode: "power loss of the active node: SIGKILL to all its processes at once, its links down; it boots again later"
+        case .freezeNode: "a hung active node: SIGSTOP to all its processes; thawed once the peer took over"
+        case .stopHeartbeat: "heartbeatd stopped cleanly on the active node (it releases the group); started again later"
+        case .cutLinks: "every link of the active node cut (heartbeat, replication, service); restored later"
+        case .killDatabase: "mariadbd killed on the active node (needs resource monitoring, issue 8: reported as a known gap)"
+        case .switchover: "planned switchover: tandem takeover on the standby node"
+        case .failback: "failback to node1 (the preferred node): tandem standby on node2"
+        }
+    }
+}
+
+/// One scenario's outcome: the timeline, the workload's verdict and the cluster's state afterwards.
+public struct ScenarioReport: Sendable {
+    public var scenario: LabScenario
+    public var from: LabHost
+    public var to: LabHost
+    /// (what, milliseconds after the fault), in order.
+    public var timeline: [(label: String, millisecondsAfterFault: Int64)] = []
+    public var verdict: WorkloadVerdict?
+    public var cluster: [String] = []
+    public var replica: String?
+    public var problems: [String] = []
+    public var notes: [String] = []
+
+    public var passed: Bool { problems.isEmpty && verdict?.passed == true }
+
+    /// From the fault to the first commit on the new node, when it happened.
+    public var faultToFirstCommitMilliseconds: Int64? { timeline.first { $0.label == Self.firstCommit }?.millisecondsAfterFault }
+
+    static let firstCommit = "first commit on the new node"
+
+    public func lines() -> [String] {
+        var text = ["scenario \(scenario.rawValue): \(scenario.summary)", "  from \(from.rawValue) to \(to.rawValue)"]
+        text.append("  timeline (ms after the fault; log lines stamped when they appeared, +-10 ms):")
+        for entry in timeline { text.append("    \(String(entry.millisecondsAfterFault).leftPadded(8))  \(entry.label)") }
+        for note in notes { text.append("  note: \(note)") }
+        if let verdict { text.append("  workload: \(verdict.summary)") }
+        for line in cluster { text.append("  \(line)") }
+        if let replica { text.append("  replica: \(replica)") }
+        for problem in problems { text.append("  PROBLEM: \(problem)") }
+        text.append("  verdict: " + (passed ? "PASS (no acknowledged commit lost)" : "FAIL"))
+        return text
+    }
+}
+
+extension String {
+    func leftPadded(_ width: Int) -> String { count >= width ? self : String(repeating: " ", count: width - count) + self }
+}
+
+extension Lab {
+    /// The steps a takeover goes through on the new node, as its ha-log shows them: (label, text of the line).
+    private var takeoverSteps: [(label: String, fragment: String)] {
+        [
+            ("peer declared dead", ": is dead"),
+            ("takeover starts (drbddisk start)", "Running drbddisk::\(LabLayout.resourceName) start"),
+            ("Primary (drbddisk start done)", "drbddisk::\(LabLayout.resourceName) start done"),
+            ("fsck and mount done", "Filesystem::\(LabLayout.devicePath)::\(LabLayout.mountPoint)::ext4 start done"),
+            ("MariaDB ready (mysqld start done)", "mysqld start done"),
+            ("VIP moved (IPaddr2 start done)", "IPaddr2::\(layout.virtualAddress)/\(layout.servicePrefixLength)/eth1 start done"),
+        ]
+    }
+
+    /// Runs one scenario under load and checks the outcome. The cluster must be healthy first (one node serving,
+    /// both connected and UpToDate); it waits for that, up to 3 minutes, since the previous scenario's resync may
+    /// still run.
+    public func run(_ scenario: LabScenario, loadAfterRecovery: Duration) throws(LabError) -> ScenarioReport {
+        let state = try loadState()
+        var active = try waitForHealthy(timeout: .seconds(180))
+        if scenario == .failback && active == .node1 {
+            say("failback needs the service away from node1: switching over to node2 first")
+            try machines.tandem(.node2, ["takeover"])
+            try waitFor("the group on node2", timeout: .seconds(120)) { () -> Bool in
+                activeNode([observe(.node1), observe(.node2)]) == .node2
+            }
+            active = try waitForHealthy(timeout: .seconds(180))
+        }
+        let target = active.peer
+        var report = ScenarioReport(scenario: scenario, from: active, to: target)
+        let runID = Int32(truncatingIfNeeded: Workload.unixMilliseconds() / 1000 % 1_000_000_000)
+        try? FileManager.default.createDirectory(atPath: layout.runsDirectory, withIntermediateDirectories: true)
+        var options = LabSQL(layout: layout).options()
+        options.readTimeout = .seconds(2)
+        let workload = Workload(
+            runID: runID, connection: options, namespace: layout.namespace(.client),
+            limits: Workload.Limits(duration: .seconds(600)), journalPath: layout.runsDirectory + "/\(runID)-\(scenario.rawValue).journal")
+        let follower = LogFollower(files: LabHost.nodes.map { ($0, layout.haLog($0)) })
+        follower.start()
+        defer { follower.stop() }
+        step("\(scenario.rawValue): workload running through the VIP (run \(runID)), active node \(active.rawValue)")
+        workload.start()
+        do throws(LabError) {
+            try waitFor("the workload's first commits", timeout: .seconds(30)) { () -> Bool in
+                workload.snapshot.filter { $0.outcome == .acknowledged }.count >= 20
+            }
+        } catch {
+            try? workload.stop()
+            throw LabError(.failed, "the workload cannot commit before the fault: \(workload.eventLog.last?.text ?? error.message)")
+        }
+
+        let faultAt = Workload.unixMilliseconds()
+        step("\(scenario.rawValue): \(scenario.summary)")
+        try inject(scenario, on: active)
+
+        var recovered = waitForCommit(on: target, after: faultAt, timeout: scenario == .killDatabase ? .seconds(10) : .seconds(120), workload)
+        if scenario == .killDatabase && !recovered {
+            report.notes.append(
+                "no failover: heartbeatd does not monitor resources yet (issue 8); as seed 001 advises, the operator stops the node's service (tandem standby) to fail over")
+            try machines.tandem(active, ["standby"])
+            recovered = waitForCommit(on: target, after: faultAt, timeout: .seconds(120), workload)
+        }
+        if !recovered { report.problems.append("no commit on \(target.rawValue) within the time allowed after the fault") }
+        usleep(useconds_t(clamping: loadAfterRecovery.wholeMilliseconds * 1000))
+        try workload.stop()
+        let operations = workload.snapshot
+
+        // The timeline, from the new node's log and the workload.
+        for (label, fragment) in takeoverSteps {
+            if let line = follower.first(target, containing: fragment, after: faultAt) {
+                report.timeline.append((label, line.unixMilliseconds - faultAt))
+            }
+        }
+        if let first = operations.first(where: { $0.outcome == .acknowledged && $0.node == target.rawValue && $0.unixMilliseconds >= faultAt }) {
+            report.timeline.append((ScenarioReport.firstCommit, first.unixMilliseconds - faultAt))
+        }
+        report.timeline.sort { $0.millisecondsAfterFault < $1.millisecondsAfterFault }
+
+        step("\(scenario.rawValue): healing \(active.rawValue)")
+        try heal(scenario, node: active, report: &report)
+        do throws(LabError) {
+            let now = try waitForHealthy(timeout: .seconds(180))
+            if now != target { report.problems.append("the service ended on \(now.rawValue), expected \(target.rawValue)") }
+        } catch {
+            report.problems.append(error.message)
+        }
+        let observations = LabHost.nodes.map(observe)
+        report.cluster = observations.map(\.summary)
+        if activeNode(observations) == nil {
+            report.problems.append("not exactly one node holds the VIP, the mounted file system and MariaDB")
+        }
+
+        step("\(scenario.rawValue): checking every commit through the VIP")
+        let counts = try rowCounts(runID: runID)
+        let verdict = WorkloadVerdict(operations: operations, counts: counts)
+        report.verdict = verdict
+        if state.withReplica {
+            do throws(LabError) {
+                report.replica = try LabReplica(lab: self).check(runID: runID, primaryCounts: counts)
+            } catch {
+                report.problems.append("replica: \(error.message)")
+            }
+        }
+        return report
+    }
+
+    private func waitForCommit(on node: LabHost, after: Int64, timeout: Duration, _ workload: Workload) -> Bool {
+        let deadline = DaemonClock.now + timeout
+        while DaemonClock.now < deadline {
+            if workload.snapshot.reversed().contains(where: {
+                $0.outcome == .acknowledged && $0.node == node.rawValue && $0.unixMilliseconds >= after
+            }) {
+                return true
+            }
+            usleep(20_000)
+        }
+        return false
+    }
+
+    private func inject(_ scenario: LabScenario, on node: LabHost) throws(LabError) {
+        switch scenario {
+        case .killNode:
+            try network.setLinks(node, up: false)
+            let count = try machines.powerOff(node)
+            say("    \(node.rawValue): \(count) processes killed, links down")
+        case .freezeNode:
+            let count = machines.freeze(node)
+            say("    \(node.rawValue): \(count) processes stopped")
+        case .stopHeartbeat:
+            machines.stopDaemon(node, "heartbeatd", within: .seconds(120))
+        case .cutLinks:
+            try network.setLinks(node, up: false)
+        case .killDatabase:
+            let victims = machines.processes(node).filter {
+                (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8))?.hasPrefix("mariadbd") == true
+            }
+            for pid in victims { kill(pid, SIGKILL) }
+            say("    \(node.rawValue): mariadbd (pid \(victims.map(String.init).joined(separator: ", "))) killed")
+        case .switchover:
+            try machines.tandem(node.peer, ["takeover"])
+        case .failback:
+            try machines.tandem(node, ["standby"])
+        }
+    }
+
+    private func heal(_ scenario: LabScenario, node: LabHost, report: inout ScenarioReport) throws(LabError) {
+        switch scenario {
+        case .killNode:
+            try powerOn(node)
+            say("    \(node.rawValue): booted, replicad and heartbeatd started")
+        case .freezeNode:
+            machines.thaw(node)
+        case .stopHeartbeat:
+            try startHeartbeatd(node)
+        case .cutLinks:
+            try network.setLinks(node, up: true)
+        case .killDatabase, .switchover, .failback:
+            break
+        }
+    }
+
+    /// Waits until exactly one node serves and both resources are connected and UpToDate; returns the server.
+    @discardableResult
+    func waitForHealthy(timeout: Duration) throws(LabError) -> LabHost {
+        var last: [NodeObservation] = []
+        let deadline = DaemonClock.now + timeout
+        while DaemonClock.now < deadline {
+            last = LabHost.nodes.map(observe)
+            if let active = activeNode(last),
+                last.allSatisfy({ $0.connection == "Connected" && $0.disk == "UpToDate" && $0.peerDisk == "UpToDate" })
+            {
+                return active
+            }
+            usleep(200_000)
+        }
+        throw LabError(
+            .failed, "the cluster is not healthy after \(timeout): " + last.map(\.summary).joined(separator: " | "))
+    }
+
+    func rowCounts(runID: Int32) throws(LabError) -> [Int64: Int] {
+        let sql = LabSQL(layout: layout)
+        let result = try sql.run(
+            sql.options(), ["SELECT op_id, COUNT(*) FROM \(LabLayout.databaseName).commits WHERE run_id = \(runID) GROUP BY op_id"])
+        var counts: [Int64: Int] = [:]
+        for row in result.first?.rows ?? [] {
+            guard row.count == 2, let id = row[0].flatMap({ Int64($0) }), let count = row[1].flatMap({ Int($0) }) else { continue }
+            counts[id] = count
+        }
+        return counts
+    }
+}
