@@ -123,12 +123,13 @@ struct LabMachines {
         for pid in processes(host) { kill(pid, SIGCONT) }
     }
 
-    /// The machine's `tandem NAME --foreground` daemons (replicad, heartbeatd).
+    /// The machine's `tandem NAME --foreground` daemons (replicad, heartbeatd). Only the lab starts processes in a
+    /// machine, so the command line is enough to tell them (argv[0] is /proc/self/exe, as BackgroundDaemon starts them).
     func daemonPIDs(_ host: LabHost, _ name: String) -> [pid_t] {
         processes(host).filter { pid in
             guard let data = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return false }
             let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            return arguments.count >= 3 && arguments[0] == executable && arguments[1] == name && arguments.contains("--foreground")
+            return arguments.count >= 3 && arguments[1] == name && arguments.contains("--foreground")
         }
     }
 

@@ -83,12 +83,14 @@ struct LabReplica {
 
     private func slaveStatus() throws(LabError) -> [String: String] {
         var status: [String: String] = [:]
-        for line in try sql("SHOW SLAVE STATUS\\G").split(separator: "\n") {
+        let output = try machines.check(.replica, ["mariadb", "--defaults-file=/etc/mysql/my.cnf", "-e", "SHOW SLAVE STATUS\\G"])
+        for line in output.split(separator: "\n") {
             guard let colon = line.firstIndex(of: ":") else { continue }
             let key = line[..<colon].trimmingCharacters(in: .whitespaces)
             status[key] = line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)
         }
         guard !status.isEmpty else { throw LabError(.failed, "the replica is not configured as a replica") }
+        status["Gtid_Slave_Pos"] = try sql("SELECT @@gtid_slave_pos").trimmingCharacters(in: .whitespacesAndNewlines)
         return status
     }
 

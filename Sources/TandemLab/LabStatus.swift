@@ -21,7 +21,7 @@ extension Lab {
             if machines.isRunning(.replica), let output = try? machines.check(
                 .replica, ["mariadb", "--defaults-file=/etc/mysql/my.cnf", "-e", "SHOW SLAVE STATUS\\G"], timeout: .seconds(10))
             {
-                let wanted = ["Slave_IO_Running", "Slave_SQL_Running", "Gtid_Slave_Pos", "Seconds_Behind_Master", "Last_Error"]
+                let wanted = ["Slave_IO_Running", "Slave_SQL_Running", "Gtid_IO_Pos", "Seconds_Behind_Master", "Last_Error"]
                 let fields = output.split(separator: "\n").compactMap { line -> String? in
                     let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
                     guard parts.count == 2, wanted.contains(parts[0]), !parts[1].isEmpty else { return nil }

@@ -101,6 +101,9 @@ extension Lab {
         try? FileManager.default.createDirectory(atPath: layout.runsDirectory, withIntermediateDirectories: true)
         var options = LabSQL(layout: layout).options()
         options.readTimeout = .seconds(2)
+        // Short, as a client in front of a failover cluster should have it: a connect that went to the old node's
+        // MAC (before the gratuitous ARP) is abandoned quickly and the next one reaches the new node.
+        options.connectTimeout = .milliseconds(300)
         let workload = Workload(
             runID: runID, connection: options, namespace: layout.namespace(.client),
             limits: Workload.Limits(duration: .seconds(600)), journalPath: layout.runsDirectory + "/\(runID)-\(scenario.rawValue).journal")
