@@ -97,33 +97,47 @@ struct IPAddressAgent {
     }
 }
 
-/// drbddisk: makes a replicated resource Primary (start) or Secondary (stop) through replicad, retrying as
-/// Heartbeat's drbddisk does (start 6 times, stop 3 times, 1 s apart): the peer may still be demoting.
+/// drbddisk: makes a replicated resource Primary (start) or Secondary (stop) through replicad. Like Heartbeat's
+/// drbddisk it keeps trying for a while (start about 6 s, stop about 3 s): the peer may still be demoting, or
+/// replicad may not yet have noticed that the dead peer is gone. It asks every 200 ms rather than every second,
+/// so that the promotion happens as soon as replicad allows it.
 struct DrbddiskAgent {
     let resource: String?
     let runDirectory: String
     let log: ClusterLog
 
+    static let retryInterval: Duration = .milliseconds(200)
+
     func run(_ kind: ResourceOperation.Kind, deadline: MonotonicInstant) -> OperationOutcome {
         guard let resource else { return .failed("drbddisk without a resource name is not supported; write drbddisk::NAME") }
-        let attempts = kind == .start ? 6 : 3
+        let patience: Duration = kind == .start ? .seconds(6) : .seconds(3)
+        let giveUpAt = min(deadline, DaemonClock.now + patience)
         let client = ControlClient(runDirectory: runDirectory)
         var lastProblem = ""
-        for attempt in 1...attempts {
+        var attempts = 0
+        repeat {
+            attempts += 1
             let request = ControlRequest(verb: kind == .start ? .primary : .secondary, resource: resource)
             let remaining = deadline - DaemonClock.now
             guard remaining > .zero else { break }
+            var problem: String
             do {
                 let response = try client.send(request, answerTimeout: min(remaining, .seconds(60)))
-                if response.result == .ok { return .succeeded }
-                lastProblem = "\(response.result.rawValue): \(response.message ?? "")"
+                if response.result == .ok {
+                    if attempts > 1 { log.info("drbddisk \(resource) \(kind.rawValue) succeeded at attempt \(attempts)") }
+                    return .succeeded
+                }
+                problem = "\(response.result.rawValue): \(response.message ?? "")"
             } catch {
-                lastProblem = error.message
+                problem = error.message
             }
-            log.warning("drbddisk \(resource) \(kind.rawValue), attempt \(attempt) of \(attempts): \(lastProblem)")
-            if attempt < attempts { sleep(1) }
-        }
-        return .failed("drbddisk \(resource) \(kind.rawValue): \(lastProblem)")
+            // Said once per distinct answer, not at every poll.
+            if problem != lastProblem { log.warning("drbddisk \(resource) \(kind.rawValue), attempt \(attempts): \(problem); retrying") }
+            lastProblem = problem
+            var pause = timespec(tv_sec: 0, tv_nsec: Int(Self.retryInterval.wholeNanoseconds))
+            nanosleep(&pause, nil)
+        } while DaemonClock.now < giveUpAt
+        return .failed("drbddisk \(resource) \(kind.rawValue) (\(attempts) attempts): \(lastProblem)")
     }
 }
 

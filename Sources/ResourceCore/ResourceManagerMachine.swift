@@ -20,7 +20,10 @@ import MembershipCore
 /// - A failed start releases the group and leaves it to the peer; a node never retries a group that failed on it
 ///   until an operator moves it or the peer dies.
 /// - A failed stop is retried; after the retries the configured last resort runs.
-/// - If both nodes hold a group (a healed partition), the one that is not its preferred node releases it.
+/// - If both nodes hold a group (a healed partition, a hung node that woke up), the one that acquired it earlier
+///   releases it: the other took it over because it believed this one dead, and has served it since. Acquisition
+///   epochs (Tandem's `epoch` field) order the two; when they are equal or the peer sends none (Heartbeat), the
+///   node that is not the group's preferred node releases it.
 public struct ResourceManagerMachine: Sendable {
     public let configuration: ResourceManagerConfiguration
     public private(set) var phase: Phase = .notStarted
@@ -34,6 +37,9 @@ public struct ResourceManagerMachine: Sendable {
     private var notices: [Notice] = []
     private var isActive = false
     private var warnedAboutUnknownGroups = false
+    /// This node's acquisition epoch (see `ResourceMessage.Holdings.acquisitionEpoch`) and the highest seen.
+    private var acquisitionEpoch: UInt64 = 0
+    private var highestEpochSeen: UInt64 = 0
     /// When `starting` last went out, while waiting for the peer's answer.
     private var startingSentAt: MonotonicInstant?
     /// How often `starting` is repeated to a live peer that has not answered.
@@ -143,6 +149,7 @@ public struct ResourceManagerMachine: Sendable {
             // The peer (re)started and holds nothing.
             peer.held = []
             peer.isStable = false
+            peer.acquisitionEpoch = nil
             if let exchange {
                 actions.append(.log(.warning, "standby exchange (\(exchange.description)) abandoned: \(peerName) restarted"))
                 self.exchange = nil
@@ -159,6 +166,8 @@ public struct ResourceManagerMachine: Sendable {
         case .holdings(let holdings, let stable), .conflictAnswer(let holdings, let stable):
             peer.held = resolve(holdings)
             peer.isStable = stable
+            peer.acquisitionEpoch = holdings.acquisitionEpoch
+            highestEpochSeen = max(highestEpochSeen, holdings.acquisitionEpoch ?? 0)
             let isAnswer = if case .conflictAnswer = message { true } else { false }
             settleConflicts(answering: !isAnswer, into: &actions)
             if phase == .waitingForPeer {
@@ -347,7 +356,7 @@ public struct ResourceManagerMachine: Sendable {
 
     private var holdingsMessage: ResourceMessage.Holdings {
         ResourceMessage.Holdings(
-            selection: heldSelection, groupKeys: groups.filter(\.isHeld).map(\.definition.key))
+            selection: heldSelection, groupKeys: groups.filter(\.isHeld).map(\.definition.key), acquisitionEpoch: acquisitionEpoch)
     }
 
     private func state(of index: Int) -> GroupReport.State {
@@ -423,22 +432,29 @@ public struct ResourceManagerMachine: Sendable {
         }
     }
 
-    /// Both nodes hold a group (after a partition healed): the node that is not its preferred node releases it.
+    /// Both nodes hold a group (a partition healed, a hung node woke up): the node that acquired it earlier releases
+    /// it; with equal epochs (or a Heartbeat peer, which sends none) the node that is not its preferred node does.
     private mutating func settleConflicts(answering: Bool, into actions: inout [ResourceAction]) {
         let peerName = configuration.peerNode ?? ""
         let contested = groups.indices.filter { groups[$0].isHeld && peer.held.contains($0) }
         guard !contested.isEmpty else { return }
         let local = configuration.localNode.lowercased()
         let kept = contested.filter { index in
+            if let peerEpoch = peer.acquisitionEpoch, peerEpoch != acquisitionEpoch { return acquisitionEpoch > peerEpoch }
             let preferred = groups[index].definition.preferredNode.lowercased()
             if preferred == local || preferred == peerName.lowercased() { return preferred == local }
             return local < peerName.lowercased()
+        }
+        let conflictReason = if let peerEpoch = peer.acquisitionEpoch, peerEpoch != acquisitionEpoch {
+            "acquisition epochs: \(configuration.localNode) \(acquisitionEpoch), \(peerName) \(peerEpoch); the later acquisition keeps it"
+        } else {
+            "equal acquisition epochs: the preferred node keeps it"
         }
         // Groups already being released were reported when the conflict was first seen.
         let releasing = contested.filter { !kept.contains($0) && groups[$0].wanted }
         for index in releasing {
             counters.conflicts += 1
-            actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): releasing it to \(peerName)"))
+            actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): releasing it to \(peerName) (\(conflictReason))"))
         }
         if !releasing.isEmpty {
             release(releasing, reason: "split brain resolution", into: &actions)
@@ -450,7 +466,7 @@ public struct ResourceManagerMachine: Sendable {
             // group cannot answer each other forever; if it is lost, the next announcement gets a new one.
             for index in kept {
                 counters.conflicts += 1
-                actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): keeping it here, \(peerName) releases it"))
+                actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): keeping it here, \(peerName) releases it (\(conflictReason))"))
             }
             actions.append(.send(.conflictAnswer(holdingsMessage, stable: isSettled)))
         }
@@ -531,6 +547,10 @@ public struct ResourceManagerMachine: Sendable {
             groups[index].wanted = true
             actions.append(.log(.info, "Taking over resource group \(groups[index].definition.key) (\(reason))"))
             actions.append(.log(.info, "Acquiring resource group: \(describe(index))"))
+        }
+        if count > 0 {
+            acquisitionEpoch = max(acquisitionEpoch, highestEpochSeen) + 1
+            highestEpochSeen = acquisitionEpoch
         }
         return count
     }
@@ -695,6 +715,7 @@ struct PeerView: Sendable {
     var isAlive = false
     var isStable = false
     var held: Set<Int> = []
+    var acquisitionEpoch: UInt64?
 }
 
 enum Exchange: Sendable, CustomStringConvertible {

@@ -28,14 +28,19 @@ public enum ResourceMessage: Sendable, Hashable {
         case done
     }
 
-    /// A set of groups: `rsc_hold` and, from Tandem nodes, the exact keys.
+    /// A set of groups: `rsc_hold` and, from Tandem nodes, the exact keys and the sender's acquisition epoch.
     public struct Holdings: Sendable, Hashable {
         public var selection: HeldSelection
         public var groupKeys: [String]?
+        /// Tandem's `epoch` field: one more than the highest epoch the sender had seen when it last acquired groups.
+        /// Of two nodes that both hold a group, the one that acquired it later has the higher epoch. Heartbeat
+        /// nodes do not send it (nil).
+        public var acquisitionEpoch: UInt64?
 
-        public init(selection: HeldSelection, groupKeys: [String]?) {
+        public init(selection: HeldSelection, groupKeys: [String]?, acquisitionEpoch: UInt64? = nil) {
             self.selection = selection
             self.groupKeys = groupKeys
+            self.acquisitionEpoch = acquisitionEpoch
         }
     }
 
@@ -92,12 +97,14 @@ public enum ResourceMessage: Sendable, Hashable {
     }
 
     static let groupsField = "groups"
+    static let epochField = "epoch"
     static let replyField = "reply"
     static let conflictReply = "conflict"
 
     private static func put(_ holdings: Holdings, into message: inout HeartbeatMessage) {
         message[HeartbeatField.resourcesHeld] = holdings.selection.rawValue
         if let keys = holdings.groupKeys { message[groupsField] = keys.joined(separator: " ") }
+        if let epoch = holdings.acquisitionEpoch { message[epochField] = String(epoch) }
     }
 
     private static func holdings(in message: HeartbeatMessage) -> Holdings? {
@@ -105,7 +112,8 @@ public enum ResourceMessage: Sendable, Hashable {
             return nil
         }
         let keys = message[groupsField].map { $0.split(separator: " ").map(String.init) }
-        return Holdings(selection: selection, groupKeys: keys)
+        // A malformed epoch counts as none: the preferred-node rule then decides, as with a Heartbeat peer.
+        return Holdings(selection: selection, groupKeys: keys, acquisitionEpoch: message[epochField].flatMap { UInt64($0) })
     }
 }
 

@@ -150,6 +150,9 @@ extension Lab {
 
         step("\(scenario.rawValue): healing \(active.rawValue)")
         try heal(scenario, node: active, report: &report)
+        if scenario == .freezeNode || scenario == .cutLinks {
+            try resolveSplitBrain(victim: active, survivor: target, report: &report)
+        }
         do throws(LabError) {
             let now = try waitForHealthy(timeout: .seconds(180))
             if now != target { report.problems.append("the service ended on \(now.rawValue), expected \(target.rawValue)") }
@@ -228,6 +231,36 @@ extension Lab {
             try network.setLinks(node, up: true)
         case .killDatabase, .switchover, .failback:
             break
+        }
+    }
+
+    /// After a hung node woke up or a partition healed, both nodes were Primary for a while and replicad refuses to
+    /// reconnect them (split brain, after-sb-2pri disconnect): there is no fencing yet (issue 8). Once heartbeatd
+    /// made the victim release the group (Secondary), the lab recovers as the DRBD guide tells an operator to:
+    /// `connect --discard-my-data` on the victim (its changes since the fault are discarded, and kept by replicad
+    /// in its preserve directory), `connect` on the survivor; the victim then resyncs from the survivor.
+    private func resolveSplitBrain(victim: LabHost, survivor: LabHost, report: inout ScenarioReport) throws(LabError) {
+        try waitFor("\(victim.rawValue) to release the group and become Secondary", timeout: .seconds(120)) { () -> Bool in
+            let observation = observe(victim)
+            return observation.role == "Secondary" && !observation.mountsFileSystem && !observation.holdsVirtualAddress
+        }
+        // A moment for the two to meet: a split brain shows as StandAlone, a clean reconnect as Connected.
+        let deadline = DaemonClock.now + .seconds(10)
+        var states: [String?] = []
+        while DaemonClock.now < deadline {
+            states = [observe(victim).connection, observe(survivor).connection]
+            if states.contains("StandAlone") || states.allSatisfy({ $0 == "Connected" }) { break }
+            usleep(200_000)
+        }
+        guard states.contains("StandAlone") else { return }
+        report.notes.append(
+            "split brain (no fencing until issue 8): \(victim.rawValue)'s changes after the fault discarded (kept in its preserve directory), resync from \(survivor.rawValue) (connect --discard-my-data)")
+        say("    split brain: tandem adm connect --discard-my-data on \(victim.rawValue), tandem adm connect on \(survivor.rawValue)")
+        if observe(victim).connection == "StandAlone" {
+            try machines.tandem(victim, ["adm", "connect", "--discard-my-data", LabLayout.resourceName])
+        }
+        if observe(survivor).connection == "StandAlone" {
+            try machines.tandem(survivor, ["adm", "connect", LabLayout.resourceName])
         }
     }
 

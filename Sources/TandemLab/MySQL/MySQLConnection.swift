@@ -138,14 +138,19 @@ public final class MySQLConnection {
             throw MySQLError(ready == 1 ? .connect : .timeout, "connect to \(options.host):\(options.port): \(reason)")
         }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
-        var timeout = timeval(
-            tv_sec: Int(options.readTimeout.components.seconds),
-            tv_usec: Int(options.readTimeout.components.attoseconds / 1_000_000_000_000))
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // The login, like the connect, is bounded by the connect timeout: a hung server still completes TCP
+        // handshakes (the kernel does), and only its greeting shows that it is alive.
+        setTimeouts(fd, options.connectTimeout)
         var one: Int32 = 1
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         return fd
+    }
+
+    private static func setTimeouts(_ fd: Int32, _ duration: Duration) {
+        var timeout = timeval(
+            tv_sec: Int(duration.components.seconds), tv_usec: Int(duration.components.attoseconds / 1_000_000_000_000))
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 
     private struct Capability {
@@ -207,6 +212,7 @@ public final class MySQLConnection {
         }
         if answer.first == 0xFF { throw serverError(answer) }
         guard answer.first == 0x00 else { throw MySQLError(.protocolViolation, "unexpected answer to the login") }
+        setTimeouts(fd, options.readTimeout)
         return MySQLConnection(socket: fd, serverVersion: version)
     }
 
