@@ -250,6 +250,11 @@ let package = Package(
             swiftSettings: strictSettings
         ),
         .testTarget(
+            name: "LabTests",
+            dependencies: ["TandemLab", "DaemonSupport", "DeviceFrontend", "ReplicationDaemon", "TandemTestSupport"],
+            swiftSettings: strictSettings
+        ),
+        .testTarget(
             name: "TandemCLITests",
             dependencies: ["TandemCLI", "TandemConfig", "ReplicationDaemon", "TandemTestSupport"],
             swiftSettings: strictSettings

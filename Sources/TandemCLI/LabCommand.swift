@@ -30,7 +30,9 @@ struct LabCommand: ParsableCommand {
                 throw ValidationError("--prefix must be 1 to 8 letters and digits")
             }
             guard subnetOctet >= 16, subnetOctet < 250 else { throw ValidationError("--subnet-octet must be 16...249") }
-            guard root.hasPrefix("/") else { throw ValidationError("--lab-dir must be an absolute path") }
+            if let problem = LabLayout(prefix: prefix, root: root, subnetOctet: subnetOctet).rootProblem {
+                throw ValidationError(problem)
+            }
         }
 
         var lab: Lab {

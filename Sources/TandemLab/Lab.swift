@@ -65,6 +65,7 @@ public struct Lab: Sendable {
     /// Builds the whole lab and starts the cluster; prints each step. When a step fails, everything made so far is
     /// removed again (after the logs that explain it are shown), so that a failed `up` leaves nothing behind.
     public func up(withReplica: Bool) throws(LabError) {
+        if let problem = layout.rootProblem { throw LabError(.refused, problem) }
         try LabTool.checkInstalled()
         for device in ["/dev/fuse", "/dev/loop-control"] where !FileManager.default.fileExists(atPath: device) {
             throw LabError(.unavailable, "\(device) is missing: the lab needs FUSE and loop devices (modprobe fuse loop)")

@@ -37,6 +37,20 @@ public struct LabLayout: Sendable, Hashable {
     /// binary logs and a few minutes of workload.
     public static let diskSizeMiB = 384
 
+    /// Folders each machine replaces with its own: the lab's folder must not be under one of them, or the machines
+    /// could not see their disks and configuration.
+    static let machinePrivateFolders = ["/proc", "/run", "/tmp", "/dev", "/etc", "/var/log", "/data"]
+
+    /// Why `root` cannot hold a lab, or nil when it can.
+    public var rootProblem: String? {
+        guard root.hasPrefix("/") else { return "the lab folder \(root) must be an absolute path" }
+        let normalized = (root as NSString).standardizingPath
+        if let folder = Self.machinePrivateFolders.first(where: { normalized == $0 || normalized.hasPrefix($0 + "/") }) {
+            return "the lab folder \(root) is under \(folder), which every lab machine replaces with its own; choose a folder elsewhere (such as /var/lib or /var/tmp)"
+        }
+        return nil
+    }
+
     // MARK: Namespaces
 
     public func namespace(_ host: LabHost) -> String { "\(prefix)-\(host.rawValue)" }

@@ -51,6 +51,17 @@ public enum MachineInit {
             guard stat("/dev/" + name, &info) == 0 else { continue }  // e.g. no FUSE: replicad reports it by name.
             devices.append((name, info.st_mode, info.st_rdev))
         }
+        // The machine's own files, from the lab's folder, before anything hides that folder.
+        try mount(
+            "overlay", "/etc", "overlay", flags: 0,
+            data: "lowerdir=/etc,upperdir=\(layout.etcUpper(host)),workdir=\(layout.etcWork(host))")
+        try bind(layout.logDirectory(host), "/var/log")
+        if host.isClusterNode {
+            try bind(layout.dataDirectory(host), "/data")
+        }
+        if host == .replica {
+            try bind(layout.directory(host) + "/mysql", "/var/lib/mysql")
+        }
         try mount("proc", "/proc", "proc", flags: UInt(MS_NOSUID | MS_NODEV | MS_NOEXEC))
         try mount("tmpfs", "/run", "tmpfs", flags: UInt(MS_NOSUID | MS_NODEV), data: "mode=755,size=64m")
         try mount("tmpfs", "/tmp", "tmpfs", flags: UInt(MS_NOSUID | MS_NODEV), data: "mode=1777,size=256m")
@@ -66,16 +77,6 @@ public enum MachineInit {
         mkdir("/dev/pts", 0o755)
         try mount("devpts", "/dev/pts", "devpts", flags: UInt(MS_NOSUID | MS_NOEXEC), data: "newinstance,ptmxmode=0666,mode=620")
         symlink("pts/ptmx", "/dev/ptmx")
-        try mount(
-            "overlay", "/etc", "overlay", flags: 0,
-            data: "lowerdir=/etc,upperdir=\(layout.etcUpper(host)),workdir=\(layout.etcWork(host))")
-        try bind(layout.logDirectory(host), "/var/log")
-        if host.isClusterNode {
-            try bind(layout.dataDirectory(host), "/data")
-        }
-        if host == .replica {
-            try bind(layout.directory(host) + "/mysql", "/var/lib/mysql")
-        }
         // MariaDB's socket and pid file, and replicad's and heartbeatd's run directory, on this machine's /run.
         mkdir("/run/mysqld", 0o755)
         if let mysql = getpwnam("mysql") { chown("/run/mysqld", mysql.pointee.pw_uid, mysql.pointee.pw_gid) }

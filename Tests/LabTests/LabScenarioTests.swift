@@ -1,0 +1,112 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
+import DaemonSupport
+import DeviceFrontend
+import Foundation
+import ReplicationDaemon
+import Synchronization
+import TandemLab
+import TandemTestSupport
+import Testing
+
+/// The lab for real: `lab up` builds the two-node MariaDB cluster (namespaces, FUSE and loop devices, replicad,
+/// heartbeatd, MariaDB, a replica), every scenario runs under load, and `lab down` must leave nothing behind.
+/// Needs root, iproute2, util-linux, e2fsprogs, MariaDB and arping; a missing one fails `up` with what to install.
+/// The lab's names start with "tl" and its addresses are 10.217.0.0/16, inside its own namespaces only.
+@Suite(.serialized) struct LabScenarioTests {
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+    static var executable: String { TandemExecutable.path(packageRoot: packageRoot) }
+
+    let layout = LabLayout(
+        prefix: "tl\(getpid() % 100_000)", root: "/var/tmp/tandem-labtest-\(getpid())", subnetOctet: 217)
+
+    func makeLab(_ transcript: Transcript) -> Lab {
+        Lab(layout: layout, executable: Self.executable) { line in transcript.append(line) }
+    }
+
+    final class Transcript: Sendable {
+        private let lines = Mutex<[String]>([])
+        func append(_ line: String) { lines.withLock { $0.append(line) } }
+        var text: String { lines.withLock { $0.joined(separator: "\n") } }
+    }
+
+    /// Runs blocking lab work on a thread of its own, off Swift's cooperative pool.
+    func blocking<T: Sendable>(_ body: @escaping @Sendable () throws(LabError) -> T) async throws -> T {
+        let result: Result<T, LabError> = await DaemonThread.run(name: "lab-test") {
+            do throws(LabError) { return .success(try body()) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    func tandem(_ arguments: [String]) async throws -> ExternalCommand.Output {
+        try await ExternalCommand.runDetached(Self.executable, ["lab"] + arguments + layout.testOptions)
+    }
+
+    @Test func everyScenarioFailsOverWithoutLosingAnAcknowledgedCommit() async throws {
+        let transcript = Transcript()
+        let lab = makeLab(transcript)
+        do {
+            try await blocking { () throws(LabError) in try lab.up(withReplica: true) }
+        } catch {
+            _ = try? await blocking { lab.down() }
+            Issue.record("lab up failed: \(error)\n\(transcript.text)")
+            return
+        }
+
+        // While it is up: a second `up` is refused and changes nothing; a scenario name must exist.
+        let again = try await tandem(["up"])
+        #expect(again.status == 10, "\(again.standardError)")
+        #expect(again.standardError.contains("a lab is already up"), "\(again.standardError)")
+        let unknown = try await tandem(["scenario", "meteor-strike"])
+        #expect(unknown.status == 64, "\(unknown.standardError)")
+        #expect(unknown.standardError.contains("unknown scenario 'meteor-strike'"), "\(unknown.standardError)")
+        let status = try await tandem(["status"])
+        #expect(status.status == 0)
+        #expect(status.standardOutput.contains("service: node1 serves MariaDB"), "\(status.standardOutput)")
+
+        for scenario in LabScenario.allCases {
+            do {
+                let report = try await blocking { () throws(LabError) in
+                    try lab.run(scenario, loadAfterRecovery: .seconds(1))
+                }
+                print(report.lines().joined(separator: "\n"))
+                #expect(report.passed, "\(report.lines().joined(separator: "\n"))")
+                let verdict = try #require(report.verdict)
+                #expect(verdict.acknowledged > 20)
+                #expect(verdict.lost.isEmpty && verdict.duplicated.isEmpty && verdict.phantom.isEmpty)
+                // The replica followed the VIP through the failover with no error and the same rows.
+                #expect(report.replica?.contains("identical to the primary's") == true, "\(report.replica ?? "no replica report")")
+                #expect(report.faultToFirstCommitMilliseconds != nil, "no commit on \(report.to.rawValue) after the fault")
+                #expect(report.cluster.filter { $0.contains("holds VIP, /data/mysql, mariadbd") }.count == 1, "\(report.cluster)")
+            } catch {
+                Issue.record("scenario \(scenario.rawValue): \(error)\n\(transcript.text)")
+                break
+            }
+        }
+
+        let problems = try await blocking { lab.down() }
+        #expect(problems.isEmpty, "\(problems)")
+        // Nothing is left: namespaces, the lab's folder, loop devices of its nodes.
+        let namespaces = (try? FileManager.default.contentsOfDirectory(atPath: "/run/netns")) ?? []
+        #expect(!namespaces.contains { $0.hasPrefix(layout.prefix + "-") }, "\(namespaces)")
+        #expect(!FileManager.default.fileExists(atPath: layout.root))
+        for node in ["node1", "node2"] {
+            let tag = BlockDevicePaths.loopTag(nodeName: node, runDirectory: "/run/tandem", resourceName: LabLayout.resourceName)
+            #expect(LoopDevice.attached(taggedWith: tag).isEmpty, "\(node)'s loop device is still attached")
+        }
+        // And `down` again, or `status` without a lab, is calm about it.
+        let downAgain = try await tandem(["down"])
+        #expect(downAgain.status == 0, "\(downAgain.standardError)")
+        let noLab = try await tandem(["status"])
+        #expect(noLab.status == 10)
+        #expect(noLab.standardError.contains("no lab is up"), "\(noLab.standardError)")
+    }
+}
+
+extension LabLayout {
+    var testOptions: [String] { ["--lab-dir", root, "--prefix", prefix, "--subnet-octet", String(subnetOctet)] }
+}
