@@ -19,8 +19,9 @@ packages=(
   mariadb-server # mariadbd, mariadb-install-db: the mysqld agent's test runs a real server
   pkg-config   # how SwiftPM finds libfuse3's flags
   python3      # the replication demo's small control-socket client; the cluster tests' dummy service
+  sysbench     # tandem lab bench: oltp_write_only through the VIP, replicated and unreplicated
   resource-agents # Debian's OCF agents (ocf:heartbeat:IPaddr2...): the cluster tests run them unchanged
-  util-linux   # setpriv (the outsider-uid test), unshare and losetup (the block device tests)
+  util-linux   # setpriv, unshare, nsenter, setsid, losetup: the block device tests and the lab's machines
   xfsprogs     # mkfs.xfs, xfs_repair: the switchover test runs xfs as well as ext4
 )
 
