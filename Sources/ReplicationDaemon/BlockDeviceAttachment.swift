@@ -40,17 +40,19 @@ public struct BlockDevicePaths: Sendable, Hashable {
     /// /dev/tandem/by-res/<resource>, each under the daemon's device-link root.
     var links: [String]
     /// Recorded in the loop device's status, to find it again after a replicad died: "tandem:" + a hash of the node,
-    /// the run directory and the resource + ":" + as much of the resource's name as fits in the kernel's 63 bytes.
-    /// The node is part of it because loop devices are global: two nodes of a lab on one machine may use the same
-    /// run directory (each in its own mount namespace) and must never take each other's devices for leftovers.
+    /// the backing disk, the run directory and the resource + ":" + as much of the resource's name as fits in the
+    /// kernel's 63 bytes. Loop devices are global, and nodes of a lab (or of two labs) on one machine have the same
+    /// run directory and resource names, each in its own mount namespace; the backing disk is what no two of them
+    /// share, so no node ever takes another's device for its leftovers.
     var loopTag: String
 
     var filePath: String { fuseMountpoint + "/" + fileName }
 
     /// The loop tag of a node's resource (see `loopTag`): what finds the devices a replicad left behind.
-    public static func loopTag(nodeName: String, runDirectory: String, resourceName: String) -> String {
+    public static func loopTag(nodeName: String, backingDisk: String, runDirectory: String, resourceName: String) -> String {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
-        for byte in Array(nodeName.utf8) + [0] + Array(runDirectory.utf8) + [0] + Array(resourceName.utf8) {
+        let identity = [nodeName, backingDisk, runDirectory, resourceName].map { Array($0.utf8) }.joined(separator: [0])
+        for byte in identity {
             hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3
         }
         var tag = "tandem:" + String(hash, radix: 16) + ":"
@@ -58,12 +60,13 @@ public struct BlockDevicePaths: Sendable, Hashable {
         return tag
     }
 
-    init(resourceName: String, devicePath: String, nodeName: String, runDirectory: String, linkRoot: String) {
+    init(resourceName: String, devicePath: String, nodeName: String, backingDisk: String, runDirectory: String, linkRoot: String) {
         fuseMountpoint = runDirectory + "/fuse/" + resourceName
         fileName = resourceName
         let root = linkRoot.hasSuffix("/") ? String(linkRoot.dropLast()) : linkRoot
         links = [root + devicePath, root + "/dev/tandem/by-res/" + resourceName]
-        loopTag = Self.loopTag(nodeName: nodeName, runDirectory: runDirectory, resourceName: resourceName)
+        loopTag = Self.loopTag(
+            nodeName: nodeName, backingDisk: backingDisk, runDirectory: runDirectory, resourceName: resourceName)
     }
 }
 

@@ -48,11 +48,11 @@ public struct DaemonOptions: Sendable {
     public var socketPath: String { ControlProtocol.socketPath(runDirectory: runDirectory) }
     public var nbdDirectory: String { (runDirectory as NSString).appendingPathComponent("nbd") }
 
-    /// Where `resource`'s block device lives: its FUSE mount under the run directory, and its links.
-    func blockDevicePaths(resource: String, devicePath: String) -> BlockDevicePaths {
+    /// Where a resource's block device lives: its FUSE mount under the run directory, and its links.
+    func blockDevicePaths(_ plan: ResourcePlan) -> BlockDevicePaths {
         BlockDevicePaths(
-            resourceName: resource, devicePath: devicePath, nodeName: nodeName, runDirectory: runDirectory,
-            linkRoot: deviceLinkRoot)
+            resourceName: plan.resourceName, devicePath: plan.device.path, nodeName: nodeName, backingDisk: plan.backingDisk,
+            runDirectory: runDirectory, linkRoot: deviceLinkRoot)
     }
 
     /// `<run-dir>/nbd/<resource>.sock`: the resource's NBD export (export name = the resource name).
@@ -322,7 +322,7 @@ public final class ReplicationDaemon: Sendable {
             return error.response
         }
         if let refusal = await clearDeviceLeftovers(
-            options.blockDevicePaths(resource: name, devicePath: plan.device.path))
+            options.blockDevicePaths(plan))
         {
             release(name)
             return refusal
@@ -399,7 +399,7 @@ public final class ReplicationDaemon: Sendable {
         case .success(let exports):
             return .success(RunningResource(
                 runner: runner, transport: transport, exports: exports, mailbox: mailbox, blockDevice: BlockDeviceSlot(),
-                blockDevicePaths: options.blockDevicePaths(resource: plan.resourceName, devicePath: plan.device.path)))
+                blockDevicePaths: options.blockDevicePaths(plan)))
         case .failure(let error):
             _ = await runner.submit(.stop(.terminate, timeout: options.stopTimeout))
             runner.join()

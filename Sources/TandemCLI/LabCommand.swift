@@ -147,13 +147,23 @@ struct LabCommand: ParsableCommand {
     struct Bench: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Measure failover (repeated kill-node trials) and throughput through the VIP.")
-        @Option(help: "Number of kill-node trials.") var trials: Int = 10
+        @Option(help: "Number of kill-node trials (0: none).") var trials: Int = 10
+        @Option(name: .customLong("sysbench-seconds"), help: "Seconds of each sysbench run (0: no sysbench).") var sysbenchSeconds: Int = 30
+        @Option(name: .customLong("sysbench-threads"), help: "sysbench's client threads.") var sysbenchThreads: Int = 4
         @OptionGroup var options: Options
-        func validate() throws { guard (1...100).contains(trials) else { throw ValidationError("--trials must be 1...100") } }
+        func validate() throws {
+            guard (0...100).contains(trials) else { throw ValidationError("--trials must be 0...100") }
+            guard sysbenchSeconds == 0 || (5...3600).contains(sysbenchSeconds) else { throw ValidationError("--sysbench-seconds must be 0 or 5...3600") }
+            guard (1...64).contains(sysbenchThreads) else { throw ValidationError("--sysbench-threads must be 1...64") }
+        }
         func run() throws {
             let lab = options.lab
             try LabCommand.perform { () throws(LabError) in
-                for line in try lab.benchFailover(trials: trials) { emit(line) }
+                var summary: [String] = []
+                if trials > 0 { summary += try lab.benchFailover(trials: trials) }
+                if sysbenchSeconds > 0 { summary += try lab.benchThroughput(seconds: sysbenchSeconds, threads: sysbenchThreads) }
+                emit("")
+                for line in summary { emit(line) }
             }
         }
     }

@@ -249,9 +249,7 @@ public struct Lab: Sendable {
         let state = try? loadState()
         // Clean stops first, so that MariaDB shuts down and the file system is unmounted; then power off whatever
         // is left. Bounded: a stuck daemon only delays the power-off.
-        for daemon in ["heartbeatd", "replicad"] {
-            for node in LabHost.nodes { machines.stopDaemon(node, daemon, within: .seconds(60)) }
-        }
+        for daemon in ["heartbeatd", "replicad"] { machines.stopDaemons(daemon, on: LabHost.nodes, within: .seconds(60)) }
         for host in LabHost.allCases where machines.isRunning(host) {
             do throws(LabError) {
                 let count = try machines.powerOff(host)
@@ -277,7 +275,8 @@ public struct Lab: Sendable {
     func detachLoopDevices() -> [String] {
         var problems: [String] = []
         for node in LabHost.nodes {
-            let tag = BlockDevicePaths.loopTag(nodeName: node.rawValue, runDirectory: "/run/tandem", resourceName: LabLayout.resourceName)
+            let tag = BlockDevicePaths.loopTag(
+                nodeName: node.rawValue, backingDisk: layout.diskImage(node), runDirectory: "/run/tandem", resourceName: LabLayout.resourceName)
             for loop in LoopDevice.attached(taggedWith: tag) {
                 // Once the machine's mount namespace is gone the kernel releases the file system; give it a moment.
                 var detached = false

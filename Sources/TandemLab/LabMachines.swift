@@ -133,10 +133,11 @@ struct LabMachines {
         }
     }
 
-    /// SIGTERM to a daemon (its clean stop: heartbeatd releases its groups, replicad detaches and closes its
-    /// disks), then a bounded wait for it to end.
-    func stopDaemon(_ host: LabHost, _ name: String, within timeout: Duration) {
-        let pids = daemonPIDs(host, name)
+    /// SIGTERM to a daemon on each of `hosts` at once (its clean stop: heartbeatd releases its groups, replicad
+    /// detaches and closes its disks), then a bounded wait for them to end. At once, so that two heartbeatds
+    /// stopping do not first hand the group to each other.
+    func stopDaemons(_ name: String, on hosts: [LabHost], within timeout: Duration) {
+        let pids = hosts.flatMap { daemonPIDs($0, name) }
         for pid in pids { kill(pid, SIGTERM) }
         let deadline = DaemonClock.now + timeout
         while DaemonClock.now < deadline, pids.contains(where: { kill($0, 0) == 0 && !Self.isZombie($0) }) { usleep(50_000) }

@@ -10,13 +10,12 @@ import ReplicationDaemon
 
 /// What the lab sees of one cluster node, asked of the node's own daemons through their control sockets (reached
 /// through the node's root) and of its kernel (addresses, mounts, processes).
-public struct NodeObservation: Sendable, Codable {
+public struct NodeObservation: Sendable {
     public var node: String
     public var running: Bool
     /// heartbeatd: this node's status and the group's state, or why it could not be asked.
     public var heartbeat: String?
     public var groupState: String?
-    public var peerStatus: String?
     /// replicad: role, disk and connection state of the resource.
     public var role: String?
     public var disk: String?
@@ -32,7 +31,9 @@ public struct NodeObservation: Sendable, Codable {
         var parts: [String] = []
         parts.append("heartbeatd \(heartbeat ?? "not answering")" + (groupState.map { ", group \($0)" } ?? ""))
         if let role {
-            parts.append("\(LabLayout.resourceName) \(role)/\(disk ?? "?") \(connection ?? "?")" + (peerDisk.map { " peer \($0)" } ?? ""))
+            var replication = "\(LabLayout.resourceName) \(role)/\(disk ?? "?") \(connection ?? "?")" + (peerDisk.map { " peer \($0)" } ?? "")
+            if let outOfSyncKiB, outOfSyncKiB > 0 { replication += " (\(outOfSyncKiB) KiB out of sync)" }
+            parts.append(replication)
         } else {
             parts.append("replicad not answering")
         }
@@ -52,15 +53,10 @@ extension Lab {
             runsDatabase: false)
         guard observation.running, let runDirectory = try? machines.path(node, "/run/tandem") else { return observation }
         let cluster = ClusterControlProtocol.client(runDirectory: runDirectory)
-        do {
-            let response: ClusterControlResponse = try cluster.exchange(ClusterControlRequest(verb: .status), answerTimeout: .seconds(5))
-            if let status = response.status {
-                observation.heartbeat = status.status
-                observation.groupState = status.groups.first.map { $0.heldByPeer ? "held by peer" : $0.state }
-                observation.peerStatus = status.peers.first?.status
-            }
-        } catch {
-            observation.heartbeat = nil
+        let response: ClusterControlResponse? = try? cluster.exchange(ClusterControlRequest(verb: .status), answerTimeout: .seconds(5))
+        if let status = response?.status {
+            observation.heartbeat = status.status
+            observation.groupState = status.groups.first.map { $0.heldByPeer ? "held by peer" : $0.state }
         }
         let replication = ControlClient(runDirectory: runDirectory)
         if let response = try? replication.send(ControlRequest(verb: .status, resource: LabLayout.resourceName), answerTimeout: .seconds(5)),

@@ -40,6 +40,26 @@ struct LabReplica {
         lab.say("    replica \(layout.serviceAddress(.replica)) replicates from \(layout.virtualAddress) (GTID, slave_pos)")
     }
 
+    /// Waits until the replica's IO thread has received everything the serving node logged: it then streams from
+    /// that node. Before a frozen or cut-off node comes back, the lab waits for this. A replica still connected to
+    /// the stale node would receive what that node commits locally when it resumes (a transaction under a GTID
+    /// the new node also uses for a different one) and silently diverge. Fencing (issue 8) is what prevents the
+    /// stale node from committing at all; until then this wait keeps the scenario about the cluster.
+    func waitUntilFollowingTheServingNode(timeout: Duration) throws(LabError) {
+        let sqlClient = LabSQL(layout: layout)
+        let position = try sqlClient.run(sqlClient.options(), ["SELECT @@gtid_binlog_pos"]).first?.rows.first?.first.flatMap { $0 } ?? ""
+        var received = ""
+        do throws(LabError) {
+            try lab.waitFor("the replica to stream from the serving node", timeout: timeout) { () -> Bool in
+                guard let status = try? slaveStatus() else { return false }
+                received = status["Gtid_IO_Pos"] ?? ""
+                return received == position && status["Slave_IO_Running"] == "Yes"
+            }
+        } catch {
+            throw LabError(.failed, "the replica did not reconnect to the serving node: it received \(received), the node is at \(position)")
+        }
+    }
+
     /// Waits until the replica has applied everything the primary logged, with both threads running and no error,
     /// then compares the run's rows. Returns a one-line summary; throws when the replica is broken or differs.
     func check(runID: Int32, primaryCounts: [Int64: Int]) throws(LabError) -> String {

@@ -148,6 +148,13 @@ extension Lab {
         }
         report.timeline.sort { $0.millisecondsAfterFault < $1.millisecondsAfterFault }
 
+        if state.withReplica && (scenario == .freezeNode || scenario == .cutLinks) {
+            do throws(LabError) {
+                try LabReplica(lab: self).waitUntilFollowingTheServingNode(timeout: .seconds(60))
+            } catch {
+                report.problems.append("replica: \(error.message)")
+            }
+        }
         step("\(scenario.rawValue): healing \(active.rawValue)")
         try heal(scenario, node: active, report: &report)
         if scenario == .freezeNode || scenario == .cutLinks {
@@ -202,7 +209,7 @@ extension Lab {
             let count = machines.freeze(node)
             say("    \(node.rawValue): \(count) processes stopped")
         case .stopHeartbeat:
-            machines.stopDaemon(node, "heartbeatd", within: .seconds(120))
+            machines.stopDaemons("heartbeatd", on: [node], within: .seconds(120))
         case .cutLinks:
             try network.setLinks(node, up: false)
         case .killDatabase:

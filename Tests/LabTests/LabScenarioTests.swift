@@ -94,9 +94,11 @@ import Testing
         let namespaces = (try? FileManager.default.contentsOfDirectory(atPath: "/run/netns")) ?? []
         #expect(!namespaces.contains { $0.hasPrefix(layout.prefix + "-") }, "\(namespaces)")
         #expect(!FileManager.default.fileExists(atPath: layout.root))
-        for node in ["node1", "node2"] {
-            let tag = BlockDevicePaths.loopTag(nodeName: node, runDirectory: "/run/tandem", resourceName: LabLayout.resourceName)
-            #expect(LoopDevice.attached(taggedWith: tag).isEmpty, "\(node)'s loop device is still attached")
+        for node in LabHost.nodes {
+            let tag = BlockDevicePaths.loopTag(
+                nodeName: node.rawValue, backingDisk: layout.diskImage(node), runDirectory: "/run/tandem",
+                resourceName: LabLayout.resourceName)
+            #expect(LoopDevice.attached(taggedWith: tag).isEmpty, "\(node.rawValue)'s loop device is still attached")
         }
         // And `down` again, or `status` without a lab, is calm about it.
         let downAgain = try await tandem(["down"])

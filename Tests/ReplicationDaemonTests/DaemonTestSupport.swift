@@ -164,7 +164,7 @@ final class TestCluster: @unchecked Sendable {
         // A daemon killed while Primary leaves its loop device attached to the dead FUSE file.
         for node in nodes {
             let paths = BlockDevicePaths(
-                resourceName: "r0", devicePath: "/dev/drbd0", nodeName: node.name, runDirectory: node.runDirectory, linkRoot: node.deviceLinkRoot)
+                resourceName: "r0", devicePath: "/dev/drbd0", nodeName: node.name, backingDisk: node.disk, runDirectory: node.runDirectory, linkRoot: node.deviceLinkRoot)
             do throws(BlockDeviceError) {
                 try BlockDeviceAttachment.clearLeftovers(paths)
             } catch {

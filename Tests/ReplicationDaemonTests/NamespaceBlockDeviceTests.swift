@@ -233,6 +233,6 @@ extension NamespaceClusterTests {
     }
 
     func blockDevicePaths(_ node: TestCluster.Node) -> BlockDevicePaths {
-        BlockDevicePaths(resourceName: "r0", devicePath: "/dev/drbd0", nodeName: node.name, runDirectory: node.runDirectory, linkRoot: node.deviceLinkRoot)
+        BlockDevicePaths(resourceName: "r0", devicePath: "/dev/drbd0", nodeName: node.name, backingDisk: node.disk, runDirectory: node.runDirectory, linkRoot: node.deviceLinkRoot)
     }
 }
