@@ -41,26 +41,54 @@ struct IPAddressAgent {
                 if let label = address.label { arguments += ["label", "\(resolved.interface):\(label)"] }
                 if case .failure(let error) = Tool.ip.check(arguments, deadline: deadline) { return .failed(error.description) }
             }
-            announce(interface: resolved.interface)
+            // Announced only over a link that carries traffic. A node cut off from the service network (whose
+            // monitor restarts the address in place) must not announce it the moment the cable is back: the peer
+            // has probably taken over meanwhile, and clients would follow the announcement to the stale node.
+            if hasCarrier(resolved.interface, deadline: deadline) {
+                announce(interface: resolved.interface)
+            } else {
+                log.warning("\(resolved.interface) has no link: \(address.address) is added but not announced")
+            }
             return .succeeded
         case .stop:
             guard present else { return .succeeded }
             return Tool.ip.check(["-4", "addr", "del", cidr, "dev", resolved.interface], deadline: deadline).outcome
+        case .monitor:
+            guard present else { return .failed("\(cidr) is not on \(resolved.interface)") }
+            // The address is only useful on a link that carries traffic.
+            guard hasCarrier(resolved.interface, deadline: deadline) else {
+                return .failed("\(resolved.interface), which carries \(cidr), has no link")
+            }
+            return .succeeded
         }
     }
 
-    /// Sends the gratuitous ARPs on a detached thread: they take a few seconds and must not delay the next resource.
+    /// The interface is up with a carrier (LOWER_UP).
+    private func hasCarrier(_ interface: String, deadline: MonotonicInstant) -> Bool {
+        guard case .success(let link) = Tool.ip.check(["-o", "link", "show", "dev", interface], deadline: deadline) else { return false }
+        return link.contains("LOWER_UP")
+    }
+
+    /// Sends the gratuitous ARPs on a detached thread (they take a few seconds and must not delay the next
+    /// resource): one unsolicited request and one reply a second, `announcements` times, and only while the address
+    /// is still here and its link has a carrier. An address removed meanwhile (the group stopped, or moved on) is not announced again: a late
+    /// announcement would draw clients to a node that no longer serves.
     func announce(interface: String) {
-        let address = self.address.address
-        let log = self.log
+        let agent = self
         DaemonThread.detach(name: "garp") {
-            for mode in ["-U", "-A"] {
-                let result = Tool.arping.run(
-                    [mode, "-c", String(Self.announcements), "-I", interface, String(describing: address)],
-                    deadline: DaemonClock.now + .seconds(10))
-                if case .failure(let error) = result { log.error("gratuitous ARP for \(address): \(error)") }
+            let address = String(describing: agent.address.address)
+            var sent = 0
+            for round in 0..<Self.announcements {
+                if round > 0 { sleep(1) }
+                let deadline = DaemonClock.now + .seconds(5)
+                guard agent.isPresent(on: interface, deadline: deadline), agent.hasCarrier(interface, deadline: deadline) else { break }
+                for mode in ["-U", "-A"] {
+                    let result = Tool.arping.run([mode, "-c", "1", "-I", interface, address], deadline: DaemonClock.now + .seconds(5))
+                    if case .failure(let error) = result { agent.log.error("gratuitous ARP for \(address): \(error)") }
+                }
+                sent += 1
             }
-            log.info("gratuitous ARP for \(address) sent on \(interface)")
+            agent.log.info("gratuitous ARP for \(address) sent on \(interface) (\(sent) of \(Self.announcements) rounds)")
         }
     }
 
@@ -110,16 +138,17 @@ struct DrbddiskAgent {
 
     func run(_ kind: ResourceOperation.Kind, deadline: MonotonicInstant) -> OperationOutcome {
         guard let resource else { return .failed("drbddisk without a resource name is not supported; write drbddisk::NAME") }
+        let client = ControlClient(runDirectory: runDirectory)
+        if kind == .monitor { return monitor(resource, client: client, deadline: deadline) }
         let patience: Duration = kind == .start ? .seconds(6) : .seconds(3)
         let giveUpAt = min(deadline, DaemonClock.now + patience)
-        let client = ControlClient(runDirectory: runDirectory)
         var lastProblem = ""
         var attempts = 0
-        repeat {
-            attempts += 1
-            let request = ControlRequest(verb: kind == .start ? .primary : .secondary, resource: resource)
+        while true {
             let remaining = deadline - DaemonClock.now
             guard remaining > .zero else { break }
+            attempts += 1
+            let request = ControlRequest(verb: kind == .start ? .primary : .secondary, resource: resource)
             var problem: String
             do {
                 let response = try client.send(request, answerTimeout: min(remaining, .seconds(60)))
@@ -134,10 +163,25 @@ struct DrbddiskAgent {
             // Said once per distinct answer, not at every poll.
             if problem != lastProblem { log.warning("drbddisk \(resource) \(kind.rawValue), attempt \(attempts): \(problem); retrying") }
             lastProblem = problem
+            guard DaemonClock.now + Self.retryInterval < giveUpAt else { break }
             var pause = timespec(tv_sec: 0, tv_nsec: Int(Self.retryInterval.wholeNanoseconds))
             nanosleep(&pause, nil)
-        } while DaemonClock.now < giveUpAt
+        }
         return .failed("drbddisk \(resource) \(kind.rawValue) (\(attempts) attempts): \(lastProblem)")
+    }
+
+    /// The resource is Primary here, with a disk.
+    private func monitor(_ resource: String, client: ControlClient, deadline: MonotonicInstant) -> OperationOutcome {
+        let request = ControlRequest(verb: .status, resource: resource)
+        do {
+            let response = try client.send(request, answerTimeout: max(.milliseconds(100), min(deadline - DaemonClock.now, .seconds(10))))
+            guard let status = response.status, status.up else { return .failed("\(resource) is not up: \(response.message ?? "")") }
+            guard status.role == "Primary" else { return .failed("\(resource) is \(status.role), not Primary") }
+            guard status.disk != "Diskless" else { return .failed("\(resource) has lost its disk (Diskless)") }
+            return .succeeded
+        } catch {
+            return .failed("replicad does not answer about \(resource): \(error.message)")
+        }
     }
 }
 
@@ -154,6 +198,19 @@ struct FilesystemAgent {
         switch kind {
         case .start: return start(deadline: deadline)
         case .stop: return stop(deadline: deadline)
+        case .monitor: return monitor(deadline: deadline)
+        }
+    }
+
+    /// Mounted here from the right device, and the device answers a direct read (a hung or failed device makes
+    /// the read fail or time out, while the mount table still looks fine).
+    private func monitor(deadline: MonotonicInstant) -> OperationOutcome {
+        guard let mounted = MountTable.newestMount(at: mountPoint)?.source else { return .failed("\(mountPoint) is not mounted") }
+        guard Self.sameDevice(mounted, device) else { return .failed("\(mountPoint) has \(mounted) mounted, not \(device)") }
+        switch Tool.dd.run(["if=\(device)", "of=/dev/null", "bs=4096", "count=1", "iflag=direct", "status=none"], deadline: deadline) {
+        case .failure(let error): return .failed(error.description)
+        case .success(let outcome) where !outcome.succeeded: return .failed("a direct read of \(device) \(outcome): \(outcome.output)")
+        case .success: return .succeeded
         }
     }
 
@@ -248,6 +305,7 @@ struct MysqldAgent {
     static let defaultDefaultsFile = "/etc/mysql/my.cnf"
     static let server = Tool(name: "mariadbd", debianPackage: "mariadb-server")
     static let admin = Tool(name: "mariadb-admin", debianPackage: "mariadb-client")
+    static let client = Tool(name: "mariadb", debianPackage: "mariadb-client")
     static let printDefaults = Tool(name: "my_print_defaults", debianPackage: "mariadb-server")
 
     struct Options {
@@ -270,6 +328,7 @@ struct MysqldAgent {
         switch kind {
         case .start: return start(options, deadline: deadline)
         case .stop: return stop(options, deadline: deadline)
+        case .monitor: return monitor(options, deadline: deadline)
         }
     }
 
@@ -355,6 +414,21 @@ struct MysqldAgent {
             usleep(100_000)
         }
         return .failed("mariadbd (pid \(pid)) is still running after SIGKILL")
+    }
+
+    /// A query through the server's socket (`SELECT 1`), not a pid: a server that is up but does not answer
+    /// (hung, out of connections, crash recovery stuck) fails the check too.
+    private func monitor(_ options: Options, deadline: MonotonicInstant) -> OperationOutcome {
+        let seconds = max(1, min(30, (deadline - DaemonClock.now).wholeMilliseconds / 1000))
+        let arguments = ["--defaults-file=\(defaultsFile)", "--connect-timeout=\(seconds)", "--batch", "--skip-column-names", "-e", "SELECT 1"]
+        switch Self.client.run(arguments, deadline: deadline) {
+        case .failure(let error): return .failed(error.description)
+        case .success(let outcome) where outcome.succeeded && outcome.output.trimmingCharacters(in: .whitespacesAndNewlines) == "1":
+            return .succeeded
+        case .success(let outcome):
+            let running = runningPID(options).map { "mariadbd (pid \($0)) runs but" } ?? "mariadbd is not running;"
+            return .failed("\(running) SELECT 1 through its socket \(outcome): \(outcome.output.trimmingCharacters(in: .whitespacesAndNewlines))")
+        }
     }
 
     private func errorLogTail(_ options: Options) -> String {

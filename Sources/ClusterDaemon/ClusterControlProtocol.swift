@@ -84,6 +84,9 @@ public struct ClusterStatusReport: Codable, Sendable {
         public var resourcesStarted: Int
         public var heldByPeer: Bool
         public var failedHere: Bool
+        /// Failed monitor checks within the failure window, and the last one's message.
+        public var recentMonitorFailures: Int?
+        public var lastMonitorFailure: String?
     }
 
     public var node: String

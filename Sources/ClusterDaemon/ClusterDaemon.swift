@@ -23,10 +23,16 @@ public final class ClusterDaemon: Sendable {
     private let log: ClusterLog
     private let agents: ResourceAgents
     private let thread: Mutex<DaemonThread?> = Mutex(nil)
+    /// The acquisition epoch the node starts from, and where it is kept when it grows.
+    private let epoch: (initial: UInt64, file: StateNumberFile)
 
-    init(plan: ClusterPlan, generation: UInt64, links: [HeartbeatLink], log: ClusterLog, agents: ResourceAgents) {
+    init(
+        plan: ClusterPlan, generation: UInt64, epoch: (initial: UInt64, file: StateNumberFile), links: [HeartbeatLink],
+        log: ClusterLog, agents: ResourceAgents
+    ) {
         self.plan = plan
         self.generation = generation
+        self.epoch = epoch
         self.links = links
         self.log = log
         self.agents = agents
@@ -37,7 +43,8 @@ public final class ClusterDaemon: Sendable {
         let environment = DaemonClusterEnvironment(
             links: links, mailbox: mailbox, agents: agents, log: log, groups: plan.groups)
         let membership = plan.membershipConfiguration(generation: generation, randomSeed: UInt64.random(in: .min ... .max))
-        let resources = plan.resourceConfiguration()
+        let resources = plan.resourceConfiguration(initialEpoch: epoch.initial)
+        let epochFile = epoch.file
         let keys = plan.authkeys
         let mailbox = self.mailbox
         let authkeysPath = plan.authkeysPath
@@ -50,6 +57,7 @@ public final class ClusterDaemon: Sendable {
                 membership: membership, resources: resources, authenticator: MessageAuthenticator(keys: keys),
                 environment: environment)
             var keysWatcher = AuthkeysWatcher(path: authkeysPath)
+            var persistedEpoch = resources.initialEpoch
             node.start(now: DaemonClock.now)
             while !environment.isFinished {
                 let deadline = min(node.nextDeadline ?? DaemonClock.now + .seconds(1), DaemonClock.now + .seconds(1))
@@ -69,6 +77,16 @@ public final class ClusterDaemon: Sendable {
                 }
                 if let keys = keysWatcher.changedKeys(log: log) { node.replaceKeys(MessageAuthenticator(keys: keys)) }
                 node.tick(now: DaemonClock.now)
+                // A small synced write on this thread, only when the epoch grew (an acquisition, or a peer's).
+                if node.resources.highestEpochSeen != persistedEpoch {
+                    do throws(DaemonStartError) {
+                        try epochFile.write(node.resources.highestEpochSeen)
+                        persistedEpoch = node.resources.highestEpochSeen
+                    } catch {
+                        log.error("\(error.message): after a restart this node may acquire groups under an older epoch")
+                        persistedEpoch = node.resources.highestEpochSeen
+                    }
+                }
             }
             environment.finish()
         }
@@ -132,7 +150,8 @@ public final class ClusterDaemon: Sendable {
                 ClusterStatusReport.Group(
                     key: group.key, preferredNode: group.preferredNode, resources: group.resources,
                     state: group.state.rawValue, resourcesStarted: group.resourcesStarted, heldByPeer: group.heldByPeer,
-                    failedHere: group.failedHere)
+                    failedHere: group.failedHere, recentMonitorFailures: group.recentMonitorFailures,
+                    lastMonitorFailure: group.lastMonitorFailure)
             },
             counters: counters)
     }

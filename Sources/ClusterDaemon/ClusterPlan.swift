@@ -1,3 +1,8 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#endif
 import DaemonSupport
 import Foundation
 import MembershipCore
@@ -97,7 +102,7 @@ public struct ClusterPlan: Sendable {
             randomSeed: randomSeed)
     }
 
-    func resourceConfiguration() -> ResourceManagerConfiguration {
+    func resourceConfiguration(initialEpoch: UInt64) -> ResourceManagerConfiguration {
         ResourceManagerConfiguration(
             localNode: localNode, peerNode: peerNode,
             groups: groups.map {
@@ -106,7 +111,54 @@ public struct ClusterPlan: Sendable {
             autoFailback: haConfig.autoFailback == .off ? .off : .on,
             startTimeout: haConfig.resourceStartTimeout, stopTimeout: haConfig.resourceStopTimeout,
             stopFailureAction: StopFailureAction(rawValue: haConfig.stopFailureAction.rawValue) ?? .stopHeartbeats,
-            exchangeTimeout: haConfig.deadtime * 2)
+            exchangeTimeout: haConfig.deadtime * 2,
+            monitor: haConfig.monitorInterval > .zero
+                ? MonitorPolicy(
+                    interval: haConfig.monitorInterval, timeout: haConfig.monitorTimeout,
+                    failuresBeforeFailover: haConfig.monitorFailures, failureWindow: haConfig.monitorFailureWindow)
+                : nil,
+            initialEpoch: initialEpoch)
+    }
+}
+
+/// A number kept in a file of the state folder across restarts, written durably (a temporary file, fsync, rename).
+struct StateNumberFile: Sendable {
+    let path: String
+    /// What the number is, for messages.
+    let what: String
+
+    init(stateDirectory: String, fileName: String, what: String) {
+        path = (stateDirectory as NSString).appendingPathComponent(fileName)
+        self.what = what
+    }
+
+    /// The number kept, or 0 when there is no file yet.
+    func read() throws(DaemonStartError) -> UInt64 {
+        do {
+            try FileManager.default.createDirectory(
+                atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        } catch {
+            throw DaemonStartError("cannot create the state directory for \(path): \(error)", exitCode: 20)
+        }
+        guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
+        guard let value = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw DaemonStartError("\(path) does not hold \(what); remove it only if no other node still runs with this one's messages", exitCode: 1)
+        }
+        return value
+    }
+
+    func write(_ value: UInt64) throws(DaemonStartError) {
+        let temporary = path + ".new"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw DaemonStartError("cannot write \(temporary): \(String(cString: strerror(errno)))", exitCode: 20) }
+        let bytes = Array("\(value)\n".utf8)
+        let written = bytes.withUnsafeBytes { systemWrite(fd, $0.baseAddress, $0.count) }
+        let synced = fsync(fd) == 0
+        close(fd)
+        guard written == bytes.count, synced, rename(temporary, path) == 0 else {
+            unlink(temporary)
+            throw DaemonStartError("cannot write \(path): \(String(cString: strerror(errno)))", exitCode: 20)
+        }
     }
 }
 
@@ -116,34 +168,21 @@ enum GenerationFile {
     static let fileName = "hb_generation"
 
     static func next(stateDirectory: String) throws(DaemonStartError) -> UInt64 {
-        let path = (stateDirectory as NSString).appendingPathComponent(fileName)
-        do {
-            try FileManager.default.createDirectory(atPath: stateDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw DaemonStartError("cannot create the state directory \(stateDirectory): \(error)", exitCode: 20)
-        }
-        var previous: UInt64 = 0
-        if let text = try? String(contentsOfFile: path, encoding: .utf8) {
-            guard let value = UInt64(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
-                throw DaemonStartError("\(path) does not hold a generation number; remove it only if no other node still runs with this one's messages", exitCode: 1)
-            }
-            previous = value
-        }
-        let next = previous + 1
-        guard let handle = FileHandle(forWritingAtPath: path) ?? {
-            _ = FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o600])
-            return FileHandle(forWritingAtPath: path)
-        }() else {
-            throw DaemonStartError("cannot write \(path)", exitCode: 20)
-        }
-        defer { try? handle.close() }
-        do {
-            try handle.truncate(atOffset: 0)
-            try handle.write(contentsOf: Data("\(next)\n".utf8))
-            try handle.synchronize()
-        } catch {
-            throw DaemonStartError("cannot write \(path): \(error)", exitCode: 20)
-        }
+        let file = StateNumberFile(stateDirectory: stateDirectory, fileName: fileName, what: "a generation number")
+        let next = try file.read() + 1
+        try file.write(next)
         return next
     }
+}
+
+/// The highest acquisition epoch this node has seen, kept in `<state-dir>/acquisition_epoch`, so that a restarted
+/// node never acquires a group under an epoch lower than one it had already seen.
+enum EpochFile {
+    static func file(stateDirectory: String) -> StateNumberFile {
+        StateNumberFile(stateDirectory: stateDirectory, fileName: "acquisition_epoch", what: "an acquisition epoch")
+    }
+}
+
+private func systemWrite(_ fd: Int32, _ buffer: UnsafeRawPointer?, _ count: Int) -> Int {
+    write(fd, buffer, count)
 }

@@ -48,6 +48,8 @@ public enum HeartbeatdMain {
         defer { lock.release() }
         let plan: ClusterPlan
         let generation: UInt64
+        let epochFile: StateNumberFile
+        let initialEpoch: UInt64
         var links: [HeartbeatLink] = []
         do throws(DaemonStartError) {
             let (loaded, warnings) = try ClusterPlan.load(
@@ -56,6 +58,8 @@ public enum HeartbeatdMain {
             for warning in warnings { logger.warning("\(warning)") }
             plan = loaded
             generation = try GenerationFile.next(stateDirectory: options.stateDirectory)
+            epochFile = EpochFile.file(stateDirectory: options.stateDirectory)
+            initialEpoch = try epochFile.read()
             for (name, medium) in plan.links { links.append(try HeartbeatLink.open(name: name, medium: medium)) }
         } catch {
             for link in links { link.close() }
@@ -68,7 +72,8 @@ public enum HeartbeatdMain {
         let agents = ResourceAgents(
             configDirectory: options.configDirectory, localNode: plan.localNode, runDirectory: options.runDirectory,
             initDirectory: options.initDirectory, ocfRoot: options.ocfRoot, log: log)
-        let daemon = ClusterDaemon(plan: plan, generation: generation, links: links, log: log, agents: agents)
+        let daemon = ClusterDaemon(
+            plan: plan, generation: generation, epoch: (initialEpoch, epochFile), links: links, log: log, agents: agents)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let code = await serve(daemon: daemon, plan: plan, links: links, log: log, options: options, group: group, logger: logger)
         try? await group.shutdownGracefully()

@@ -28,7 +28,8 @@ struct ResourceAgents: Sendable {
     let log: ClusterLog
 
     func run(_ kind: ResourceOperation.Kind, _ resource: ResourceSpec, timeout: Duration) -> OperationOutcome {
-        log.info("Running \(resource.text) \(kind.rawValue)")
+        // Checks run every few seconds: only their failures are logged (by the resource manager), not each run.
+        if kind != .monitor { log.info("Running \(resource.text) \(kind.rawValue)") }
         let deadline = DaemonClock.now + timeout
         let outcome: OperationOutcome
         switch resource.kind {
@@ -46,9 +47,9 @@ struct ResourceAgents: Sendable {
         case .script(let name, let arguments):
             outcome = runScript(name: name, arguments: arguments, kind: kind, timeout: timeout)
         }
-        if case .failed(let detail) = outcome {
+        if case .failed(let detail) = outcome, kind != .monitor {
             log.error("\(resource.text) \(kind.rawValue) failed: \(detail)")
-        } else {
+        } else if kind != .monitor {
             log.info("\(resource.text) \(kind.rawValue) done")
         }
         return outcome
@@ -82,9 +83,10 @@ struct ResourceAgents: Sendable {
             }
             command = [script, kind.rawValue]
         } else if access("\(configDirectory)/resource.d/\(name)", X_OK) == 0 {
-            command = ["\(configDirectory)/resource.d/\(name)"] + arguments + [kind.rawValue]
+            // resource.d scripts and LSB scripts are checked with `status`, OCF agents with `monitor`.
+            command = ["\(configDirectory)/resource.d/\(name)"] + arguments + [kind == .monitor ? "status" : kind.rawValue]
         } else if access("\(initDirectory)/\(name)", X_OK) == 0 {
-            command = ["\(initDirectory)/\(name)", kind.rawValue]
+            command = ["\(initDirectory)/\(name)", kind == .monitor ? "status" : kind.rawValue]
         } else {
             return .failed(
                 "no agent for '\(name)': not built in, not in \(configDirectory)/resource.d, not in \(initDirectory), not ocf:PROVIDER:TYPE")
@@ -93,6 +95,17 @@ struct ResourceAgents: Sendable {
         case .failure(let error):
             return .failed("\(command[0]): \(error)")
         case .success(let outcome):
+            if kind == .monitor {
+                // OCF and LSB: 0 is running; OCF's 7 and LSB's 3 say "not running", anything else is an error.
+                // resource.d scripts follow Heartbeat's convention instead: `status` prints "running" or "OK".
+                let isResourceDScript = command[0].hasPrefix("\(configDirectory)/resource.d/")
+                let saysRunning = ["running", "ok"].contains { outcome.output.lowercased().contains($0) }
+                if outcome.succeeded && (!isResourceDScript || saysRunning) { return .succeeded }
+                let said = outcome.output.split(separator: "\n").suffix(3).joined(separator: " | ")
+                let meaning = (outcome.exitStatus == 7 && name.hasPrefix("ocf:")) || (outcome.exitStatus == 3 && !name.hasPrefix("ocf:"))
+                    ? "not running" : "error"
+                return .failed("\(command[0]) \(command.last ?? "") \(outcome) (\(meaning)): \(said)")
+            }
             for line in outcome.output.split(separator: "\n").prefix(50) { log.info("\(name): \(line)") }
             // OCF: a stop of something not running is a success (7 is tolerated from agents that say so).
             if outcome.succeeded || (kind == .stop && outcome.exitStatus == 7 && name.hasPrefix("ocf:")) {
@@ -110,6 +123,7 @@ extension Tool {
     static let mount = Tool(name: "mount", debianPackage: "mount")
     static let umount = Tool(name: "umount", debianPackage: "mount")
     static let fsck = Tool(name: "fsck", debianPackage: "util-linux")
+    static let dd = Tool(name: "dd", debianPackage: "coreutils")
 }
 
 extension Result where Failure == ToolError {

@@ -159,6 +159,17 @@ public struct MembershipMachine: Sendable {
                     // Anything but a status message still proves the node alive.
                     setStatus(&peer, .up, into: &actions)
                 }
+                // In order only: a message recovered by retransmission after a newer one was delivered (after a
+                // partition, say) describes a state the sender has already left; delivering it would undo the
+                // newer one (an old "I hold this group" after "I released it").
+                if type.isSequenced, let sequence = message.hexadecimal(HeartbeatField.sequence) {
+                    if let delivered = peer.highestDeliveredSequence, sequence < delivered {
+                        counters.staleNotDelivered += 1
+                        actions.append(.log(.debug, "not delivering \(type.rawValue) \(sequence) from \(peer.name): \(delivered) is newer"))
+                        return actions
+                    }
+                    peer.highestDeliveredSequence = sequence
+                }
                 actions.append(.deliver(message, from: peer.name))
             }
         }
@@ -453,6 +464,8 @@ public struct MembershipCounters: Sendable, Hashable, Codable {
     public var retransmissionsReceived: UInt64 = 0
     public var messagesLost: UInt64 = 0
     public var trackingResets: UInt64 = 0
+    /// Retransmitted messages older than one already delivered, kept from the resource layer.
+    public var staleNotDelivered: UInt64 = 0
 
     public init() {}
 }
@@ -476,6 +489,9 @@ struct PeerState: Sendable {
     var status: NodeStatus = .initial
     var generation: UInt64?
     var highestSequence: UInt64?
+    /// The sequence number of the last message handed to the resource layer: a retransmitted message older than
+    /// it arrives after what superseded it, and is not delivered.
+    var highestDeliveredSequence: UInt64?
     var missing: [UInt64: MissingMessage] = [:]
     var lastStatusAt: MonotonicInstant?
     var links: [LinkState]
@@ -490,6 +506,7 @@ struct PeerState: Sendable {
     mutating func restartTracking(generation: UInt64) {
         self.generation = generation
         highestSequence = nil
+        highestDeliveredSequence = nil
         missing.removeAll()
         lastStatusAt = nil
         shutDown = false

@@ -20,12 +20,18 @@ public struct ResourceManagerConfiguration: Sendable {
     public var stopFailureAction: StopFailureAction
     /// How long to wait for the peer's part of a standby or startup exchange before giving up on it.
     public var exchangeTimeout: Duration
+    /// How running groups are checked; nil: never (Heartbeat R1's behaviour).
+    public var monitor: MonitorPolicy?
+    /// The highest acquisition epoch this node had seen before it (re)started, kept by the daemon in its state
+    /// folder: a node that restarts must not acquire a group under an epoch lower than one it has already seen,
+    /// or a stale peer that still holds the group at that higher epoch would keep it.
+    public var initialEpoch: UInt64
 
     public init(
         localNode: String, peerNode: String?, groups: [GroupDefinition], autoFailback: FailbackPolicy,
         startTimeout: Duration = .seconds(120), stopTimeout: Duration = .seconds(120), stopRetries: Int = 10,
         stopRetryInterval: Duration = .seconds(1), stopFailureAction: StopFailureAction = .stopHeartbeats,
-        exchangeTimeout: Duration = .seconds(60)
+        exchangeTimeout: Duration = .seconds(60), monitor: MonitorPolicy? = nil, initialEpoch: UInt64 = 0
     ) {
         precondition(stopRetries >= 0, "stop retries \(stopRetries) < 0")
         self.localNode = localNode
@@ -38,6 +44,8 @@ public struct ResourceManagerConfiguration: Sendable {
         self.stopRetryInterval = stopRetryInterval
         self.stopFailureAction = stopFailureAction
         self.exchangeTimeout = exchangeTimeout
+        self.monitor = monitor
+        self.initialEpoch = initialEpoch
     }
 
     /// Whether `group` belongs to this node (its preferred node is us): Heartbeat's "local" resources, as opposed
@@ -61,6 +69,33 @@ public struct GroupDefinition: Sendable, Hashable {
         self.preferredNode = preferredNode
         self.resources = resources
     }
+}
+
+/// Resource monitoring (Tandem's ha.cf extensions `monitor_interval`, `monitor_timeout`, `monitor_failures`,
+/// `monitor_failure_window`): every resource of a running group is checked every `interval`, one after the other.
+/// A failed check restarts the resource in place (it and the resources after it in the group are stopped, right
+/// to left, and started again); the `failuresBeforeFailover`-th failure within `failureWindow` moves the group to
+/// the peer instead (Pacemaker's migration-threshold and failure-timeout). With no live peer to move to, the
+/// group keeps being restarted here.
+public struct MonitorPolicy: Sendable, Hashable {
+    public var interval: Duration
+    public var timeout: Duration
+    public var failuresBeforeFailover: Int
+    public var failureWindow: Duration
+
+    public init(interval: Duration, timeout: Duration, failuresBeforeFailover: Int, failureWindow: Duration) {
+        precondition(interval > .zero && timeout > .zero, "monitor interval \(interval) and timeout \(timeout) must be positive")
+        precondition(failuresBeforeFailover >= 1, "monitor failures before failover \(failuresBeforeFailover) < 1")
+        self.interval = interval
+        self.timeout = timeout
+        self.failuresBeforeFailover = failuresBeforeFailover
+        self.failureWindow = failureWindow
+    }
+
+    /// The defaults when ha.cf says nothing: on, every 10 s, each check bounded by 20 s, the third failure within
+    /// 10 minutes moves the group.
+    public static let standard = MonitorPolicy(
+        interval: .seconds(10), timeout: .seconds(20), failuresBeforeFailover: 3, failureWindow: .seconds(600))
 }
 
 /// `auto_failback`, with `legacy` already resolved (Tandem runs it as `on`, with the warning Heartbeat gives).

@@ -20,6 +20,8 @@ import MembershipCore
 /// - A failed start releases the group and leaves it to the peer; a node never retries a group that failed on it
 ///   until an operator moves it or the peer dies.
 /// - A failed stop is retried; after the retries the configured last resort runs.
+/// - With monitoring, each resource of a running group is checked every interval; a failed check restarts it in
+///   place (with the resources after it), and repeated failures within the window move the group to the peer.
 /// - If both nodes hold a group (a healed partition, a hung node that woke up), the one that acquired it earlier
 ///   releases it: the other took it over because it believed this one dead, and has served it since. Acquisition
 ///   epochs (Tandem's `epoch` field) order the two; when they are equal or the peer sends none (Heartbeat), the
@@ -37,9 +39,8 @@ public struct ResourceManagerMachine: Sendable {
     private var notices: [Notice] = []
     private var isActive = false
     private var warnedAboutUnknownGroups = false
-    /// This node's acquisition epoch (see `ResourceMessage.Holdings.acquisitionEpoch`) and the highest seen.
-    private var acquisitionEpoch: UInt64 = 0
-    private var highestEpochSeen: UInt64 = 0
+    /// The highest acquisition epoch seen, ours or the peer's (see `ResourceMessage.Holdings.acquisitionEpochs`).
+    public private(set) var highestEpochSeen: UInt64
     /// When `starting` last went out, while waiting for the peer's answer.
     private var startingSentAt: MonotonicInstant?
     /// How often `starting` is repeated to a live peer that has not answered.
@@ -59,6 +60,7 @@ public struct ResourceManagerMachine: Sendable {
     public init(configuration: ResourceManagerConfiguration) {
         self.configuration = configuration
         self.groups = configuration.groups.map { GroupState(definition: $0) }
+        self.highestEpochSeen = configuration.initialEpoch
     }
 
     // MARK: Events
@@ -149,7 +151,7 @@ public struct ResourceManagerMachine: Sendable {
             // The peer (re)started and holds nothing.
             peer.held = []
             peer.isStable = false
-            peer.acquisitionEpoch = nil
+            peer.epochs = [:]
             if let exchange {
                 actions.append(.log(.warning, "standby exchange (\(exchange.description)) abandoned: \(peerName) restarted"))
                 self.exchange = nil
@@ -166,8 +168,11 @@ public struct ResourceManagerMachine: Sendable {
         case .holdings(let holdings, let stable), .conflictAnswer(let holdings, let stable):
             peer.held = resolve(holdings)
             peer.isStable = stable
-            peer.acquisitionEpoch = holdings.acquisitionEpoch
-            highestEpochSeen = max(highestEpochSeen, holdings.acquisitionEpoch ?? 0)
+            let epochs = holdings.epochsByKey
+            peer.epochs = Dictionary(uniqueKeysWithValues: groups.indices.compactMap { index in
+                epochs[groups[index].definition.key].map { (index, $0) }
+            })
+            highestEpochSeen = max(highestEpochSeen, epochs.values.max() ?? 0)
             let isAnswer = if case .conflictAnswer = message { true } else { false }
             settleConflicts(answering: !isAnswer, into: &actions)
             if phase == .waitingForPeer {
@@ -207,6 +212,11 @@ public struct ResourceManagerMachine: Sendable {
         switch (operation.kind, outcome) {
         case (.start, .succeeded):
             groups[operation.group].started = operation.resource + 1
+            if groups[operation.group].started == groups[operation.group].definition.resources.count {
+                // Running: the first check comes one interval from now.
+                groups[operation.group].monitorCursor = 0
+                groups[operation.group].nextMonitorAt = configuration.monitor.map { now + $0.interval }
+            }
         case (.start, .failed(let detail)):
             counters.startFailures += 1
             // The failed resource may be half started: it is stopped with the rest.
@@ -219,6 +229,16 @@ public struct ResourceManagerMachine: Sendable {
         case (.stop, .succeeded):
             groups[operation.group].started = operation.resource
             groups[operation.group].stopAttempts = 0
+        case (.monitor, .succeeded):
+            let group = operation.group
+            if operation.resource + 1 < groups[group].definition.resources.count {
+                groups[group].monitorCursor = operation.resource + 1
+            } else {
+                groups[group].monitorCursor = 0
+                groups[group].nextMonitorAt = configuration.monitor.map { now + $0.interval }
+            }
+        case (.monitor, .failed(let detail)):
+            monitorFailed(operation, detail: detail, now: now, into: &actions)
         case (.stop, .failed(let detail)):
             counters.stopFailures += 1
             groups[operation.group].stopAttempts += 1
@@ -249,6 +269,7 @@ public struct ResourceManagerMachine: Sendable {
             actions.append(.send(.starting))
         }
         if let due = stopRetryAt, now >= due { stopRetryAt = nil }
+        expireMonitorFailures(now: now, into: &actions)
         if case .offering(_, let since)? = exchange, now - since >= configuration.exchangeTimeout {
             actions.append(.log(.warning, "standby: \(configuration.peerNode ?? "the peer") did not answer within \(configuration.exchangeTimeout); nothing moved"))
             exchange = nil
@@ -326,7 +347,8 @@ public struct ResourceManagerMachine: Sendable {
             return GroupReport(
                 key: group.definition.key, preferredNode: group.definition.preferredNode,
                 resources: group.definition.resources, state: state(of: index), resourcesStarted: group.started,
-                heldByPeer: peer.held.contains(index), failedHere: group.failedHere)
+                heldByPeer: peer.held.contains(index), failedHere: group.failedHere,
+                recentMonitorFailures: group.failureTimes.count, lastMonitorFailure: group.lastFailure)
         }
     }
 
@@ -338,8 +360,10 @@ public struct ResourceManagerMachine: Sendable {
 
     // MARK: Internals
 
+    /// Nothing to start or stop. A check in flight does not count: it changes nothing, and with short intervals a
+    /// node is often checking something.
     private var isSettled: Bool {
-        inFlight == nil && stopRetryAt == nil && !groups.contains(where: \.needsWork)
+        (inFlight == nil || inFlight?.kind == .monitor) && stopRetryAt == nil && !groups.contains(where: \.needsWork)
     }
 
     private var heldSelection: HeldSelection {
@@ -355,14 +379,16 @@ public struct ResourceManagerMachine: Sendable {
     }
 
     private var holdingsMessage: ResourceMessage.Holdings {
-        ResourceMessage.Holdings(
-            selection: heldSelection, groupKeys: groups.filter(\.isHeld).map(\.definition.key), acquisitionEpoch: acquisitionEpoch)
+        let held = groups.filter(\.isHeld)
+        return ResourceMessage.Holdings(
+            selection: heldSelection, groupKeys: held.map(\.definition.key), acquisitionEpochs: held.map(\.acquiredEpoch))
     }
 
     private func state(of index: Int) -> GroupReport.State {
         let group = groups[index]
         if group.stopFailed { return .stopFailed }
-        if inFlight?.group == index || (stopRetryAt != nil && !group.wanted && group.started > 0) {
+        // A check in flight does not change what the group is doing.
+        if (inFlight?.group == index && inFlight?.kind != .monitor) || (stopRetryAt != nil && !group.wanted && group.started > 0) {
             return group.wanted ? .starting : .stopping
         }
         if group.wanted && group.started == group.definition.resources.count { return .running }
@@ -439,22 +465,28 @@ public struct ResourceManagerMachine: Sendable {
         let contested = groups.indices.filter { groups[$0].isHeld && peer.held.contains($0) }
         guard !contested.isEmpty else { return }
         let local = configuration.localNode.lowercased()
+        func peerEpoch(_ index: Int) -> UInt64? {
+            peer.epochs[index].flatMap { $0 == groups[index].acquiredEpoch ? nil : $0 }
+        }
         let kept = contested.filter { index in
-            if let peerEpoch = peer.acquisitionEpoch, peerEpoch != acquisitionEpoch { return acquisitionEpoch > peerEpoch }
+            if let theirs = peerEpoch(index) { return groups[index].acquiredEpoch > theirs }
             let preferred = groups[index].definition.preferredNode.lowercased()
             if preferred == local || preferred == peerName.lowercased() { return preferred == local }
             return local < peerName.lowercased()
         }
-        let conflictReason = if let peerEpoch = peer.acquisitionEpoch, peerEpoch != acquisitionEpoch {
-            "acquisition epochs: \(configuration.localNode) \(acquisitionEpoch), \(peerName) \(peerEpoch); the later acquisition keeps it"
-        } else {
-            "equal acquisition epochs: the preferred node keeps it"
+        func reason(_ index: Int) -> String {
+            if let theirs = peerEpoch(index) {
+                return "acquisition epochs: \(configuration.localNode) \(groups[index].acquiredEpoch), \(peerName) \(theirs); the later acquisition keeps it"
+            }
+            return peer.epochs[index] == nil
+                ? "\(peerName) sends no acquisition epochs: the preferred node keeps it"
+                : "equal acquisition epochs: the preferred node keeps it"
         }
         // Groups already being released were reported when the conflict was first seen.
         let releasing = contested.filter { !kept.contains($0) && groups[$0].wanted }
         for index in releasing {
             counters.conflicts += 1
-            actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): releasing it to \(peerName) (\(conflictReason))"))
+            actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): releasing it to \(peerName) (\(reason(index)))"))
         }
         if !releasing.isEmpty {
             release(releasing, reason: "split brain resolution", into: &actions)
@@ -466,7 +498,7 @@ public struct ResourceManagerMachine: Sendable {
             // group cannot answer each other forever; if it is lost, the next announcement gets a new one.
             for index in kept {
                 counters.conflicts += 1
-                actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): keeping it here, \(peerName) releases it (\(conflictReason))"))
+                actions.append(.log(.critical, "both nodes run \(groups[index].definition.key) (split brain): keeping it here, \(peerName) releases it (\(reason(index)))"))
             }
             actions.append(.send(.conflictAnswer(holdingsMessage, stable: isSettled)))
         }
@@ -542,16 +574,16 @@ public struct ResourceManagerMachine: Sendable {
     @discardableResult
     private mutating func acquire(_ indices: [Int], reason: String, into actions: inout [ResourceAction]) -> Int {
         var count = 0
+        // One epoch for the whole batch, above everything seen: a group taken over is newer than the peer's copy.
+        let epoch = highestEpochSeen + 1
         for index in indices where !groups[index].wanted && !groups[index].stopFailed {
             count += 1
             groups[index].wanted = true
+            groups[index].acquiredEpoch = epoch
             actions.append(.log(.info, "Taking over resource group \(groups[index].definition.key) (\(reason))"))
             actions.append(.log(.info, "Acquiring resource group: \(describe(index))"))
         }
-        if count > 0 {
-            acquisitionEpoch = max(acquisitionEpoch, highestEpochSeen) + 1
-            highestEpochSeen = acquisitionEpoch
-        }
+        if count > 0 { highestEpochSeen = epoch }
         return count
     }
 
@@ -574,6 +606,14 @@ public struct ResourceManagerMachine: Sendable {
             issue(ResourceOperation(group: index, resource: groups[index].started - 1, kind: .stop), into: &actions)
             return
         }
+        // A restart in place: stop down to the failed resource, right to left; then it and the rest start again.
+        if let index = groups.indices.reversed().first(where: { index in
+            groups[index].restartFrom.map { groups[index].started > $0 } ?? false
+        }) {
+            issue(ResourceOperation(group: index, resource: groups[index].started - 1, kind: .stop), into: &actions)
+            return
+        }
+        for index in groups.indices where groups[index].restartFrom != nil { groups[index].restartFrom = nil }
         if phase != .shuttingDown,
             let index = groups.indices.first(where: { groups[$0].wanted && groups[$0].started < groups[$0].definition.resources.count })
         {
@@ -612,18 +652,85 @@ public struct ResourceManagerMachine: Sendable {
             isActive = true
             actions.append(.setLocalStatus(.active))
         }
+        // Checks last, when nothing else is to be done: a running group whose check is due.
+        if phase == .running, exchange == nil,
+            let index = groups.indices.first(where: { index in
+                let group = groups[index]
+                return group.wanted && group.started == group.definition.resources.count && !group.stopFailed
+                    && group.nextMonitorAt.map { now >= $0 } == true
+            })
+        {
+            issue(ResourceOperation(group: index, resource: groups[index].monitorCursor, kind: .monitor), into: &actions)
+        }
+    }
+
+    /// Failures older than the window are forgotten. A group that monitoring stopped here (failed here) may run
+    /// here again once its last failure has expired; when no peer runs it, this node takes it again.
+    private mutating func expireMonitorFailures(now: MonotonicInstant, into actions: inout [ResourceAction]) {
+        guard let policy = configuration.monitor, phase == .running else { return }
+        for index in groups.indices where !groups[index].failureTimes.isEmpty {
+            groups[index].failureTimes.removeAll { now - $0 >= policy.failureWindow }
+            guard groups[index].failureTimes.isEmpty, groups[index].failedHere, !groups[index].isHeld else { continue }
+            groups[index].failedHere = false
+            actions.append(.log(.info, "the monitor failures of \(groups[index].definition.key) expired: it may run here again"))
+            // Nobody may be running it (both nodes failed it): take it when the peer is gone, or is settled
+            // without it.
+            let unheld = !peer.isAlive || (peer.isStable && !peer.held.contains(index))
+            if unheld, acquire([index], reason: "its failures expired and no peer runs it", into: &actions) > 0 {
+                notices.append(.announce)
+            }
+        }
+    }
+
+    /// A check failed: restart in place, or, at the configured count within the window, move the group to a live
+    /// peer (or stop it here when there is none).
+    private mutating func monitorFailed(
+        _ operation: ResourceOperation, detail: String, now: MonotonicInstant, into actions: inout [ResourceAction]
+    ) {
+        guard let policy = configuration.monitor else { return }
+        let index = operation.group
+        let name = configuration.groups[index].resources[operation.resource]
+        counters.monitorFailures += 1
+        groups[index].failureTimes = groups[index].failureTimes.filter { now - $0 < policy.failureWindow } + [now]
+        groups[index].lastFailure = "\(name): \(detail)"
+        groups[index].monitorCursor = 0
+        groups[index].nextMonitorAt = nil
+        let failures = groups[index].failureTimes.count
+        actions.append(.log(.critical, "monitor of \(name) failed (\(failures) of \(policy.failuresBeforeFailover) within \(policy.failureWindow)): \(detail)"))
+        if failures >= policy.failuresBeforeFailover {
+            // It cannot run here. With a live peer it moves there; without one it stops here all the same (as
+            // Pacemaker does at migration-threshold with nowhere to go): a node whose resource keeps failing, for
+            // instance one cut off from its service network, must not go on serving, or announcing the VIP, while
+            // the peer it cannot hear may be serving. It starts here again when the failures expire, the peer dies
+            // or an operator moves it.
+            counters.monitorFailovers += 1
+            groups[index].failedHere = true
+            let destination = peer.isAlive ? "moving \(groups[index].definition.key) to \(configuration.peerNode ?? "the peer")"
+                : "stopping \(groups[index].definition.key) here (no live peer to move it to) until the failures expire after \(policy.failureWindow)"
+            actions.append(.log(.critical, "\(name) failed \(failures) times within \(policy.failureWindow): \(destination)"))
+            release([index], reason: "monitor failures", into: &actions)
+            notices.append(.announce)
+        } else {
+            counters.monitorRestarts += 1
+            groups[index].restartFrom = operation.resource
+            actions.append(.log(.warning, "restarting \(name) in place, with the resources after it in \(groups[index].definition.key)"))
+        }
     }
 
     private mutating func issue(_ operation: ResourceOperation, into actions: inout [ResourceAction]) {
         inFlight = operation
-        let timeout = operation.kind == .start ? configuration.startTimeout : configuration.stopTimeout
+        let timeout = switch operation.kind {
+        case .start: configuration.startTimeout
+        case .stop: configuration.stopTimeout
+        case .monitor: configuration.monitor?.timeout ?? configuration.stopTimeout
+        }
         actions.append(.run(operation, resource: configuration.groups[operation.group].resources[operation.resource], timeout: timeout))
     }
 }
 
-/// One start or stop of one resource.
+/// One start, stop or monitor (check) of one resource.
 public struct ResourceOperation: Sendable, Hashable, CustomStringConvertible {
-    public enum Kind: String, Sendable, Hashable { case start, stop }
+    public enum Kind: String, Sendable, Hashable { case start, stop, monitor }
     /// Index into the configuration's groups, and into that group's resources.
     public var group: Int
     public var resource: Int
@@ -676,6 +783,9 @@ public struct GroupReport: Sendable, Hashable {
     public var resourcesStarted: Int
     public var heldByPeer: Bool
     public var failedHere: Bool
+    /// Monitoring: failed checks within the failure window, and what the last one said.
+    public var recentMonitorFailures: Int
+    public var lastMonitorFailure: String?
 }
 
 public struct ResourceCounters: Sendable, Hashable, Codable {
@@ -684,6 +794,9 @@ public struct ResourceCounters: Sendable, Hashable, Codable {
     public var startFailures: UInt64 = 0
     public var stopFailures: UInt64 = 0
     public var conflicts: UInt64 = 0
+    public var monitorFailures: UInt64 = 0
+    public var monitorRestarts: UInt64 = 0
+    public var monitorFailovers: UInt64 = 0
 
     public init() {}
 }
@@ -699,6 +812,15 @@ struct GroupState: Sendable {
     /// The last resort ran for this group's stop.
     var stopFailed = false
     var stopAttempts = 0
+    /// Monitoring: when the next pass is due (nil: not running, or not monitored), which resource it checks next,
+    /// the recent failures (within the window), the last one, and a restart in place under way (stop down to here).
+    var nextMonitorAt: MonotonicInstant?
+    var monitorCursor = 0
+    var failureTimes: [MonotonicInstant] = []
+    var lastFailure: String?
+    var restartFrom: Int?
+    /// The acquisition epoch at which this node last acquired the group.
+    var acquiredEpoch: UInt64 = 0
 
     init(definition: GroupDefinition) { self.definition = definition }
 
@@ -715,7 +837,8 @@ struct PeerView: Sendable {
     var isAlive = false
     var isStable = false
     var held: Set<Int> = []
-    var acquisitionEpoch: UInt64?
+    /// The acquisition epoch of each group the peer holds, when it sent them.
+    var epochs: [Int: UInt64] = [:]
 }
 
 enum Exchange: Sendable, CustomStringConvertible {

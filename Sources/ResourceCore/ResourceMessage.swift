@@ -28,19 +28,28 @@ public enum ResourceMessage: Sendable, Hashable {
         case done
     }
 
-    /// A set of groups: `rsc_hold` and, from Tandem nodes, the exact keys and the sender's acquisition epoch.
+    /// A set of groups: `rsc_hold` and, from Tandem nodes, the exact keys and when each was acquired.
     public struct Holdings: Sendable, Hashable {
         public var selection: HeldSelection
         public var groupKeys: [String]?
-        /// Tandem's `epoch` field: one more than the highest epoch the sender had seen when it last acquired groups.
-        /// Of two nodes that both hold a group, the one that acquired it later has the higher epoch. Heartbeat
-        /// nodes do not send it (nil).
-        public var acquisitionEpoch: UInt64?
+        /// Tandem's `epochs` field, one per key of `groupKeys`, in the same order: the acquisition epoch at which the
+        /// sender acquired that group (one more than the highest epoch it had seen then). Of two nodes that both
+        /// hold a group, the one that acquired it later has the higher epoch. Heartbeat nodes send none (nil).
+        public var acquisitionEpochs: [UInt64]?
 
-        public init(selection: HeldSelection, groupKeys: [String]?, acquisitionEpoch: UInt64? = nil) {
+        public init(selection: HeldSelection, groupKeys: [String]?, acquisitionEpochs: [UInt64]? = nil) {
+            precondition(
+                acquisitionEpochs == nil || acquisitionEpochs?.count == groupKeys?.count,
+                "\(acquisitionEpochs?.count ?? 0) epochs for \(groupKeys?.count ?? 0) group keys")
             self.selection = selection
             self.groupKeys = groupKeys
-            self.acquisitionEpoch = acquisitionEpoch
+            self.acquisitionEpochs = acquisitionEpochs
+        }
+
+        /// Each named group's epoch, when the sender gave them.
+        public var epochsByKey: [String: UInt64] {
+            guard let groupKeys, let acquisitionEpochs else { return [:] }
+            return Dictionary(zip(groupKeys, acquisitionEpochs), uniquingKeysWith: max)
         }
     }
 
@@ -97,14 +106,14 @@ public enum ResourceMessage: Sendable, Hashable {
     }
 
     static let groupsField = "groups"
-    static let epochField = "epoch"
+    static let epochsField = "epochs"
     static let replyField = "reply"
     static let conflictReply = "conflict"
 
     private static func put(_ holdings: Holdings, into message: inout HeartbeatMessage) {
         message[HeartbeatField.resourcesHeld] = holdings.selection.rawValue
         if let keys = holdings.groupKeys { message[groupsField] = keys.joined(separator: " ") }
-        if let epoch = holdings.acquisitionEpoch { message[epochField] = String(epoch) }
+        if let epochs = holdings.acquisitionEpochs { message[epochsField] = epochs.map(String.init).joined(separator: " ") }
     }
 
     private static func holdings(in message: HeartbeatMessage) -> Holdings? {
@@ -112,8 +121,11 @@ public enum ResourceMessage: Sendable, Hashable {
             return nil
         }
         let keys = message[groupsField].map { $0.split(separator: " ").map(String.init) }
-        // A malformed epoch counts as none: the preferred-node rule then decides, as with a Heartbeat peer.
-        return Holdings(selection: selection, groupKeys: keys, acquisitionEpoch: message[epochField].flatMap { UInt64($0) })
+        // Malformed epochs (not numbers, or not one per key) count as none: the preferred-node rule then decides, as
+        // with a Heartbeat peer.
+        var epochs = message[epochsField].map { $0.split(separator: " ").compactMap { UInt64($0) } }
+        if epochs?.count != keys?.count { epochs = nil }
+        return Holdings(selection: selection, groupKeys: keys, acquisitionEpochs: epochs)
     }
 }
 

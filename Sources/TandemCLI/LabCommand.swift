@@ -61,7 +61,7 @@ struct LabCommand: ParsableCommand {
         func run() throws {
             let lab = options.lab
             try LabCommand.perform { () throws(LabError) in
-                try lab.up(withReplica: !noReplica)
+                try lab.exclusively { () throws(LabError) in try lab.up(withReplica: !noReplica) }
                 for line in try lab.statusLines() { emit(line) }
                 emit("""
 
@@ -82,7 +82,11 @@ struct LabCommand: ParsableCommand {
             abstract: "Remove the lab: its processes (by PID namespace), mounts, loop devices, namespaces and files. Safe to repeat.")
         @OptionGroup var options: Options
         func run() throws {
-            let problems = options.lab.down()
+            let lab = options.lab
+            var problems: [String] = []
+            try LabCommand.perform { () throws(LabError) in
+                problems = try lab.exclusively { lab.down() }
+            }
             guard problems.isEmpty else {
                 for problem in problems { printToStandardError("tandem lab down: \(problem)") }
                 throw ExitCode(10)
@@ -107,6 +111,9 @@ struct LabCommand: ParsableCommand {
             abstract: "Move the service to the other node under load (tandem takeover there) and show the timeline.")
         @Option(name: .customLong("load-seconds"), help: "Seconds of load after the move.") var loadSeconds: Double = 2
         @OptionGroup var options: Options
+        func validate() throws {
+            guard loadSeconds >= 0, loadSeconds <= 3600 else { throw ValidationError("--load-seconds must be 0...3600") }
+        }
         func run() throws {
             try runScenario(.switchover, lab: options.lab, loadSeconds: loadSeconds)
         }
@@ -160,8 +167,10 @@ struct LabCommand: ParsableCommand {
             let lab = options.lab
             try LabCommand.perform { () throws(LabError) in
                 var summary: [String] = []
-                if trials > 0 { summary += try lab.benchFailover(trials: trials) }
-                if sysbenchSeconds > 0 { summary += try lab.benchThroughput(seconds: sysbenchSeconds, threads: sysbenchThreads) }
+                try lab.exclusively { () throws(LabError) in
+                    if trials > 0 { summary += try lab.benchFailover(trials: trials) }
+                    if sysbenchSeconds > 0 { summary += try lab.benchThroughput(seconds: sysbenchSeconds, threads: sysbenchThreads) }
+                }
                 emit("")
                 for line in summary { emit(line) }
             }
@@ -172,18 +181,23 @@ struct LabCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "machine-init", abstract: "Pid 1 of a lab machine (started by lab up).", shouldDisplay: false)
         @Option(help: "node1, node2, client or replica.") var host: String
+        @Option(name: .customLong("outer-mount-namespace"), help: "The starting lab's mount namespace, which this one must not be.")
+        var outerMountNamespace: String
         @OptionGroup var options: Options
         func run() throws {
             guard let machine = LabHost(rawValue: host) else { throw ValidationError("unknown machine \(host)") }
             throw ExitCode(TandemLab.MachineInit.run(
-                layout: LabLayout(prefix: options.prefix, root: options.root, subnetOctet: options.subnetOctet), host: machine))
+                layout: LabLayout(prefix: options.prefix, root: options.root, subnetOctet: options.subnetOctet), host: machine,
+                outerMountNamespace: outerMountNamespace))
         }
     }
 }
 
 private func runScenario(_ scenario: LabScenario, lab: Lab, loadSeconds: Double) throws {
     try LabCommand.perform { () throws(LabError) in
-        let report = try lab.run(scenario, loadAfterRecovery: .milliseconds(Int64(loadSeconds * 1000)))
+        let report = try lab.exclusively { () throws(LabError) in
+            try lab.run(scenario, loadAfterRecovery: .milliseconds(Int64(loadSeconds * 1000)))
+        }
         for line in report.lines() { emit(line) }
         if !report.passed { throw LabError(.failed, "scenario \(scenario.rawValue) failed") }
     }

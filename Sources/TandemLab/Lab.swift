@@ -74,6 +74,11 @@ public struct Lab: Sendable {
         guard !isUp else {
             throw LabError(.refused, "a lab is already up under \(layout.root): tandem lab status shows it, tandem lab down removes it")
         }
+        // Checked before anything is made, so that a refusal removes nothing (another lab's network least of all).
+        if let taken = network.allNamespaces.first(where: LabNetwork.existingNamespaces().contains) {
+            throw LabError(
+                .refused, "network namespace \(taken) already exists: another lab with prefix \(layout.prefix) is up (tandem lab down with its --lab-dir)")
+        }
         do {
             try FileManager.default.createDirectory(atPath: layout.root, withIntermediateDirectories: true)
         } catch {
@@ -92,7 +97,7 @@ public struct Lab: Sendable {
             try build(state)
         } catch {
             say("lab up failed: \(error.message)")
-            showLogsAfterFailure()
+            showLogs()
             say("removing what was made")
             for problem in down() { say("  \(problem)") }
             throw error
@@ -221,7 +226,8 @@ public struct Lab: Sendable {
         }
     }
 
-    private func showLogsAfterFailure() {
+    /// Says the last lines of every machine's logs: what explains a failure.
+    public func showLogs() {
         for host in LabHost.allCases {
             for file in ["log/ha-log", "init.log"] {
                 let path = layout.directory(host) + "/" + file
@@ -249,6 +255,8 @@ public struct Lab: Sendable {
         let state = try? loadState()
         // Clean stops first, so that MariaDB shuts down and the file system is unmounted; then power off whatever
         // is left. Bounded: a stuck daemon only delays the power-off.
+        // A frozen machine (a scenario that failed half way) would not hear SIGTERM.
+        for host in LabHost.allCases { machines.thaw(host) }
         for daemon in ["heartbeatd", "replicad"] { machines.stopDaemons(daemon, on: LabHost.nodes, within: .seconds(60)) }
         for host in LabHost.allCases where machines.isRunning(host) {
             do throws(LabError) {
@@ -258,15 +266,27 @@ public struct Lab: Sendable {
                 problems.append(error.message)
             }
         }
+        // A machine whose boot never finished wrote no init.pid: found by its command line.
+        for pid in machines.unreadyInits() {
+            kill(pid, SIGKILL)
+            say("a machine that never finished booting (init pid \(pid)): killed")
+        }
         problems += detachLoopDevices()
         problems += network.delete()
         if state?.createdDataDirectory == true, rmdir("/data") != 0, errno != ENOENT {
             problems.append("cannot remove /data, which the lab made: \(String(cString: strerror(errno)))")
         }
-        do {
-            if FileManager.default.fileExists(atPath: layout.root) { try FileManager.default.removeItem(atPath: layout.root) }
-        } catch {
-            problems.append("cannot remove \(layout.root): \(error)")
+        // Only what the lab makes, then the folder if that leaves it empty: --lab-dir may name a folder that holds
+        // other things too.
+        for entry in layout.madeEntries where FileManager.default.fileExists(atPath: entry) {
+            do {
+                try FileManager.default.removeItem(atPath: entry)
+            } catch {
+                problems.append("cannot remove \(entry): \(error)")
+            }
+        }
+        if rmdir(layout.root) != 0 && errno != ENOENT && errno != ENOTEMPTY {
+            problems.append("cannot remove \(layout.root): \(String(cString: strerror(errno)))")
         }
         return problems
     }
@@ -315,4 +335,23 @@ public struct Lab: Sendable {
     }
 
     func seconds(_ duration: Duration) -> String { String(format: "%.1f", Double(duration.wholeMilliseconds) / 1000) }
+}
+
+extension Lab {
+    /// Runs `body` holding the lab's lock (`<lab-dir>/lab.lock`, flock), so that two commands never change one lab
+    /// at once; a second one is refused at once rather than queued.
+    public func exclusively<T>(_ body: () throws(LabError) -> T) throws(LabError) -> T {
+        do {
+            try FileManager.default.createDirectory(atPath: layout.root, withIntermediateDirectories: true)
+        } catch {
+            throw LabError(.failed, "cannot create \(layout.root): \(error)")
+        }
+        let fd = open(layout.lockFile, O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw LabError(.failed, "cannot open \(layout.lockFile): \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
+            throw LabError(.refused, "another tandem lab command is working on \(layout.root); wait for it to finish")
+        }
+        return try body()
+    }
 }

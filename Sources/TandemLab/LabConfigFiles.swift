@@ -50,8 +50,12 @@ struct LabConfigFiles {
         return text + "}\n"
     }
 
+    /// The failed check (within 20 s) that moves the group rather than restarting it in place.
+    static let monitorFailures = 3
+
     /// Seed 001's ha.cf with fast timings: a 200 ms keepalive and a dead peer declared after 1 s. Two links, as the
     /// seed insists: broadcast on the dedicated heartbeat link (eth2) and unicast over the service network (eth1).
+    /// Tandem's monitoring checks every resource every second (the default is 10 s).
     var haCf: String {
         var text = """
             # /etc/tandem/ha.cf of the Tandem lab
@@ -69,6 +73,10 @@ struct LabConfigFiles {
             warntime 600ms
             deadtime 1
             initdead 10
+            monitor_interval 1
+            monitor_timeout 5
+            monitor_failures \(Self.monitorFailures)
+            monitor_failure_window 20
 
             """
         return text

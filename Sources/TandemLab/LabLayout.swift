@@ -80,6 +80,8 @@ public struct LabLayout: Sendable, Hashable {
     // MARK: Paths
 
     public var stateFile: String { root + "/lab.json" }
+    /// Everything the lab makes in its folder; `down` removes these and nothing else.
+    var madeEntries: [String] { [stateFile, lockFile, runsDirectory] + LabHost.allCases.map(directory) }
     public var lockFile: String { root + "/lab.lock" }
     public var runsDirectory: String { root + "/runs" }
     public func directory(_ host: LabHost) -> String { root + "/" + host.rawValue }

@@ -8,8 +8,9 @@ import DaemonSupport
 import Foundation
 
 /// The lab's machines as processes: booting one (its init, see `MachineInit`), running commands in it, listing,
-/// freezing and killing its processes. A machine's processes are exactly those in its PID namespace, so everything
-/// here acts only on processes the lab started.
+/// freezing and killing its processes. A machine's processes are those in its PID namespace, whose init is checked
+/// by its command line (this lab's folder, prefix and host) before anything is signalled. A process that exits
+/// between the listing and the signal can have its PID reused by another; the window is that of one /proc scan.
 struct LabMachines {
     let layout: LabLayout
     /// The `tandem` executable (this one), run inside the machines.
@@ -36,6 +37,7 @@ struct LabMachines {
             LabTool.setsid.path ?? "/usr/bin/setsid", "--fork", LabTool.ip.path ?? "/usr/sbin/ip", "netns", "exec",
             layout.namespace(host), LabTool.unshare.path ?? "/usr/bin/unshare", "--pid", "--fork", "--mount", "--uts",
             "--propagation", "private", "--kill-child", executable, "lab", "machine-init", "--host", host.rawValue,
+            "--outer-mount-namespace", (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt")) ?? "",
         ] + layout.commandLineOptions
         let launcher: pid_t
         switch ChildProcess.spawn(arguments, environment: ["PATH": ChildProcess.searchPath], outputDescriptor: log) {
@@ -53,14 +55,37 @@ struct LabMachines {
         throw LabError(.failed, "\(host.rawValue) did not come up within 20 s: \(output.trimmingCharacters(in: .whitespacesAndNewlines))")
     }
 
-    /// The host PID of the machine's init, when it runs.
+    /// The host PID of the machine's init, when it runs: the PID in init.pid, if that process is this lab's
+    /// machine-init for this host (a PID file can outlive its process, and PIDs are reused).
     func initPID(_ host: LabHost) -> pid_t? {
         guard let text = try? String(contentsOfFile: layout.initPIDFile(host), encoding: .utf8),
             let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1,
-            let commandLine = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")),
-            String(decoding: commandLine, as: UTF8.self).contains("machine-init")
+            isInit(pid, of: host)
         else { return nil }
         return pid
+    }
+
+    /// Whether `pid` runs `tandem lab machine-init --host HOST` for this lab's folder.
+    private func isInit(_ pid: pid_t, of host: LabHost?) -> Bool {
+        let arguments = Self.commandLine(of: pid)
+        guard let verb = arguments.firstIndex(of: "machine-init"), verb > 0, arguments[verb - 1] == "lab" else { return false }
+        func value(_ option: String) -> String? {
+            arguments.firstIndex(of: option).flatMap { $0 + 1 < arguments.count ? arguments[$0 + 1] : nil }
+        }
+        return value("--lab-dir") == layout.root && value("--prefix") == layout.prefix
+            && (host == nil || value("--host") == host?.rawValue)
+    }
+
+    static func commandLine(of pid: pid_t) -> [String] {
+        guard let data = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return [] }
+        return data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+    }
+
+    /// This lab's machine-inits that wrote no init.pid (a boot that never finished), by their command lines.
+    func unreadyInits() -> [pid_t] {
+        let ready = Set(LabHost.allCases.compactMap(initPID))
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { pid_t($0) }.filter { !ready.contains($0) && isInit($0, of: nil) }
     }
 
     func isRunning(_ host: LabHost) -> Bool { initPID(host) != nil }
@@ -82,8 +107,7 @@ struct LabMachines {
     func powerOff(_ host: LabHost) throws(LabError) -> Int {
         guard let initPID = initPID(host) else { return 0 }
         let victims = processes(host)
-        kill(initPID, SIGCONT)  // A frozen machine dies too.
-        kill(initPID, SIGKILL)
+        kill(initPID, SIGKILL)  // Stopped (frozen) processes die too: SIGKILL needs no SIGCONT.
         let deadline = DaemonClock.now + .seconds(30)
         while DaemonClock.now < deadline {
             if victims.allSatisfy({ kill($0, 0) != 0 || Self.isZombie($0) }) {
@@ -127,10 +151,14 @@ struct LabMachines {
     /// machine, so the command line is enough to tell them (argv[0] is /proc/self/exe, as BackgroundDaemon starts them).
     func daemonPIDs(_ host: LabHost, _ name: String) -> [pid_t] {
         processes(host).filter { pid in
-            guard let data = try? Data(contentsOf: URL(fileURLWithPath: "/proc/\(pid)/cmdline")) else { return false }
-            let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            let arguments = Self.commandLine(of: pid)
             return arguments.count >= 3 && arguments[1] == name && arguments.contains("--foreground")
         }
+    }
+
+    /// The machine's processes whose command name (comm) starts with `name`.
+    func processes(_ host: LabHost, named name: String) -> [pid_t] {
+        processes(host).filter { (try? String(contentsOfFile: "/proc/\($0)/comm", encoding: .utf8))?.hasPrefix(name) == true }
     }
 
     /// SIGTERM to a daemon on each of `hosts` at once (its clean stop: heartbeatd releases its groups, replicad
@@ -205,5 +233,5 @@ struct LabMachines {
 
 extension LabLayout {
     /// The options that select this lab, for commands that run the lab's own verbs.
-    var commandLineOptions: [String] { ["--lab-dir", root, "--prefix", prefix, "--subnet-octet", String(subnetOctet)] }
+    public var commandLineOptions: [String] { ["--lab-dir", root, "--prefix", prefix, "--subnet-octet", String(subnetOctet)] }
 }

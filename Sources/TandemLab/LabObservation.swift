@@ -16,6 +16,8 @@ public struct NodeObservation: Sendable {
     /// heartbeatd: this node's status and the group's state, or why it could not be asked.
     public var heartbeat: String?
     public var groupState: String?
+    /// Monitoring gave the group up on this node: it will not run here until its failures expire.
+    public var groupFailedHere = false
     /// replicad: role, disk and connection state of the resource.
     public var role: String?
     public var disk: String?
@@ -29,7 +31,9 @@ public struct NodeObservation: Sendable {
     public var summary: String {
         guard running else { return "\(node): powered off" }
         var parts: [String] = []
-        parts.append("heartbeatd \(heartbeat ?? "not answering")" + (groupState.map { ", group \($0)" } ?? ""))
+        parts.append(
+            "heartbeatd \(heartbeat ?? "not answering")" + (groupState.map { ", group \($0)" } ?? "")
+                + (groupFailedHere ? " (failed here: not eligible until its failures expire)" : ""))
         if let role {
             var replication = "\(LabLayout.resourceName) \(role)/\(disk ?? "?") \(connection ?? "?")" + (peerDisk.map { " peer \($0)" } ?? "")
             if let outOfSyncKiB, outOfSyncKiB > 0 { replication += " (\(outOfSyncKiB) KiB out of sync)" }
@@ -57,6 +61,7 @@ extension Lab {
         if let status = response?.status {
             observation.heartbeat = status.status
             observation.groupState = status.groups.first.map { $0.heldByPeer ? "held by peer" : $0.state }
+            observation.groupFailedHere = status.groups.first?.failedHere ?? false
         }
         let replication = ControlClient(runDirectory: runDirectory)
         if let response = try? replication.send(ControlRequest(verb: .status, resource: LabLayout.resourceName), answerTimeout: .seconds(5)),
@@ -70,9 +75,7 @@ extension Lab {
         }
         observation.holdsVirtualAddress = network.holds(node, address: layout.virtualAddress)
         observation.mountsFileSystem = machines.mounts(node).contains { $0.target == LabLayout.mountPoint }
-        observation.runsDatabase = machines.processes(node).contains { pid in
-            (try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8))?.hasPrefix("mariadbd") == true
-        }
+        observation.runsDatabase = !machines.processes(node, named: "mariadbd").isEmpty
         return observation
     }
 

@@ -50,14 +50,22 @@ struct LabReplica {
         let position = try sqlClient.run(sqlClient.options(), ["SELECT @@gtid_binlog_pos"]).first?.rows.first?.first.flatMap { $0 } ?? ""
         var received = ""
         do throws(LabError) {
+            // The workload still runs: the replica has caught up with the serving node once it has received at
+            // least what that node had logged when we looked.
             try lab.waitFor("the replica to stream from the serving node", timeout: timeout) { () -> Bool in
                 guard let status = try? slaveStatus() else { return false }
                 received = status["Gtid_IO_Pos"] ?? ""
-                return received == position && status["Slave_IO_Running"] == "Yes"
+                guard let have = Self.sequence(received), let want = Self.sequence(position) else { return false }
+                return have >= want && status["Slave_IO_Running"] == "Yes"
             }
         } catch {
             throw LabError(.failed, "the replica did not reconnect to the serving node: it received \(received), the node is at \(position)")
         }
+    }
+
+    /// The sequence number of a one-domain GTID position ("0-1-1234" -> 1234); the lab's servers use domain 0 only.
+    static func sequence(_ position: String) -> UInt64? {
+        position.split(separator: ",").count == 1 ? position.split(separator: "-").last.flatMap { UInt64($0) } : nil
     }
 
     /// Waits until the replica has applied everything the primary logged, with both threads running and no error,
@@ -80,7 +88,7 @@ struct LabReplica {
         guard status["Last_Errno"] == "0" || status["Last_Errno"] == nil else {
             throw LabError(.failed, "the replica reports error \(status["Last_Errno"] ?? ""): \(status["Last_Error"] ?? "")")
         }
-        let replicaCounts = try counts(runID: runID)
+        let replicaCounts = try lab.rowCounts(runID: runID, at: layout.serviceAddress(.replica))
         guard replicaCounts == primaryCounts else {
             let missing = primaryCounts.keys.filter { replicaCounts[$0] == nil }.count
             let extra = replicaCounts.keys.filter { primaryCounts[$0] == nil }.count
@@ -90,18 +98,8 @@ struct LabReplica {
             + "IO \(status["Slave_IO_Running"] ?? "?"), SQL \(status["Slave_SQL_Running"] ?? "?"), no errors"
     }
 
-    private func counts(runID: Int32) throws(LabError) -> [Int64: Int] {
-        let output = try sql("SELECT op_id, COUNT(*) FROM \(LabLayout.databaseName).commits WHERE run_id = \(runID) GROUP BY op_id")
-        var counts: [Int64: Int] = [:]
-        for line in output.split(separator: "\n") {
-            let fields = line.split(separator: "\t")
-            guard fields.count == 2, let id = Int64(fields[0]), let count = Int(fields[1]) else { continue }
-            counts[id] = count
-        }
-        return counts
-    }
-
-    private func slaveStatus() throws(LabError) -> [String: String] {
+    /// SHOW SLAVE STATUS as field -> value, and @@gtid_slave_pos as Gtid_Slave_Pos.
+    func slaveStatus() throws(LabError) -> [String: String] {
         var status: [String: String] = [:]
         let output = try machines.check(.replica, ["mariadb", "--defaults-file=/etc/mysql/my.cnf", "-e", "SHOW SLAVE STATUS\\G"])
         for line in output.split(separator: "\n") {

@@ -18,15 +18,9 @@ extension Lab {
             lines.append("service: not served by exactly one node (a failover in progress, or a problem)")
         }
         if state.withReplica {
-            if machines.isRunning(.replica), let output = try? machines.check(
-                .replica, ["mariadb", "--defaults-file=/etc/mysql/my.cnf", "-e", "SHOW SLAVE STATUS\\G"], timeout: .seconds(10))
-            {
-                let wanted = ["Slave_IO_Running", "Slave_SQL_Running", "Gtid_IO_Pos", "Seconds_Behind_Master", "Last_Error"]
-                let fields = output.split(separator: "\n").compactMap { line -> String? in
-                    let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
-                    guard parts.count == 2, wanted.contains(parts[0]), !parts[1].isEmpty else { return nil }
-                    return "\(parts[0]) \(parts[1])"
-                }
+            if machines.isRunning(.replica), let status = try? LabReplica(lab: self).slaveStatus() {
+                let wanted = ["Slave_IO_Running", "Slave_SQL_Running", "Gtid_Slave_Pos", "Seconds_Behind_Master", "Last_Error"]
+                let fields = wanted.compactMap { key in status[key].flatMap { $0.isEmpty ? nil : "\(key) \($0)" } }
                 lines.append("replica: " + fields.joined(separator: ", "))
             } else {
                 lines.append("replica: not answering")

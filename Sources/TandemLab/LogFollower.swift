@@ -46,6 +46,10 @@ final class LogFollower: @unchecked Sendable {
                         guard count > 0 else { break }
                         offsets[index] += off_t(count)
                         partial[index] += chunk[0..<count]
+                        // A line without an end is cut at 64 KiB rather than held forever.
+                        if partial[index].count > 65536, partial[index].firstIndex(of: UInt8(ascii: "\n")) == nil {
+                            partial[index].removeAll()
+                        }
                     }
                     close(fd)
                     let now = Workload.unixMilliseconds()

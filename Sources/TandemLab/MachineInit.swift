@@ -19,13 +19,14 @@ public enum MachineInit {
     /// loop devices behind /dev/drbd0) are made by replicad when it attaches them.
     static let characterDevices = ["null", "zero", "full", "random", "urandom", "tty", "fuse", "loop-control"]
 
-    public static func run(layout: LabLayout, host: LabHost) -> Int32 {
+    /// `outerMountNamespace` is the lab's own mount namespace ("mnt:[N]"), which this one must not be.
+    public static func run(layout: LabLayout, host: LabHost, outerMountNamespace: String) -> Int32 {
         do {
             // Before /proc is replaced, /proc/self still names this process as the host sees it: that PID is how
             // the lab finds, enters and powers off the machine.
             let hostPID = try String(contentsOfFile: "/proc/self/stat", encoding: .utf8).split(separator: " ").first.map(String.init) ?? ""
             guard Int32(hostPID) != nil else { throw MachineInitError("cannot read this process's host PID from /proc/self/stat") }
-            try prepare(layout: layout, host: host)
+            try prepare(layout: layout, host: host, outerMountNamespace: outerMountNamespace)
             // Written last: its presence says the machine is ready.
             let pidFile = layout.initPIDFile(host)
             try (hostPID + "\n").write(toFile: pidFile + ".new", atomically: false, encoding: .utf8)
@@ -42,7 +43,16 @@ public enum MachineInit {
         }
     }
 
-    private static func prepare(layout: LabLayout, host: LabHost) throws {
+    private static func prepare(layout: LabLayout, host: LabHost, outerMountNamespace: String) throws {
+        // Only as pid 1 of a fresh PID namespace, in a mount namespace other than the one of the lab that started
+        // it: run any other way (by hand, on the host) it would mount over the host's /dev, /run, /tmp and /etc.
+        guard getpid() == 1 else { throw MachineInitError("machine-init runs only as pid 1 of a new PID namespace (tandem lab up starts it)") }
+        let ownMounts = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/mnt")
+        guard let ownMounts, ownMounts != outerMountNamespace else {
+            throw MachineInitError("machine-init must run in a mount namespace of its own (tandem lab up starts it)")
+        }
+        // Nothing mounted from here on may propagate anywhere.
+        guard Glibc.mount("none", "/", nil, UInt(MS_REC | MS_PRIVATE), nil) == 0 else { throw MachineInitError.errno("making / private") }
         guard sethostname(host.rawValue, host.rawValue.utf8.count) == 0 else { throw MachineInitError.errno("sethostname") }
         // The host's device numbers, read before /dev is replaced.
         var devices: [(name: String, mode: mode_t, number: dev_t)] = []

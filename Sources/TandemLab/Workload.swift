@@ -17,7 +17,8 @@ import Foundation
 /// - in doubt: the connection was lost after COMMIT was sent, before the answer. The row may or may not be there,
 ///   but at most once: operation ids are never reused, so a row that shows up twice was written twice.
 ///
-/// Bounded in time and in count; reconnects (every 100 ms, 1 s connect timeout) after any lost connection.
+/// Bounded in time and in count; reconnects (every 100 ms, with the connect timeout it is given) after any lost
+/// connection.
 public final class Workload: @unchecked Sendable {
     // @unchecked: the fields below are guarded by `lock`; `thread` is written once in start().
     public struct Operation: Sendable {

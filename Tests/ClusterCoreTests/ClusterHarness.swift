@@ -60,10 +60,17 @@ final class ClusterHarness {
     var booted: Set<String> = []
     let groups: [GroupDefinition]
     let autoFailback: FailbackPolicy
+    let monitor: MonitorPolicy?
 
-    init(groups: [GroupDefinition], autoFailback: FailbackPolicy = .on) {
+    init(groups: [GroupDefinition], autoFailback: FailbackPolicy = .on, monitor: MonitorPolicy? = nil) {
         self.groups = groups
         self.autoFailback = autoFailback
+        self.monitor = monitor
+    }
+
+    /// A resource dies on its own (its process killed): its next check fails.
+    func kill(_ resource: String, on node: String) {
+        running[node, default: []].removeAll { $0 == resource }
     }
 
     func boot(_ name: String) {
@@ -83,7 +90,8 @@ final class ClusterHarness {
             resources: ResourceManagerConfiguration(
                 localNode: name, peerNode: peer, groups: groups, autoFailback: autoFailback,
                 startTimeout: .seconds(5), stopTimeout: .seconds(5), stopRetries: 2,
-                stopRetryInterval: .milliseconds(100), stopFailureAction: .stopHeartbeats, exchangeTimeout: .seconds(2)),
+                stopRetryInterval: .milliseconds(100), stopFailureAction: .stopHeartbeats, exchangeTimeout: .seconds(2),
+                monitor: monitor),
             authenticator: MessageAuthenticator(keys: Self.keys), environment: environment)
         node.start(now: now)
         nodes[name] = node
@@ -148,10 +156,12 @@ final class ClusterHarness {
 
     private func finish(_ item: Pending) {
         let kind = item.operation.kind
-        let failure = failing.contains("\(item.node)/\(item.resource)/\(kind.rawValue)")
-        if !failure {
-            if kind == .start { running[item.node, default: []].append(item.resource) }
-            else { running[item.node, default: []].removeAll { $0 == item.resource } }
+        var failure = failing.contains("\(item.node)/\(item.resource)/\(kind.rawValue)")
+        switch kind {
+        case .start where !failure: running[item.node, default: []].append(item.resource)
+        case .stop where !failure: running[item.node, default: []].removeAll { $0 == item.resource }
+        case .monitor: failure = failure || running[item.node]?.contains(item.resource) != true
+        default: break
         }
         nodes[item.node]!.operationFinished(
             item.operation, outcome: failure ? .failed("injected failure") : .succeeded, now: now)

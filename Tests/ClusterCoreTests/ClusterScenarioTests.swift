@@ -103,16 +103,20 @@ import Testing
         let harness = bothUp()
         harness.cutLinks = [0, 1]
         harness.run(for: .seconds(3))
-        // R1 behaviour: both nodes take everything, each at the same acquisition epoch, so the preferred node keeps
-        // each group when the partition heals.
+        // R1 behaviour: both nodes take everything. Each took the other's group over at a new acquisition epoch,
+        // so when the partition heals each group stays with the node that acquired it later: they swap.
         #expect(harness.running["node1"]!.count == 3)
         #expect(harness.running["node2"]!.count == 3)
         harness.cutLinks = []
         harness.run(for: .seconds(4))
         #expect(harness.log("node1").contains("returning after partition"))
-        #expect(harness.holders(of: "IPaddr::10.0.0.10") == ["node1"])
-        #expect(harness.holders(of: "service1") == ["node1"])
-        #expect(harness.holders(of: "IPaddr::10.0.0.20") == ["node2"])
+        #expect(harness.holders(of: "IPaddr::10.0.0.10") == ["node2"])
+        #expect(harness.holders(of: "service1") == ["node2"])
+        #expect(harness.holders(of: "IPaddr::10.0.0.20") == ["node1"])
+        // Each node's view of the other agrees with what runs where: the messages of the partition, recovered by
+        // retransmission after newer ones, did not bring back an old "I hold it".
+        #expect(harness.nodes["node1"]!.resources.groupReports.map(\.heldByPeer) == [true, false])
+        #expect(harness.nodes["node2"]!.resources.groupReports.map(\.heldByPeer) == [false, true])
     }
 
     /// Only node2 sees a partition (node1's messages are lost; node1 still hears node2): node2 takes node1's group,
@@ -132,6 +136,90 @@ import Testing
         #expect(harness.holders(of: "IPaddr::10.0.0.20") == ["node2"])
         #expect(harness.log("node1").contains("releasing it to node2 (acquisition epochs: node1 1, node2 2; the later acquisition keeps it)"))
         #expect(harness.log("node2").components(separatedBy: "returning after partition").count == 2)
+    }
+
+    static let monitor = MonitorPolicy(
+        interval: .milliseconds(500), timeout: .seconds(1), failuresBeforeFailover: 3, failureWindow: .seconds(60))
+
+    func bothUpMonitored() -> ClusterHarness {
+        let harness = ClusterHarness(groups: Self.groups, monitor: Self.monitor)
+        harness.boot("node1")
+        harness.boot("node2")
+        harness.run(for: .seconds(3))
+        return harness
+    }
+
+    /// A resource that dies is noticed by its next check and restarted in place, with the resources after it in
+    /// its group (none here: service1 is last); the address before it stays up.
+    @Test func aDeadResourceIsRestartedInPlace() {
+        let harness = bothUpMonitored()
+        harness.kill("service1", on: "node1")
+        harness.run(for: .seconds(2))
+        #expect(harness.running["node1"]!.sorted() == ["IPaddr::10.0.0.10", "service1"])
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.20"])
+        #expect(harness.log("node1").contains("monitor of service1 failed (1 of 3 within 60.0 seconds)"))
+        #expect(harness.log("node1").contains("restarting service1 in place"))
+        #expect(harness.nodes["node1"]!.resources.counters.monitorRestarts == 1)
+        #expect(harness.nodes["node1"]!.resources.groupReports[0].recentMonitorFailures == 1)
+    }
+
+    /// A failure in the middle of a group restarts what follows it too, right to left, then left to right.
+    @Test func aRestartTakesTheResourcesAfterItAlong() {
+        let harness = bothUpMonitored()
+        harness.kill("IPaddr::10.0.0.10", on: "node1")
+        harness.run(for: .seconds(3))
+        #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "service1"])
+        let log = harness.log("node1")
+        #expect(log.contains("restarting IPaddr::10.0.0.10 in place, with the resources after it"))
+    }
+
+    /// The third failure within the window moves the group to the live peer, which starts it.
+    @Test func repeatedFailuresMoveTheGroupToThePeer() {
+        let harness = bothUpMonitored()
+        for _ in 0..<3 {
+            harness.kill("service1", on: "node1")
+            harness.run(for: .seconds(2))
+        }
+        harness.run(for: .seconds(2))
+        #expect(harness.holders(of: "service1") == ["node2"])
+        #expect(harness.holders(of: "IPaddr::10.0.0.10") == ["node2"])
+        #expect(harness.log("node1").contains("service1 failed 3 times within 60.0 seconds: moving IPaddr::10.0.0.10 to node2"))
+        #expect(harness.nodes["node1"]!.resources.counters.monitorFailovers == 1)
+    }
+
+    /// With no live peer the group has nowhere to go: at the third failure it stops here all the same (a node whose
+    /// resource keeps failing must not go on serving), and starts again once the failures have expired.
+    @Test func withoutALivePeerRepeatedFailuresStopTheGroupUntilTheyExpire() {
+        let harness = ClusterHarness(
+            groups: Self.groups,
+            monitor: MonitorPolicy(interval: .milliseconds(500), timeout: .seconds(1), failuresBeforeFailover: 3, failureWindow: .seconds(10)))
+        harness.boot("node1")
+        harness.boot("node2")
+        harness.run(for: .seconds(3))
+        harness.crash("node2")
+        harness.run(for: .seconds(3))
+        for _ in 0..<3 {
+            harness.kill("service1", on: "node1")
+            harness.run(for: .seconds(2))
+        }
+        #expect(!harness.running["node1"]!.contains("service1"))
+        #expect(!harness.running["node1"]!.contains("IPaddr::10.0.0.10"))
+        #expect(harness.log("node1").contains("stopping IPaddr::10.0.0.10 here (no live peer to move it to)"))
+        harness.run(for: .seconds(12))
+        #expect(harness.running["node1"]!.contains("service1"))
+        #expect(harness.log("node1").contains("the monitor failures of IPaddr::10.0.0.10 expired"))
+    }
+
+    /// A restarted node starts from the epoch it had seen (the daemon keeps it in its state folder): its next
+    /// acquisition is above it, never below a stale peer's copy.
+    @Test func aRestartedNodeAcquiresAboveTheEpochItHadSeen() {
+        var machine = ResourceManagerMachine(configuration: ResourceManagerConfiguration(
+            localNode: "node1", peerNode: "node2", groups: Self.groups, autoFailback: .off, initialEpoch: 7))
+        let now = MonotonicInstant(nanoseconds: 1_000_000_000)
+        _ = machine.start(now: now)
+        let actions = machine.peerStatusChanged(.dead, now: now)
+        #expect(machine.highestEpochSeen == 8)
+        #expect(actions.contains { if case .run(let operation, _, _) = $0 { operation.kind == .start } else { false } })
     }
 
     @Test func aFailedStartMovesTheGroupToThePeer() {

@@ -97,6 +97,9 @@ struct HeartbeatClusterTests {
         #expect(queries.standardOutput == "up\n")
         #expect(try lab.tandem(lab.node1, ["cl-status", "rscstatus"]).standardOutput == "local\n")
         #expect(try lab.tandem(lab.node1, ["cl-status", "listnodes"]).standardOutput == "node1\nnode2\n")
+        // The acquisition epochs seen (node1's initial acquisition, the moves since) are kept for the next start.
+        let epoch = try String(contentsOfFile: lab.node1.stateDirectory + "/acquisition_epoch", encoding: .utf8)
+        #expect((UInt64(epoch.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) >= 2, "\(epoch)")
     }
 
     @Test func oneLinkCutIsNoFailoverAllLinksCutIsSplitBrain() async throws {
@@ -138,6 +141,7 @@ struct HeartbeatClusterTests {
             case "$1" in
             start) [ "$TANDEM_NODE" = node1 ] && { echo "cannot start here"; exit 1; }; exit 0 ;;
             stop) if [ "$TANDEM_NODE" = node2 ] && [ ! -f "$HA_d/hung-once" ]; then touch "$HA_d/hung-once"; exec sleep 600; fi; exit 0 ;;
+            status) echo running ;;
             esac
             """)
         try await lab.start(lab.node1)

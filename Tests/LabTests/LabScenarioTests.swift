@@ -43,7 +43,7 @@ import Testing
     }
 
     func tandem(_ arguments: [String]) async throws -> ExternalCommand.Output {
-        try await ExternalCommand.runDetached(Self.executable, ["lab"] + arguments + layout.testOptions)
+        try await ExternalCommand.runDetached(Self.executable, ["lab"] + arguments + layout.commandLineOptions)
     }
 
     @Test func everyScenarioFailsOverWithoutLosingAnAcknowledgedCommit() async throws {
@@ -82,7 +82,12 @@ import Testing
                 #expect(report.replica?.contains("identical to the primary's") == true, "\(report.replica ?? "no replica report")")
                 #expect(report.faultToFirstCommitMilliseconds != nil, "no commit on \(report.to.rawValue) after the fault")
                 #expect(report.cluster.filter { $0.contains("holds VIP, /data/mysql, mariadbd") }.count == 1, "\(report.cluster)")
+                if !report.passed {
+                    lab.showLogs()
+                    Issue.record("logs after \(scenario.rawValue):\n\(transcript.text)")
+                }
             } catch {
+                lab.showLogs()
                 Issue.record("scenario \(scenario.rawValue): \(error)\n\(transcript.text)")
                 break
             }
@@ -107,8 +112,4 @@ import Testing
         #expect(noLab.status == 10)
         #expect(noLab.standardError.contains("no lab is up"), "\(noLab.standardError)")
     }
-}
-
-extension LabLayout {
-    var testOptions: [String] { ["--lab-dir", root, "--prefix", prefix, "--subnet-octet", String(subnetOctet)] }
 }

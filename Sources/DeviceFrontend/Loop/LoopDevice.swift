@@ -124,7 +124,9 @@ public struct LoopDevice: Sendable, Hashable, CustomStringConvertible {
 
     /// The tag recorded when the device was attached, or nil when nothing is attached or it cannot be read.
     public var tag: String? {
-        let fd = ctandem_open_loop_node(number, O_RDONLY | O_CLOEXEC)
+        // A plain open: reading a tag (of every loop device, when looking for ours) must not make nodes for
+        // devices that are not ours in a /dev without udev.
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var name = [CChar](repeating: 0, count: 64)

@@ -111,6 +111,16 @@ public struct HaConfig: Sendable, Equatable {
     public var resourceStopTimeout: Duration = .seconds(120)
     /// `stop_failure_action`: the last resort when a resource cannot be stopped after every retry.
     public var stopFailureAction: StopFailurePolicy = .stopHeartbeats
+    /// `monitor_interval`: how often each resource of a running group is checked (default 10 s; 0 turns
+    /// monitoring off, which is Heartbeat R1's behaviour).
+    public var monitorInterval: Duration = .seconds(10)
+    /// `monitor_timeout`: how long one check may take before it counts as failed (default 20 s).
+    public var monitorTimeout: Duration = .seconds(20)
+    /// `monitor_failures`: the failed check, counted within `monitor_failure_window`, that moves the group to the
+    /// peer instead of restarting it in place (default 3; 1 moves it at the first failure).
+    public var monitorFailures: Int = 3
+    /// `monitor_failure_window`: how long a failed check counts (default 10 min).
+    public var monitorFailureWindow: Duration = .seconds(600)
 
     // MARK: Fencing and watchdog
 

@@ -47,6 +47,7 @@ public enum HaCfParser {
         "record_config_changes", "record_pengine_inputs", "enable_config_writes",
         // Tandem's own.
         "resource_start_timeout", "resource_stop_timeout", "stop_failure_action",
+        "monitor_interval", "monitor_timeout", "monitor_failures", "monitor_failure_window",
     ]
 
     /// Directives that Heartbeat 3 knows and Tandem does not implement, with a hint where there is an alternative.
@@ -352,6 +353,13 @@ extension HaCfBuilder {
             config.resourceStartTimeout = try positiveTime(single(directive, expected: expectedTime))
         case "resource_stop_timeout":
             config.resourceStopTimeout = try positiveTime(single(directive, expected: expectedTime))
+        case "monitor_interval": config.monitorInterval = try time(single(directive, expected: expectedTime))
+        case "monitor_timeout": config.monitorTimeout = try positiveTime(single(directive, expected: expectedTime))
+        case "monitor_failure_window":
+            config.monitorFailureWindow = try positiveTime(single(directive, expected: expectedTime))
+        case "monitor_failures":
+            let field = try single(directive, expected: "a count from 1 to 100 such as 3")
+            config.monitorFailures = try integer(field, in: 1...100, what: "a count")
         case "max_rexmit_delay":
             // Heartbeat reads this one with atoi as milliseconds, not with its time syntax.
             let field = try single(directive, expected: "a delay in milliseconds such as 250")

@@ -69,7 +69,7 @@ public final class MySQLConnection {
         public var affectedRows: UInt64 = 0
     }
 
-    static let packetBytesMaximum = 16 * 1024 * 1024
+    static let packetBytesMaximum = 16 * 1024 * 1024 - 1
     static let resultRowsMaximum = 10_000_000
 
     private var socket: Int32
@@ -160,11 +160,12 @@ public final class MySQLConnection {
         static let protocol41: UInt32 = 0x200
         static let transactions: UInt32 = 0x2000
         static let secureConnection: UInt32 = 0x8000
-        static let multiResults: UInt32 = 0x20000
         static let pluginAuth: UInt32 = 0x80000
     }
 
     private static func authenticate(_ fd: Int32, handshake: inout [UInt8], options: Options) throws(MySQLError) -> MySQLConnection {
+        // A server that refuses at once (1040 too many connections, 1129 host blocked) greets with an error.
+        if handshake.first == 0xFF { throw serverError(handshake) }
         var reader = PacketReader(handshake)
         guard reader.byte() == 10 else { throw MySQLError(.protocolViolation, "not a protocol 10 handshake") }
         let version = reader.nulString()
@@ -182,8 +183,9 @@ public final class MySQLConnection {
         guard scramble.count >= 20, capabilities & Capability.protocol41 != 0 else {
             throw MySQLError(.protocolViolation, "the server (\(version)) offers no 4.1 authentication")
         }
+        // No CLIENT_MULTI_RESULTS: one statement, one result, which is all readResult reads.
         var flags = Capability.longPassword | Capability.longFlag | Capability.protocol41 | Capability.transactions
-            | Capability.secureConnection | Capability.multiResults | Capability.pluginAuth
+            | Capability.secureConnection | Capability.pluginAuth
         if options.database != nil { flags |= Capability.connectWithDatabase }
         var response: [UInt8] = []
         response.appendLittleEndian(flags)
@@ -316,7 +318,8 @@ public final class MySQLConnection {
     private static func readPacket(_ fd: Int32, expectedSequence: UInt8) throws(MySQLError) -> (payload: [UInt8], sequence: UInt8) {
         let header = try readExactly(fd, 4)
         let length = Int(header[0]) | Int(header[1]) << 8 | Int(header[2]) << 16
-        guard length < packetBytesMaximum else { throw MySQLError(.protocolViolation, "packet of \(length) bytes is too big") }
+        // 0xFFFFFF means the payload continues in the next packet: results that large are not read here.
+        guard length < 0xFF_FFFF else { throw MySQLError(.protocolViolation, "a payload split over several packets is not supported") }
         guard header[3] == expectedSequence else {
             throw MySQLError(.protocolViolation, "packet sequence \(header[3]), expected \(expectedSequence)")
         }
