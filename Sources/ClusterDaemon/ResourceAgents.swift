@@ -116,15 +116,6 @@ struct ResourceAgents: Sendable {
     }
 }
 
-/// Runs a tool (`ip`, `mount`, `arping`) found on the search path, bounded by the operation's deadline.
-extension Tool {
-    static let ip = Tool(name: "ip", debianPackage: "iproute2")
-    static let arping = Tool(name: "arping", debianPackage: "iputils-arping")
-    static let mount = Tool(name: "mount", debianPackage: "mount")
-    static let umount = Tool(name: "umount", debianPackage: "mount")
-    static let fsck = Tool(name: "fsck", debianPackage: "util-linux")
-    static let dd = Tool(name: "dd", debianPackage: "coreutils")
-}
 
 extension Result where Failure == ToolError {
     var outcome: OperationOutcome {

@@ -46,3 +46,13 @@ public struct ToolError: Error, Sendable, CustomStringConvertible {
     public var description: String
     public init(_ description: String) { self.description = description }
 }
+
+/// The system tools the daemons and the lab use.
+extension Tool {
+    public static let ip = Tool(name: "ip", debianPackage: "iproute2")
+    public static let arping = Tool(name: "arping", debianPackage: "iputils-arping")
+    public static let mount = Tool(name: "mount", debianPackage: "mount")
+    public static let umount = Tool(name: "umount", debianPackage: "mount")
+    public static let fsck = Tool(name: "fsck", debianPackage: "util-linux")
+    public static let dd = Tool(name: "dd", debianPackage: "coreutils")
+}

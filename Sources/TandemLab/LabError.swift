@@ -32,7 +32,7 @@ public struct LabError: Error, Sendable, CustomStringConvertible {
 
 /// The external programs the lab uses, found on the search path.
 enum LabTool {
-    static let ip = Tool(name: "ip", debianPackage: "iproute2")
+    static let ip = Tool.ip
     static let nsenter = Tool(name: "nsenter", debianPackage: "util-linux")
     static let unshare = Tool(name: "unshare", debianPackage: "util-linux")
     static let setsid = Tool(name: "setsid", debianPackage: "util-linux")
@@ -40,7 +40,7 @@ enum LabTool {
     static let installDatabase = Tool(name: "mariadb-install-db", debianPackage: "mariadb-server")
     static let mariadbd = Tool(name: "mariadbd", debianPackage: "mariadb-server")
     static let mariadb = Tool(name: "mariadb", debianPackage: "mariadb-client")
-    static let arping = Tool(name: "arping", debianPackage: "iputils-arping")
+    static let arping = Tool.arping
 
     static let required = [ip, nsenter, unshare, setsid, mkfsExt4, installDatabase, mariadbd, mariadb, arping]
 

@@ -50,10 +50,10 @@ public struct ScenarioReport: Sendable {
 
     public var passed: Bool { problems.isEmpty && verdict?.passed == true }
 
-    /// From the fault to the first commit on the new node, when it happened.
+    /// From the fault to the first commit on the serving node, when it happened.
     public var faultToFirstCommitMilliseconds: Int64? { timeline.first { $0.label == Self.firstCommit }?.millisecondsAfterFault }
 
-    static let firstCommit = "first commit on the new node"
+    static let firstCommit = "first commit on the serving node"
 
     public func lines() -> [String] {
         var text = ["scenario \(scenario.rawValue): \(scenario.summary)", "  from \(from.rawValue) to \(to.rawValue)"]
