@@ -126,7 +126,6 @@ extension Lab {
                 workload.snapshot.filter { $0.outcome == .acknowledged }.count >= 20
             }
         } catch {
-            try? workload.stop()
             throw LabError(.failed, "the workload cannot commit before the fault: \(workload.eventLog.last?.text ?? error.message)")
         }
 
@@ -153,7 +152,7 @@ extension Lab {
         if !loadThroughHeal { try workload.stop() }
         let operationsBeforeHeal = workload.snapshot
 
-        // The timeline, from the new node's log and the workload.
+        // The timeline, from the serving node's log and the workload.
         for (label, fragment) in takeoverSteps {
             if let line = follower.first(target, containing: fragment, after: faultAt) {
                 report.timeline.append((label, line.unixMilliseconds - faultAt))
