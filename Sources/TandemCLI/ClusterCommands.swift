@@ -217,7 +217,10 @@ enum ClusterStatusText {
             let place = ["running", "starting", "stopping", "stop-failed"].contains(group.state)
                 ? "here" : group.heldByPeer ? "on the peer" : "nowhere"
             var line = "group \(group.key) (prefers \(group.preferredNode)): \(place), \(group.state) here, \(group.resourcesStarted)/\(group.resources.count) started"
-            if group.failedHere { line += ", its start failed here" }
+            if group.failedHere { line += ", failed here (left to the peer until an operator moves it, the peer dies or its monitor failures expire)" }
+            if let failures = group.recentMonitorFailures, failures > 0 {
+                line += "; \(failures) monitor failure\(failures == 1 ? "" : "s") within the window, last: \(group.lastMonitorFailure ?? "?")"
+            }
             lines.append(line)
         }
         let interesting = status.counters.filter { $0.value > 0 }.sorted { $0.key < $1.key }
