@@ -260,7 +260,7 @@ public struct Lab: Sendable {
         for daemon in ["heartbeatd", "replicad"] { machines.stopDaemons(daemon, on: LabHost.nodes, within: .seconds(60)) }
         for host in LabHost.allCases where machines.isRunning(host) {
             do throws(LabError) {
-                let count = try machines.powerOff(host)
+                let count = try powerOff(host)
                 say("\(host.rawValue): powered off (\(count) processes)")
             } catch {
                 problems.append(error.message)
@@ -271,7 +271,6 @@ public struct Lab: Sendable {
             kill(pid, SIGKILL)
             say("a machine that never finished booting (init pid \(pid)): killed")
         }
-        problems += detachLoopDevices()
         problems += network.delete()
         if state?.createdDataDirectory == true, rmdir("/data") != 0, errno != ENOENT {
             problems.append("cannot remove /data, which the lab made: \(String(cString: strerror(errno)))")
@@ -291,23 +290,28 @@ public struct Lab: Sendable {
         return problems
     }
 
-    /// Loop devices a node's replicad left attached when its machine was powered off while Primary.
-    func detachLoopDevices() -> [String] {
-        var problems: [String] = []
-        for node in LabHost.nodes {
-            let tag = BlockDevicePaths.loopTag(
-                nodeName: node.rawValue, backingDisk: layout.diskImage(node), runDirectory: "/run/tandem", resourceName: LabLayout.resourceName)
-            for loop in LoopDevice.attached(taggedWith: tag) {
-                // Once the machine's mount namespace is gone the kernel releases the file system; give it a moment.
-                var detached = false
-                for _ in 0..<100 where !detached {
-                    detached = (try? loop.detach()) != nil
-                    if !detached { usleep(50_000) }
-                }
-                if !detached { problems.append("\(loop.path) (\(node.rawValue)'s device) is still in use and stays attached") }
+    /// The loop tag of a node's device (see `BlockDevicePaths.loopTag`).
+    func loopTag(_ node: LabHost) -> String {
+        BlockDevicePaths.loopTag(
+            nodeName: node.rawValue, backingDisk: layout.diskImage(node), runDirectory: "/run/tandem", resourceName: LabLayout.resourceName)
+    }
+
+    /// Power loss of a machine, and then of its block device: a node that was Primary leaves its loop device
+    /// attached to a FUSE file whose server died with it. The kernel can no longer report such a device's tag (its
+    /// status needs the dead file), so it is found while the node still runs and detached once the machine is gone.
+    func powerOff(_ host: LabHost) throws(LabError) -> Int {
+        let loops = host.isClusterNode ? LoopDevice.attached(taggedWith: loopTag(host)) : []
+        let count = try machines.powerOff(host)
+        for loop in loops {
+            // The file system on it goes with the machine's mount namespace, a moment after its last process.
+            var detached = false
+            for _ in 0..<100 where !detached {
+                detached = (try? loop.detach()) != nil
+                if !detached { usleep(50_000) }
             }
+            if !detached { throw LabError(.failed, "\(loop.path) (\(host.rawValue)'s device) is still in use and stays attached") }
         }
-        return problems
+        return count
     }
 
     // MARK: helpers

@@ -247,7 +247,7 @@ extension Lab {
         switch scenario {
         case .killNode:
             try network.setLinks(node, up: false)
-            let count = try machines.powerOff(node)
+            let count = try powerOff(node)
             say("    \(node.rawValue): \(count) processes killed, links down")
         case .freezeNode:
             let count = machines.freeze(node)

@@ -94,7 +94,9 @@ public struct LoopDevice: Sendable, Hashable, CustomStringConvertible {
     /// holds a new device for a moment), that mark is cleared again, since a device vanishing later under whoever
     /// holds it would be worse, and `busy` is thrown.
     public func detach() throws(LoopError) {
-        let fd = ctandem_open_loop_node(number, O_RDWR | O_CLOEXEC)
+        // O_NONBLOCK: a plain open of a loop device whose FUSE server is gone fails with ENOTCONN (the block layer
+        // touches the backing file), which would leave exactly the devices that most need detaching.
+        let fd = ctandem_open_loop_node(number, O_RDWR | O_CLOEXEC | O_NONBLOCK)
         guard fd >= 0 else {
             if errno == ENOENT || errno == ENXIO { return }
             throw LoopError(.failed, "cannot open \(path) to detach it: \(String(cString: strerror(errno)))")
@@ -110,7 +112,7 @@ public struct LoopDevice: Sendable, Hashable, CustomStringConvertible {
             if backingFile == nil { return }
             usleep(10_000)
         }
-        let again = ctandem_open_loop_node(number, O_RDWR | O_CLOEXEC)
+        let again = ctandem_open_loop_node(number, O_RDWR | O_CLOEXEC | O_NONBLOCK)
         if again >= 0 {
             _ = ctandem_loop_clear_autoclear(again)
             close(again)
@@ -126,7 +128,7 @@ public struct LoopDevice: Sendable, Hashable, CustomStringConvertible {
     public var tag: String? {
         // A plain open: reading a tag (of every loop device, when looking for ours) must not make nodes for
         // devices that are not ours in a /dev without udev.
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)  // See detach(): a dead backing file must not hide it.
         guard fd >= 0 else { return nil }
         defer { close(fd) }
         var name = [CChar](repeating: 0, count: 64)
