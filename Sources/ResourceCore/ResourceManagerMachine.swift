@@ -23,9 +23,9 @@ import MembershipCore
 /// - With monitoring, each resource of a running group is checked every interval; a failed check restarts it in
 ///   place (with the resources after it), and repeated failures within the window move the group to the peer.
 /// - If both nodes hold a group (a healed partition, a hung node that woke up), the one that acquired it earlier
-///   releases it: the other took it over because it believed this one dead, and has served it since. Acquisition
-///   epochs (Tandem's `epoch` field) order the two; when they are equal or the peer sends none (Heartbeat), the
-///   node that is not the group's preferred node releases it.
+///   releases it: the other took it over because it believed this one dead, and has served it since. Per-group
+///   acquisition epochs (Tandem's `epochs` field) order the two; when they are equal or the peer sends none
+///   (Heartbeat), the node that is not the group's preferred node releases it.
 public struct ResourceManagerMachine: Sendable {
     public let configuration: ResourceManagerConfiguration
     public private(set) var phase: Phase = .notStarted
@@ -687,8 +687,9 @@ public struct ResourceManagerMachine: Sendable {
     private mutating func monitorFailed(
         _ operation: ResourceOperation, detail: String, now: MonotonicInstant, into actions: inout [ResourceAction]
     ) {
-        guard let policy = configuration.monitor else { return }
         let index = operation.group
+        // A check that was in flight when the group was released (standby, takeover) says nothing any more.
+        guard let policy = configuration.monitor, groups[index].wanted else { return }
         let name = configuration.groups[index].resources[operation.resource]
         counters.monitorFailures += 1
         groups[index].failureTimes = groups[index].failureTimes.filter { now - $0 < policy.failureWindow } + [now]
