@@ -100,14 +100,7 @@ struct LabConfigFiles {
     var deviceMyCnf: String {
         """
         # /data/mysql/my.cnf: MariaDB's configuration, on the replicated device (seed 001)
-        [client]
-        port                           = \(LabLayout.mysqlPort)
-        socket                         = /run/mysqld/mysqld.sock
-
-        [mysqld]
-        port                           = \(LabLayout.mysqlPort)
-        socket                         = /run/mysqld/mysqld.sock
-        bind-address                   = 0.0.0.0
+        \(Self.socketAndPort)
         datadir                        = \(LabLayout.mountPoint)
         pid-file                       = /run/mysqld/mysqld.pid
         user                           = mysql
@@ -131,9 +124,8 @@ struct LabConfigFiles {
         """
     }
 
-    /// The replica's own my.cnf (on its local disk): a different server id, relay logs made crash-safe.
-    static let replicaMyCnf = """
-        # /etc/mysql/my.cnf of the lab's replica
+    /// What the nodes' and the replica's my.cnf share: where clients and the server meet.
+    static let socketAndPort = """
         [client]
         port                           = \(LabLayout.mysqlPort)
         socket                         = /run/mysqld/mysqld.sock
@@ -142,6 +134,12 @@ struct LabConfigFiles {
         port                           = \(LabLayout.mysqlPort)
         socket                         = /run/mysqld/mysqld.sock
         bind-address                   = 0.0.0.0
+        """
+
+    /// The replica's own my.cnf (on its local disk): a different server id, relay logs made crash-safe.
+    static let replicaMyCnf = """
+        # /etc/mysql/my.cnf of the lab's replica
+        \(Self.socketAndPort)
         datadir                        = /var/lib/mysql
         pid-file                       = /run/mysqld/mysqld.pid
         user                           = mysql

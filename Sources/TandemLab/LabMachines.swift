@@ -5,6 +5,7 @@ import Glibc
 import Musl
 #endif
 import DaemonSupport
+import DeviceFrontend
 import Foundation
 
 /// The lab's machines as processes: booting one (its init, see `MachineInit`), running commands in it, listing,
@@ -84,8 +85,7 @@ struct LabMachines {
     /// This lab's machine-inits that wrote no init.pid (a boot that never finished), by their command lines.
     func unreadyInits() -> [pid_t] {
         let ready = Set(LabHost.allCases.compactMap(initPID))
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        return entries.compactMap { pid_t($0) }.filter { !ready.contains($0) && isInit($0, of: nil) }
+        return MountTable.processIDs().filter { !ready.contains($0) && isInit($0, of: nil) }
     }
 
     func isRunning(_ host: LabHost) -> Bool { initPID(host) != nil }
@@ -93,8 +93,7 @@ struct LabMachines {
     /// Every process of the machine (its PID namespace), init included.
     func processes(_ host: LabHost) -> [pid_t] {
         guard let initPID = initPID(host), let namespace = Self.pidNamespace(of: initPID) else { return [] }
-        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
-        return entries.compactMap { pid_t($0) }.filter { Self.pidNamespace(of: $0) == namespace }.sorted()
+        return MountTable.processIDs().filter { Self.pidNamespace(of: $0) == namespace }
     }
 
     static func pidNamespace(of pid: pid_t) -> String? {

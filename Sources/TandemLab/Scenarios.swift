@@ -136,14 +136,13 @@ extension Lab {
             // Failures within the window are restarted in place until the configured count moves the group (earlier
             // failures within the window, such as kill-mysqld's, count too): kill again after each restart.
             for round in 1..<LabConfigFiles.monitorFailures {
-                guard let node = waitForCommitOnEither(after: faultAt, timeout: .seconds(60), workload), node == active else { break }
+                guard waitForCommit(after: faultAt, timeout: .seconds(60), workload) == active else { break }
                 say("    failure \(round) restarted in place on \(active.rawValue); killing mariadbd again")
                 faultAt = Workload.unixMilliseconds()
                 try inject(scenario, on: active)
             }
         }
-        let recovered = waitForCommit(on: target, after: faultAt, timeout: .seconds(120), workload)
-        if !recovered { report.problems.append("no commit on \(target.rawValue) within the time allowed after the fault") }
+        if waitForCommit(on: target, after: faultAt, timeout: .seconds(120), workload) == nil { report.problems.append("no commit on \(target.rawValue) within the time allowed after the fault") }
         usleep(useconds_t(clamping: loadAfterRecovery.wholeMilliseconds * 1000))
         // The load runs on through the heal where a node that was cut off or frozen comes back: there a client could
         // be told of a commit that the split-brain recovery then discards. Elsewhere it stops now (a node that boots
@@ -218,29 +217,19 @@ extension Lab {
         return report
     }
 
-    /// The node of the first commit after `after`, on either node.
-    private func waitForCommitOnEither(after: Int64, timeout: Duration, _ workload: Workload) -> LabHost? {
+    /// The node of the latest acknowledged commit after `after` (on `node` only, when given), waiting for one up to
+    /// `timeout`; nil when none came.
+    private func waitForCommit(on node: LabHost? = nil, after: Int64, timeout: Duration, _ workload: Workload) -> LabHost? {
         let deadline = DaemonClock.now + timeout
         while DaemonClock.now < deadline {
-            if let commit = workload.snapshot.last(where: { $0.outcome == .acknowledged && $0.unixMilliseconds >= after }) {
+            if let commit = workload.snapshot.last(where: {
+                $0.outcome == .acknowledged && $0.unixMilliseconds >= after && (node == nil || $0.node == node?.rawValue)
+            }) {
                 return commit.node.flatMap(LabHost.init(rawValue:))
             }
             usleep(20_000)
         }
         return nil
-    }
-
-    private func waitForCommit(on node: LabHost, after: Int64, timeout: Duration, _ workload: Workload) -> Bool {
-        let deadline = DaemonClock.now + timeout
-        while DaemonClock.now < deadline {
-            if workload.snapshot.reversed().contains(where: {
-                $0.outcome == .acknowledged && $0.node == node.rawValue && $0.unixMilliseconds >= after
-            }) {
-                return true
-            }
-            usleep(20_000)
-        }
-        return false
     }
 
     private func inject(_ scenario: LabScenario, on node: LabHost) throws(LabError) {
