@@ -50,11 +50,13 @@ let package = Package(
         ),
         // Heartbeat R1's resource ownership: who runs which group, ordered start and stop, standby and takeover.
         .target(name: "ResourceCore", dependencies: ["CoreSupport", "MembershipCore"], swiftSettings: strictSettings),
+        // STONITH: a lost peer is fenced before anything it ran is taken over.
+        .target(name: "FencingCore", dependencies: ["CoreSupport", "MembershipCore"], swiftSettings: strictSettings),
 
         // Drivers that interpret the cores' actions over small environment protocols.
         .target(
             name: "TandemDrivers",
-            dependencies: ["ReplicationCore", "MembershipCore", "ResourceCore", "TandemConfig"],
+            dependencies: ["ReplicationCore", "MembershipCore", "ResourceCore", "FencingCore", "TandemConfig"],
             swiftSettings: optimisedSettings
         ),
         // Production transports (SwiftNIO) for replication and heartbeats.
@@ -122,6 +124,7 @@ let package = Package(
                 "MembershipCore",
                 "ReplicationDaemon",
                 "ResourceCore",
+                "FencingCore",
                 "TandemConfig",
                 "TandemDrivers",
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -200,7 +203,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ClusterCoreTests",
-            dependencies: ["CoreSupport", "MembershipCore", "ResourceCore", "TandemDrivers", "TandemConfig"],
+            dependencies: ["CoreSupport", "MembershipCore", "ResourceCore", "FencingCore", "TandemDrivers", "TandemConfig"],
             swiftSettings: strictSettings
         ),
         .testTarget(

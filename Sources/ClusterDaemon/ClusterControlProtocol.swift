@@ -96,6 +96,8 @@ public struct ClusterStatusReport: Codable, Sendable {
     public var resourcesHeld: String
     public var phase: String
     public var exchange: String?
+    /// STONITH towards the peer (armed, waiting, running, failed, fenced); nil without a fence device.
+    public var fencing: String?
     public var generation: UInt64
     public var peers: [Peer]
     public var groups: [Group]

@@ -5,6 +5,7 @@ import Musl
 #endif
 import CoreSupport
 import DaemonSupport
+import FencingCore
 import Foundation
 import MembershipCore
 import ResourceCore
@@ -41,9 +42,10 @@ public final class ClusterDaemon: Sendable {
     /// Starts the cluster thread and the links' receivers.
     func start() {
         let environment = DaemonClusterEnvironment(
-            links: links, mailbox: mailbox, agents: agents, log: log, groups: plan.groups)
+            links: links, mailbox: mailbox, agents: agents, log: log, groups: plan.groups, fenceDevices: plan.fenceDevices)
         let membership = plan.membershipConfiguration(generation: generation, randomSeed: UInt64.random(in: .min ... .max))
         let resources = plan.resourceConfiguration(initialEpoch: epoch.initial)
+        let stonith = plan.stonithPolicy()
         let epochFile = epoch.file
         let keys = plan.authkeys
         let mailbox = self.mailbox
@@ -55,7 +57,7 @@ public final class ClusterDaemon: Sendable {
         let handle = DaemonThread.start(name: "heartbeatd") {
             var node = ClusterNode(
                 membership: membership, resources: resources, authenticator: MessageAuthenticator(keys: keys),
-                environment: environment)
+                environment: environment, stonith: stonith)
             var keysWatcher = AuthkeysWatcher(path: authkeysPath)
             var persistedEpoch = resources.initialEpoch
             node.start(now: DaemonClock.now)
@@ -69,6 +71,9 @@ public final class ClusterDaemon: Sendable {
                     case .operationFinished(let operation, let outcome):
                         environment.operationEnded(operation)
                         node.operationFinished(operation, outcome: outcome, now: now)
+                    case .fenceFinished(let outcome):
+                        environment.fenceEnded()
+                        node.fenceAgentFinished(outcome, now: now)
                     case .admin(let request, let reply):
                         reply(Self.answer(request, node: &node, environment: environment, now: now))
                     case .shutdown:
@@ -133,14 +138,19 @@ public final class ClusterDaemon: Sendable {
 
     static func report(_ node: ClusterNode<DaemonClusterEnvironment>, environment: DaemonClusterEnvironment) -> ClusterStatusReport {
         var counters: [String: UInt64] = [:]
-        for source in [Mirror(reflecting: node.membership.counters), Mirror(reflecting: node.wireCounters), Mirror(reflecting: node.resources.counters)] {
+        let sources = [
+            Mirror(reflecting: node.membership.counters), Mirror(reflecting: node.wireCounters),
+            Mirror(reflecting: node.resources.counters), Mirror(reflecting: node.fencing?.counters ?? FencingCounters()),
+        ]
+        for source in sources {
             for child in source.children { if let name = child.label, let value = child.value as? UInt64 { counters[name] = value } }
         }
         return ClusterStatusReport(
             node: node.membership.configuration.localNode,
             status: environment.isSilenced ? "halted" : node.membership.localStatus.rawValue,
             resourcesHeld: node.resources.heldSummary, phase: node.resources.phase.rawValue,
-            exchange: node.resources.exchangeDescription, generation: node.membership.configuration.generation,
+            exchange: node.resources.exchangeDescription, fencing: node.fencing?.summary(now: DaemonClock.now),
+            generation: node.membership.configuration.generation,
             peers: node.membership.peerReports.map { peer in
                 ClusterStatusReport.Peer(
                     name: peer.name, status: peer.status.rawValue,
@@ -166,17 +176,23 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
     let agents: ResourceAgents
     let log: ClusterLog
     let groups: [ResourceGroup]
+    let fenceDevices: [ClusterPlan.FenceDevice]
     private(set) var isFinished = false
     /// Set by the stop-heartbeats last resort: nothing more is sent or acted on.
     private(set) var isSilenced = false
     private var operationThreads: [ResourceOperation: DaemonThread] = [:]
+    private var fenceThread: DaemonThread?
 
-    init(links: [HeartbeatLink], mailbox: ClusterMailbox, agents: ResourceAgents, log: ClusterLog, groups: [ResourceGroup]) {
+    init(
+        links: [HeartbeatLink], mailbox: ClusterMailbox, agents: ResourceAgents, log: ClusterLog, groups: [ResourceGroup],
+        fenceDevices: [ClusterPlan.FenceDevice]
+    ) {
         self.links = links
         self.mailbox = mailbox
         self.agents = agents
         self.log = log
         self.groups = groups
+        self.fenceDevices = fenceDevices
     }
 
     func transmit(_ datagram: [UInt8]) {
@@ -202,6 +218,21 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
         operationThreads.removeValue(forKey: operation)?.join()
     }
 
+    func runFenceAgent(target: String, action: FenceAction, timeout: Duration) {
+        precondition(fenceThread == nil, "a fence agent is already running against \(target)")
+        let devices = fenceDevices
+        let mailbox = self.mailbox
+        let log = self.log
+        fenceThread = DaemonThread.start(name: "hb-stonith") {
+            mailbox.post(.fenceFinished(FenceAgentRunner.fence(target, action: action, devices: devices, timeout: timeout, log: log)))
+        }
+    }
+
+    func fenceEnded() {
+        fenceThread?.join()
+        fenceThread = nil
+    }
+
     func log(_ level: LogLevel, _ message: String) { log.log(level, message) }
 
     func lastResort(_ action: StopFailureAction, reason: String) {
@@ -224,6 +255,7 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
     func finish() {
         for thread in operationThreads.values { thread.join() }
         operationThreads.removeAll()
+        fenceEnded()
     }
 
     var wallClockSeconds: UInt64 { UInt64(time(nil)) }
@@ -242,6 +274,7 @@ final class ClusterMailbox: @unchecked Sendable {
     enum Message: Sendable {
         case datagram([UInt8], link: Int)
         case operationFinished(ResourceOperation, OperationOutcome)
+        case fenceFinished(FenceOutcome)
         case admin(ClusterControlRequest, reply: @Sendable (ClusterControlResponse) -> Void)
         case shutdown
     }

@@ -4,6 +4,7 @@ import Glibc
 import Musl
 #endif
 import DaemonSupport
+import FencingCore
 import Foundation
 import MembershipCore
 import ResourceCore
@@ -21,6 +22,19 @@ public struct ClusterPlan: Sendable {
     public var authkeysPath: String
     /// The haresources groups, each resource as parsed.
     public var groups: [ResourceGroup]
+    /// The fence devices this node uses against its peer (its own `stonith_host` lines, then the `*` ones), with
+    /// each agent's absolute path; empty without STONITH.
+    public var fenceDevices: [FenceDevice]
+
+    /// A `stonith_host` line resolved for this node.
+    public struct FenceDevice: Sendable {
+        public var agentPath: String
+        public var parameters: [StonithDevice.Parameter]
+    }
+
+    /// Between failed fence attempts: often enough to finish soon after a device comes back, rarely enough not to
+    /// hammer a power switch that is down.
+    static let fenceRetryInterval: Duration = .seconds(5)
 
     /// Reads ha.cf, authkeys and haresources from `configDirectory` and checks them for this node. Any error is
     /// reported with its file:line:column and nothing starts.
@@ -82,6 +96,10 @@ public struct ClusterPlan: Sendable {
                 "\(path(ConfigDirectory.haConfigFileName)): no heartbeat medium left for this node (every ucast line points at one of its own addresses?)",
                 exitCode: 1)
         }
+        let fenceDevices = try resolveFenceDevices(haConfig, localNode: localNode, nodes: nodes)
+        if fenceDevices.isEmpty, let peer = peers.first {
+            warnings.append("no STONITH device for \(localNode) (stonith_host): if \(peer) stops answering while it still runs, both nodes may run the resources")
+        }
         if haConfig.autoFailback == .legacy {
             warnings.append("auto_failback legacy is run as 'on'; set auto_failback on or off explicitly")
         }
@@ -89,9 +107,39 @@ public struct ClusterPlan: Sendable {
             ClusterPlan(
                 localNode: localNode, peerNode: peers.first, configDirectory: configDirectory, links: links,
                 haConfig: haConfig, authkeys: authkeys, authkeysPath: path(ConfigDirectory.authkeysFileName),
-                groups: haresources.groups),
+                groups: haresources.groups, fenceDevices: fenceDevices),
             warnings
         )
+    }
+
+    /// The `stonith_host` lines for `localNode`, their agents found and executable.
+    private static func resolveFenceDevices(
+        _ haConfig: HaConfig, localNode: String, nodes: [String]
+    ) throws(DaemonStartError) -> [FenceDevice] {
+        for line in haConfig.stonithHosts {
+            if let host = line.value.fromHost, !nodes.contains(where: { $0.lowercased() == host.lowercased() }) {
+                throw DaemonStartError("\(line.location): stonith_host names '\(host)', which is not a node of ha.cf (\(nodes.joined(separator: ", ")))", exitCode: 1)
+            }
+        }
+        let devices = haConfig.stonithDevices(for: localNode)
+        if devices.isEmpty, let first = haConfig.stonithHosts.first {
+            throw DaemonStartError("\(first.location): ha.cf has stonith_host lines, but none for this node (\(localNode)) or '*': this node could not fence its peer", exitCode: 1)
+        }
+        return try devices.map { device throws(DaemonStartError) in
+            let candidates = device.agent.hasPrefix("/")
+                ? [device.agent] : ChildProcess.searchPath.split(separator: ":").map { "\($0)/\(device.agent)" }
+            guard let path = candidates.first(where: { access($0, X_OK) == 0 }) else {
+                throw DaemonStartError("fence agent '\(device.agent)' (stonith_host) is not an executable file\(device.agent.hasPrefix("/") ? "" : " in \(ChildProcess.searchPath)")", exitCode: 1)
+            }
+            return FenceDevice(agentPath: path, parameters: device.parameters)
+        }
+    }
+
+    func stonithPolicy() -> StonithPolicy? {
+        guard !fenceDevices.isEmpty else { return nil }
+        return StonithPolicy(
+            action: haConfig.stonithAction == .reboot ? .reboot : .off, delayWhenIdle: haConfig.stonithDelay,
+            agentTimeout: haConfig.stonithTimeout, retryInterval: Self.fenceRetryInterval)
     }
 
     func membershipConfiguration(generation: UInt64, randomSeed: UInt64) -> MembershipConfiguration {

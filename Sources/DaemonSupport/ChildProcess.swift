@@ -9,7 +9,7 @@ import CoreSupport
 /// Runs external programs for the daemons (DRBD handlers, resource agents, `ip`, `mount`), bounded in time.
 ///
 /// Each child gets a process group of its own, so that a time-out reaches everything it started: SIGTERM to the
-/// group at the deadline, SIGKILL `killGrace` later. Standard input is /dev/null; signal mask and dispositions are
+/// group at the deadline, SIGKILL `killGrace` later. Standard input is /dev/null or a small input; signal mask and dispositions are
 /// reset. `run` blocks its caller: call it only from a dedicated thread.
 public enum ChildProcess {
     /// How often a waiting caller checks on the child.
@@ -48,9 +48,11 @@ public enum ChildProcess {
     }
 
     /// Starts `arguments[0]` (an absolute path) and waits for it, at most `timeout` plus `killGrace`.
+    /// `input`, when given, is the child's standard input (at most `inputBytesMaximum`, so that it fits the pipe
+    /// and is written without blocking).
     public static func run(
         _ arguments: [String], environment: [String: String], timeout: Duration, killGrace: Duration = .seconds(5),
-        output: Output = .capture
+        output: Output = .capture, input: [UInt8]? = nil
     ) -> Result<Outcome, SpawnError> {
         var pipeEnds: [Int32] = [-1, -1]
         if output == .capture {
@@ -61,10 +63,28 @@ public enum ChildProcess {
             _ = fcntl(pipeEnds[0], F_SETFL, fcntl(pipeEnds[0], F_GETFL) | O_NONBLOCK)
         }
         defer { for end in pipeEnds where end >= 0 { close(end) } }
+        var inputEnds: [Int32] = [-1, -1]
+        if let input {
+            precondition(input.count <= inputBytesMaximum, "child input of \(input.count) bytes > \(inputBytesMaximum)")
+            guard ctandem_pipe_cloexec(&inputEnds) == 0 else { return .failure(SpawnError(errnoValue: errno)) }
+        }
+        defer { for end in inputEnds where end >= 0 { close(end) } }
         let pid: pid_t
-        switch spawn(arguments, environment: environment, outputDescriptor: output == .capture ? pipeEnds[1] : nil) {
+        switch spawn(
+            arguments, environment: environment, outputDescriptor: output == .capture ? pipeEnds[1] : nil,
+            inputDescriptor: input == nil ? nil : inputEnds[0])
+        {
         case .success(let spawned): pid = spawned
         case .failure(let error): return .failure(error)
+        }
+        if let input {
+            close(inputEnds[0])
+            inputEnds[0] = -1
+            // Fits the empty pipe, so this does not block. A child that exits without reading makes the write fail
+            // with EPIPE, which only means it did not want its input.
+            writeWithoutSIGPIPE(inputEnds[1], input)
+            close(inputEnds[1])
+            inputEnds[1] = -1
         }
         if pipeEnds[1] >= 0 {
             close(pipeEnds[1])
@@ -114,10 +134,30 @@ public enum ChildProcess {
         }
     }
 
+    /// Writes to a pipe with SIGPIPE blocked on this thread, and takes back the SIGPIPE a closed reader raises, so
+    /// that it cannot end the daemon (whose other threads may not ignore it).
+    private static func writeWithoutSIGPIPE(_ fd: Int32, _ bytes: [UInt8]) {
+        var pipeSignal = sigset_t()
+        sigemptyset(&pipeSignal)
+        sigaddset(&pipeSignal, SIGPIPE)
+        var previous = sigset_t()
+        pthread_sigmask(SIG_BLOCK, &pipeSignal, &previous)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        if written < 0 && errno == EPIPE {
+            var noWait = timespec(tv_sec: 0, tv_nsec: 0)
+            _ = sigtimedwait(&pipeSignal, nil, &noWait)
+        }
+        pthread_sigmask(SIG_SETMASK, &previous, nil)
+    }
+
+    /// The most a child may be given on its standard input by `run`: the smallest pipe capacity.
+    public static let inputBytesMaximum = 4096
+
     /// posix_spawn in a process group of its own, with default signal handling and mask and standard input from
-    /// /dev/null; output to `outputDescriptor` when given, else inherited.
+    /// `inputDescriptor` (else /dev/null); output to `outputDescriptor` when given, else inherited.
     public static func spawn(
-        _ arguments: [String], environment: [String: String], outputDescriptor: Int32? = nil
+        _ arguments: [String], environment: [String: String], outputDescriptor: Int32? = nil,
+        inputDescriptor: Int32? = nil
     ) -> Result<pid_t, SpawnError> {
         precondition(arguments.first?.hasPrefix("/") == true, "spawn needs an absolute path, not \(arguments)")
         var attributes = posix_spawnattr_t()
@@ -136,7 +176,11 @@ public enum ChildProcess {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        if let inputDescriptor {
+            posix_spawn_file_actions_adddup2(&actions, inputDescriptor, 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
         if let outputDescriptor {
             posix_spawn_file_actions_adddup2(&actions, outputDescriptor, 1)
             posix_spawn_file_actions_adddup2(&actions, outputDescriptor, 2)

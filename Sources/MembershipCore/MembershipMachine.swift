@@ -221,6 +221,11 @@ public struct MembershipMachine: Sendable {
         }
     }
 
+    /// Whether `node` sent `shutdone` in its current incarnation: it released everything before it went.
+    public func hasAnnouncedShutdown(_ node: String) -> Bool {
+        peers[Self.key(node)]?.shutDown == true
+    }
+
     public func status(of node: String) -> NodeStatus? {
         if Self.key(node) == Self.key(configuration.localNode) { return localStatus }
         return peers[Self.key(node)]?.status

@@ -357,6 +357,9 @@ public struct ResourceManagerMachine: Sendable {
 
     public var exchangeDescription: String? { exchange?.description }
 
+    /// Whether any group is wanted or (possibly) partly started here: the node a STONITH race should favour.
+    public var holdsAnyGroup: Bool { groups.contains(where: \.isHeld) }
+
 
     // MARK: Internals
 

@@ -29,21 +29,57 @@ import Testing
         #expect(failures.isEmpty, "\(failures.count) of \(Self.seeds.count) seeds failed; replay with ClusterFaultScheduleTests.replay(seed:):\n\(failures.prefix(5).joined(separator: "\n"))")
     }
 
+    /// The same schedules with STONITH on both nodes (a power switch that turns the target off): at no 10 ms step
+    /// may two nodes run the same resource, frozen nodes included. TANDEM_CLUSTER_SEED with
+    /// TANDEM_CLUSTER_STONITH=1 replays one.
+    @Test func withStonithNoScheduleEverRunsAResourceTwice() {
+        var failures: [String] = []
+        for seed in Self.seeds {
+            if let failure = Self.replay(seed: seed, stonith: true) { failures.append("seed \(seed): \(failure)") }
+        }
+        #expect(failures.isEmpty, "\(failures.count) of \(Self.seeds.count) seeds failed; replay with TANDEM_CLUSTER_SEED=N TANDEM_CLUSTER_STONITH=1:\n\(failures.prefix(5).joined(separator: "\n"))")
+    }
+
+    /// Without STONITH the same schedules do run resources twice (partitions, hung nodes): the configurations in
+    /// which split brain is possible, reported for docs/cluster-manager.md.
+    @Test func withoutStonithSomeSchedulesRunAResourceTwice() {
+        var splitBrains = 0
+        for seed in Self.seeds {
+            var logs = ""
+            var doubled = false
+            _ = Self.replay(seed: seed, stonith: false, logs: &logs, doubleHolders: &doubled)
+            if doubled { splitBrains += 1 }
+        }
+        print("cluster fault schedules without STONITH: \(splitBrains) of \(Self.seeds.count) ran a resource on both nodes at some moment")
+        #expect(splitBrains > 0)
+    }
+
     /// Runs one schedule; returns what the checker found wrong, or nil.
-    static func replay(seed: UInt64) -> String? {
+    static func replay(seed: UInt64, stonith: Bool = false) -> String? {
         var logs = ""
-        return replay(seed: seed, logs: &logs)
+        var doubled = false
+        return replay(seed: seed, stonith: stonith, logs: &logs, doubleHolders: &doubled)
     }
 
     static func replay(seed: UInt64, logs: inout String) -> String? {
+        var doubled = false
+        let stonith = ProcessInfo.processInfo.environment["TANDEM_CLUSTER_STONITH"] == "1"
+        return replay(seed: seed, stonith: stonith, logs: &logs, doubleHolders: &doubled)
+    }
+
+    static func replay(seed: UInt64, stonith: Bool, logs: inout String, doubleHolders: inout Bool) -> String? {
         var random = SplitMix64(seed: seed)
-        let harness = ClusterHarness(groups: ClusterScenarioTests.groups, autoFailback: Bool.random(using: &random) ? .on : .off)
+        let harness = ClusterHarness(
+            groups: ClusterScenarioTests.groups, autoFailback: Bool.random(using: &random) ? .on : .off,
+            stonith: stonith ? ClusterFencingTests.stonith : nil)
+        // Clocks that drift apart by up to 3 %.
+        for node in ["node1", "node2"] { harness.clockRates[node] = Double.random(in: 0.97...1.03, using: &random) }
         harness.boot("node1")
         harness.boot("node2")
         harness.run(for: .seconds(3))
         for _ in 0..<12 {
             let node = Bool.random(using: &random) ? "node1" : "node2"
-            let fault = Int.random(in: 0..<7, using: &random)
+            let fault = Int.random(in: 0..<9, using: &random)
             for name in harness.environments.keys { harness.environments[name]!.logLines.append("FAULT \(harness.now): \(fault) on \(node)") }
             switch fault {
             case 0: harness.crash(node)
@@ -54,13 +90,15 @@ import Testing
             case 5:
                 harness.cutLinks = []
                 harness.muted = []
+            case 6: if !harness.crashed.contains(node) { harness.freeze(node) }
+            case 7: harness.thaw(node)
             default:
-                if !harness.crashed.contains(node) {
+                if !harness.crashed.contains(node) && !harness.frozen.contains(node) {
                     let selection = ResourceSelection.allCases.randomElement(using: &random)!
                     if Bool.random(using: &random) {
-                        _ = harness.nodes[node]!.requestStandby(selection, now: harness.now)
+                        _ = harness.nodes[node]!.requestStandby(selection, now: harness.clock(node))
                     } else {
-                        _ = harness.nodes[node]!.requestTakeover(selection, now: harness.now)
+                        _ = harness.nodes[node]!.requestTakeover(selection, now: harness.clock(node))
                     }
                 }
             }
@@ -69,9 +107,14 @@ import Testing
         // Heal everything and let it settle.
         harness.cutLinks = []
         harness.muted = []
+        for node in ["node1", "node2"] { harness.thaw(node) }
         for node in ["node1", "node2"] where harness.crashed.contains(node) { harness.boot(node) }
         harness.run(for: .seconds(12))
         logs = ["node1", "node2"].map { "--- \($0)\n" + harness.log($0) }.joined(separator: "\n")
+        doubleHolders = !harness.doubleHolders.isEmpty
+        if stonith, let (at, resource) = harness.doubleHolders.first {
+            return "\(resource) ran on both nodes at \(at) (\(harness.doubleHolders.count) steps in all)"
+        }
 
         for group in ClusterScenarioTests.groups {
             let holders = group.resources.map { harness.holders(of: $0) }

@@ -1,4 +1,5 @@
 import CoreSupport
+import FencingCore
 import MembershipCore
 import ResourceCore
 import TandemConfig
@@ -26,6 +27,9 @@ final class ClusterHarness {
         }
         func log(_ level: LogLevel, _ message: String) { logLines.append("\(level.rawValue): \(message)") }
         func lastResort(_ action: StopFailureAction, reason: String) { lastResorts.append(action) }
+        func runFenceAgent(target: String, action: FenceAction, timeout: Duration) {
+            harness.fences.append(PendingFence(due: harness.now + harness.fenceAgentDuration, fencer: name, target: target))
+        }
         func shutdownComplete() { isShutDown = true }
         var wallClockSeconds: UInt64 { 1_700_000_000 }
         var loadAverage: String? { "0.00 0.00 0.00" }
@@ -36,6 +40,13 @@ final class ClusterHarness {
         var node: String
         var operation: ResourceOperation
         var resource: String
+    }
+
+    /// A fence agent run: at `due` the power switch turns `target` off (or fails, see `fenceDeviceFailing`).
+    struct PendingFence {
+        var due: MonotonicInstant
+        var fencer: String
+        var target: String
     }
 
     static let linkNames = ["eth1", "eth2"]
@@ -62,10 +73,46 @@ final class ClusterHarness {
     let autoFailback: FailbackPolicy
     let monitor: MonitorPolicy?
 
-    init(groups: [GroupDefinition], autoFailback: FailbackPolicy = .on, monitor: MonitorPolicy? = nil) {
+    /// STONITH on both nodes (with a power switch that turns the target off), or none.
+    let stonith: StonithPolicy?
+    var fences: [PendingFence] = []
+    var fenceAgentDuration: Duration = .milliseconds(150)
+    /// The power switch does not answer: every fence fails.
+    var fenceDeviceFailing = false
+    /// Nodes fenced so far, in order.
+    var fenced: [String] = []
+    /// Nodes whose processes are all stopped (SIGSTOP, a hung machine): they neither tick nor read their sockets;
+    /// what is sent to them waits, and is read when they thaw.
+    var frozen: Set<String> = []
+    var frozenBacklog: [(String, Int, [UInt8])] = []
+    /// Per-node clock rates (1.0 when absent): a node's monotonic clock runs this much faster or slower.
+    var clockRates: [String: Double] = [:]
+    private let start = MonotonicInstant(nanoseconds: 1_000_000_000)
+
+    init(
+        groups: [GroupDefinition], autoFailback: FailbackPolicy = .on, monitor: MonitorPolicy? = nil,
+        stonith: StonithPolicy? = nil
+    ) {
         self.groups = groups
         self.autoFailback = autoFailback
         self.monitor = monitor
+        self.stonith = stonith
+    }
+
+    /// `node`'s own clock, which may drift from the harness's.
+    func clock(_ node: String) -> MonotonicInstant {
+        guard let rate = clockRates[node], rate != 1 else { return now }
+        let elapsed = Double((now - start).wholeNanoseconds)
+        return start + .nanoseconds(Int64(elapsed * rate))
+    }
+
+    func freeze(_ node: String) { frozen.insert(node) }
+
+    func thaw(_ node: String) {
+        frozen.remove(node)
+        let waiting = frozenBacklog.filter { $0.0 == node }
+        frozenBacklog.removeAll { $0.0 == node }
+        deliveries.append(contentsOf: waiting)
     }
 
     /// A resource dies on its own (its process killed): its next check fails.
@@ -92,22 +139,26 @@ final class ClusterHarness {
                 startTimeout: .seconds(5), stopTimeout: .seconds(5), stopRetries: 2,
                 stopRetryInterval: .milliseconds(100), stopFailureAction: .stopHeartbeats, exchangeTimeout: .seconds(2),
                 monitor: monitor),
-            authenticator: MessageAuthenticator(keys: Self.keys), environment: environment)
-        node.start(now: now)
+            authenticator: MessageAuthenticator(keys: Self.keys), environment: environment, stonith: stonith)
+        node.start(now: clock(name))
         nodes[name] = node
     }
 
+    /// Power loss: the node's processes, its resources and its fence agent runs are gone.
     func crash(_ name: String) {
         crashed.insert(name)
+        frozen.remove(name)
+        frozenBacklog.removeAll { $0.0 == name }
         running[name] = []
         pending.removeAll { $0.node == name }
+        fences.removeAll { $0.fencer == name }
     }
 
     /// Nodes whose messages are lost on every link while they still hear the others (a one-way partition).
     var muted: Set<String> = []
 
     func transmit(from sender: String, _ datagram: [UInt8]) {
-        guard !crashed.contains(sender), !muted.contains(sender) else { return }
+        guard !crashed.contains(sender), !muted.contains(sender), !frozen.contains(sender) else { return }
         for link in Self.linkNames.indices where !cutLinks.contains(link) {
             // Not `nodes.keys`: the sender's driver is being mutated inside `nodes` while it transmits.
             for receiver in booted where receiver != sender && !crashed.contains(receiver) {
@@ -128,15 +179,21 @@ final class ClusterHarness {
         while now < end {
             now = now + .milliseconds(10)
             drain()
-            for (index, item) in pending.enumerated().reversed() where item.due <= now {
+            for (index, item) in pending.enumerated().reversed() where item.due <= now && !frozen.contains(item.node) {
                 pending.remove(at: index)
                 finish(item)
                 drain()
             }
-            for name in nodes.keys.sorted() where !crashed.contains(name) {
-                nodes[name]!.tick(now: now)
+            for (index, fence) in fences.enumerated().reversed() where fence.due <= now && !frozen.contains(fence.fencer) {
+                fences.remove(at: index)
+                finishFence(fence)
+                drain()
+            }
+            for name in nodes.keys.sorted() where !crashed.contains(name) && !frozen.contains(name) {
+                nodes[name]!.tick(now: clock(name))
             }
             drain()
+            checkOneHolderPerResource()
         }
     }
 
@@ -150,7 +207,12 @@ final class ClusterHarness {
             precondition(delivered < Self.deliveriesPerStepMaximum, "message storm at \(now): \(deliveries.count) waiting; last from \(String(decoding: deliveries.last!.2.prefix(200), as: UTF8.self))")
             let (receiver, link, datagram) = deliveries.removeFirst()
             guard !crashed.contains(receiver) else { continue }
-            nodes[receiver]!.datagramReceived(datagram, link: link, now: now)
+            if frozen.contains(receiver) {
+                // A socket buffer: bounded, the oldest kept.
+                if frozenBacklog.count < 512 { frozenBacklog.append((receiver, link, datagram)) }
+                continue
+            }
+            nodes[receiver]!.datagramReceived(datagram, link: link, now: clock(receiver))
         }
     }
 
@@ -164,7 +226,30 @@ final class ClusterHarness {
         default: break
         }
         nodes[item.node]!.operationFinished(
-            item.operation, outcome: failure ? .failed("injected failure") : .succeeded, now: now)
+            item.operation, outcome: failure ? .failed("injected failure") : .succeeded, now: clock(item.node))
+    }
+
+    private func finishFence(_ fence: PendingFence) {
+        let outcome: FenceOutcome
+        if fenceDeviceFailing {
+            outcome = .failed(detail: "power switch unreachable")
+        } else {
+            if !crashed.contains(fence.target) { crash(fence.target) }
+            fenced.append(fence.target)
+            outcome = .succeeded(detail: "\(fence.target) is off")
+        }
+        nodes[fence.fencer]!.fenceAgentFinished(outcome, now: clock(fence.fencer))
+    }
+
+    /// Moments at which two live nodes (frozen ones count: they wake up holding what they held) ran the same
+    /// resource, with the resource: the split brain the fencing must prevent.
+    var doubleHolders: [(MonotonicInstant, String)] = []
+
+    private func checkOneHolderPerResource() {
+        for resource in groups.flatMap(\.resources) {
+            let holders = running.filter { !crashed.contains($0.key) && $0.value.contains(resource) }
+            if holders.count > 1 { doubleHolders.append((now, resource)) }
+        }
     }
 
     /// The node that runs `resource`, or nil; fails the caller's expectation when two do.

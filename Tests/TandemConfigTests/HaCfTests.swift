@@ -307,6 +307,55 @@ import Testing
         #expect(late.diagnostics.map(\.code) == [.hacfSettingAfterMedia])
     }
 
+    // MARK: STONITH
+
+    @Test func stonithHostLinesAreFenceAgentsWithNamedParameters() throws {
+        let parsed = try Self.parseMinimal(adding: """
+            stonith_host a /usr/sbin/fence_ipmilan ip=10.0.0.3 username=admin password=
+            stonith_host * fence_lab socket=/run/switch.sock
+            stonith_action reboot
+            stonith_delay 2
+            stonith_timeout 30
+            """)
+        let devices = parsed.model.stonithHosts.map(\.value)
+        #expect(devices[0] == StonithDevice(fromHost: "a", agent: "/usr/sbin/fence_ipmilan", parameters: [
+            .init(name: "ip", value: "10.0.0.3"), .init(name: "username", value: "admin"), .init(name: "password", value: ""),
+        ]))
+        #expect(devices[1].fromHost == nil)
+        #expect(parsed.model.stonithDevices(for: "A").map(\.agent) == ["/usr/sbin/fence_ipmilan", "fence_lab"])
+        #expect(parsed.model.stonithDevices(for: "b").map(\.agent) == ["fence_lab"])
+        #expect(parsed.model.stonithAction == .reboot)
+        #expect(parsed.model.stonithDelay == .seconds(2))
+        #expect(parsed.model.stonithTimeout == .seconds(30))
+    }
+
+    @Test func stonithDefaultsPowerOffAfterFiveSeconds() throws {
+        let model = try Self.parseMinimal(adding: "").model
+        #expect(model.stonithHosts.isEmpty)
+        #expect(model.stonithAction == .off)
+        #expect(model.stonithDelay == .seconds(5))
+        #expect(model.stonithTimeout == .seconds(60))
+    }
+
+    @Test(arguments: [
+        ("stonith_host * baytech 10.0.0.3 mylogin secret", 24, "name=value"),
+        ("stonith_host * fence_x port=node2", 24, "set by heartbeatd"),
+        ("stonith_host * ip=10.0.0.3", 16, "fence agent"),
+        ("stonith_host * bin/fence_x", 16, "fence agent"),
+    ])
+    func badStonithHostLinesAreRefusedAtTheField(line: String, column: Int, message: String) throws {
+        let error = try #require(Self.rejection(Self.minimal + line + "\n"))
+        #expect(error.errors.map(\.code) == [.hacfBadValue])
+        #expect(error.errors[0].location.column == column)
+        #expect(error.errors[0].message.contains(message))
+    }
+
+    @Test func heartbeatsStonithDirectiveIsRefusedWithTheStonithHostForm() throws {
+        let error = try #require(Self.rejection(Self.minimal + "stonith baytech /etc/ha.d/conf/stonith.baytech\n"))
+        #expect(error.errors.map(\.code) == [.hacfUnsupportedDirective])
+        #expect(error.errors[0].hint?.contains("stonith_host *") == true)
+    }
+
     // MARK: Directives
 
     /// Every directive in the list is handled: given without a value, none is reported as unknown.

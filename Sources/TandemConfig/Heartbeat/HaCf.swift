@@ -126,10 +126,20 @@ public struct HaConfig: Sendable, Equatable {
 
     /// `watchdog`: the watchdog device Heartbeat feeds.
     public var watchdogDevice: Located<String>?
-    /// `stonith TYPE CONFIGFILE`, kept as text until fencing is implemented.
-    public var stonith: Located<String>?
-    /// `stonith_host FROMHOST TYPE PARAMS...` lines, kept as text. They may hold passwords.
-    public var stonithHosts: [Located<String>] = []
+    /// `stonith_host FROMHOST AGENT NAME=VALUE...` lines: the fence devices. Their parameters may hold passwords.
+    public var stonithHosts: [Located<StonithDevice>] = []
+    /// `stonith_action` (Tandem): what fencing does to the peer, off (default) or reboot.
+    public var stonithAction: StonithAction = .off
+    /// `stonith_delay` (Tandem): how long a node that runs no resource group waits before fencing (default 5 s).
+    public var stonithDelay: Duration = .seconds(5)
+    /// `stonith_timeout` (Tandem): how long one run of a fence agent may take (default 60 s).
+    public var stonithTimeout: Duration = .seconds(60)
+
+    /// The fence devices `node` uses: the lines for it by name first, then the `*` lines, in file order.
+    public func stonithDevices(for node: String) -> [StonithDevice] {
+        let devices = stonithHosts.map(\.value)
+        return devices.filter { $0.fromHost?.lowercased() == node.lowercased() } + devices.filter { $0.fromHost == nil }
+    }
 
     /// A configuration with Heartbeat's defaults and no nodes or media (so not usable as it is).
     public init() {}
@@ -206,6 +216,45 @@ public struct APIAuthorization: Sendable, Hashable {
 
 /// `stop_failure_action`: what to do when a resource will not stop after every retry. Heartbeat rebooted; Tandem's
 /// default stops sending heartbeats, so that the peer declares this node dead and takes over.
+/// One `stonith_host` line. Tandem runs fence agents in the fence-agents style (the `fence_*` programs): the agent
+/// reads `name=value` lines on its standard input (`action=`, `port=`/`plug=`/`nodename=` naming the node to fence,
+/// then the line's parameters) and exits 0 on success.
+public struct StonithDevice: Sendable, Hashable {
+    /// The node that uses this device; nil for `*` (every node).
+    public var fromHost: String?
+    /// The fence agent: an absolute path, or a program name looked up in the standard search path.
+    public var agent: String
+    /// The line's `name=value` parameters, in order.
+    public var parameters: [Parameter]
+
+    public struct Parameter: Sendable, Hashable {
+        public var name: String
+        public var value: String
+
+        public init(name: String, value: String) {
+            self.name = name
+            self.value = value
+        }
+    }
+
+    /// Parameters heartbeatd sets itself for each run.
+    public static let reservedParameters: Set<String> = ["action", "port", "plug", "nodename"]
+
+    public init(fromHost: String?, agent: String, parameters: [Parameter]) {
+        self.fromHost = fromHost
+        self.agent = agent
+        self.parameters = parameters
+    }
+}
+
+/// `stonith_action`: what fencing does to the peer.
+public enum StonithAction: String, Sendable, Hashable, CaseIterable {
+    /// Power it off; it stays off until an operator powers it on. The default: a two-node cluster whose fenced node
+    /// reboots can fence the survivor in turn when the link that failed is still down (a fence loop).
+    case off
+    case reboot
+}
+
 public enum StopFailurePolicy: String, Sendable, Hashable, CaseIterable {
     case stopHeartbeats = "stop-heartbeats"
     case reboot

@@ -40,7 +40,7 @@ public enum HaCfParser {
         "debugfile", "logfile", "logfacility", "use_logd", "debug", "conn_logd_time",
         "keepalive", "deadtime", "warntime", "initdead", "deadping", "max_rexmit_delay",
         "udpport", "baud", "serial", "bcast", "udp", "mcast", "mcast6", "ucast", "ucast6",
-        "auto_failback", "nice_failback", "stonith", "stonith_host", "watchdog", "node", "autojoin",
+        "auto_failback", "nice_failback", "stonith_host", "watchdog", "node", "autojoin",
         "ping", "ping_group", "respawn", "apiauth", "crm", "pacemaker",
         "hopfudge", "hbgenmethod", "realtime", "rtprio", "msgfmt", "compression", "compression_threshold",
         "traditional_compression", "coredumps", "uuidfrom", "memreserve",
@@ -48,6 +48,7 @@ public enum HaCfParser {
         // Tandem's own.
         "resource_start_timeout", "resource_stop_timeout", "stop_failure_action",
         "monitor_interval", "monitor_timeout", "monitor_failures", "monitor_failure_window",
+        "stonith_action", "stonith_delay", "stonith_timeout",
     ]
 
     /// Directives that Heartbeat 3 knows and Tandem does not implement, with a hint where there is an alternative.
@@ -56,6 +57,7 @@ public enum HaCfParser {
         "cluster": nil, "quorum_server": nil, "env": nil, "normalpoll": nil, "log_badpack": nil,
         "use_apphbd": nil, "syslogmsgfmt": nil, "coreroot": nil, "crm_daemon_dir": nil, "crmd_spawns_pengine": nil,
         "failfast": "use 'respawn'; Tandem does not reboot the node when a client dies",
+        "stonith": "write the device as 'stonith_host * AGENT name=value ...' with a fence agent (fence_ipmilan, ...)",
         "hbaping": mediaHint, "ping6": mediaHint, "rds": mediaHint,
     ]
 
@@ -353,6 +355,8 @@ extension HaCfBuilder {
             config.resourceStartTimeout = try positiveTime(single(directive, expected: expectedTime))
         case "resource_stop_timeout":
             config.resourceStopTimeout = try positiveTime(single(directive, expected: expectedTime))
+        case "stonith_delay": config.stonithDelay = try time(single(directive, expected: expectedTime))
+        case "stonith_timeout": config.stonithTimeout = try positiveTime(single(directive, expected: expectedTime))
         case "monitor_interval": config.monitorInterval = try time(single(directive, expected: expectedTime))
         case "monitor_timeout": config.monitorTimeout = try positiveTime(single(directive, expected: expectedTime))
         case "monitor_failure_window":
@@ -423,20 +427,46 @@ extension HaCfBuilder {
         case "watchdog":
             let device = try single(directive, expected: "the watchdog device such as /dev/watchdog")
             config.watchdogDevice = Located(device.text, at: location(device))
-        case "stonith":
-            let type = try argument(directive, 0, expected: "a STONITH type and its configuration file")
-            config.stonith = Located(joined(directive.arguments), at: location(type))
         case "stonith_host":
-            let host = try argument(directive, 0, expected: "the host the device is attached to (or *)")
-            _ = try argument(directive, 1, expected: "a STONITH type after the host")
+            let host = try argument(directive, 0, expected: "the node that uses the device (or *)")
             guard config.stonithHosts.count < HaCfParser.stonithHostsMax else {
                 throw tooMany("stonith_host lines", HaCfParser.stonithHostsMax, at: host)
             }
-            config.stonithHosts.append(Located(joined(directive.arguments), at: location(host)))
+            config.stonithHosts.append(Located(try stonithDevice(directive), at: location(host)))
+        case "stonith_action":
+            let field = try single(directive, expected: "off or reboot")
+            config.stonithAction = try choice(field, StonithAction.self, what: "a STONITH action")
         default:
             return false
         }
         return true
+    }
+
+    /// `stonith_host FROMHOST AGENT NAME=VALUE...`. Heartbeat's own plugins took positional parameters
+    /// (`baytech 10.0.0.3 login password`); fence agents take named ones, which is what is checked here.
+    func stonithDevice(_ directive: HaCfDirective) throws(Diagnostic) -> StonithDevice {
+        let host = try argument(directive, 0, expected: "the node that uses the device (or *)")
+        let agent = try argument(directive, 1, expected: "a fence agent after the node, such as /usr/sbin/fence_ipmilan")
+        guard !agent.text.contains("="), agent.text.hasPrefix("/") || !agent.text.contains("/") else {
+            throw error(.hacfBadValue, at: agent, "expected a fence agent (an absolute path or a program name such as fence_ipmilan), got '\(agent.text)'")
+        }
+        var parameters: [StonithDevice.Parameter] = []
+        for field in directive.arguments.dropFirst(2) {
+            let parts = field.text.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            let name = parts.first.map(String.init) ?? ""
+            guard parts.count == 2, !name.isEmpty,
+                name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == "-") })
+            else {
+                throw error(
+                    .hacfBadValue, at: field,
+                    "expected a name=value parameter for the fence agent (such as ip=10.0.0.3), got '\(field.text)'; Heartbeat's positional plugin parameters are not supported")
+            }
+            guard !StonithDevice.reservedParameters.contains(name) else {
+                throw error(.hacfBadValue, at: field, "'\(name)' is set by heartbeatd for each run (the node to fence and the action)")
+            }
+            parameters.append(StonithDevice.Parameter(name: name, value: String(parts[1])))
+        }
+        return StonithDevice(fromHost: host.text == "*" ? nil : host.text, agent: agent.text, parameters: parameters)
     }
 
     /// logfile, debugfile, logfacility, use_logd, debug.

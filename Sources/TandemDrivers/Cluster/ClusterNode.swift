@@ -1,4 +1,5 @@
 import CoreSupport
+import FencingCore
 import MembershipCore
 import ResourceCore
 
@@ -11,6 +12,8 @@ public protocol ClusterEnvironment {
     /// Run one resource operation; the outcome comes back through `ClusterNode.operationFinished`.
     func runOperation(_ operation: ResourceOperation, resource: String, timeout: Duration)
     func log(_ level: LogLevel, _ message: String)
+    /// Run the fence agents against `target`; the outcome comes back through `ClusterNode.fenceAgentFinished`.
+    func runFenceAgent(target: String, action: FenceAction, timeout: Duration)
     /// A resource will not stop: carry out the last resort (stop heartbeats, reboot).
     func lastResort(_ action: StopFailureAction, reason: String)
     /// Every group is released and `shutdone` was sent: the daemon may exit.
@@ -28,16 +31,21 @@ public protocol ClusterEnvironment {
 public struct ClusterNode<Environment: ClusterEnvironment> {
     public private(set) var membership: MembershipMachine
     public private(set) var resources: ResourceManagerMachine
+    /// STONITH, when ha.cf configures it: the peer's death reaches the resource manager only once it is fenced.
+    public private(set) var fencing: PeerFencingMachine?
     public private(set) var authenticator: MessageAuthenticator
     public private(set) var wireCounters = WireCounters()
     public let environment: Environment
 
     public init(
         membership: MembershipConfiguration, resources: ResourceManagerConfiguration,
-        authenticator: MessageAuthenticator, environment: Environment
+        authenticator: MessageAuthenticator, environment: Environment, stonith: StonithPolicy? = nil
     ) {
         self.membership = MembershipMachine(configuration: membership)
         self.resources = ResourceManagerMachine(configuration: resources)
+        if let peer = resources.peerNode, let stonith {
+            self.fencing = PeerFencingMachine(peer: peer, policy: stonith)
+        }
         self.authenticator = authenticator
         self.environment = environment
     }
@@ -49,6 +57,7 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
 
     public mutating func tick(now: MonotonicInstant) {
         perform(membership.tick(now: now), now: now)
+        if fencing != nil { perform(fencing!.tick(now: now), now: now) }
         perform(resources.tick(now: now), now: now)
     }
 
@@ -83,6 +92,12 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         perform(resources.operationFinished(operation, outcome: outcome, now: now), now: now)
     }
 
+    /// The fence agents started by the last `runFenceAgent` finished.
+    public mutating func fenceAgentFinished(_ outcome: FenceOutcome, now: MonotonicInstant) {
+        precondition(fencing != nil, "fence agent finished on \(membership.configuration.localNode), which has no STONITH")
+        perform(fencing!.agentFinished(outcome, now: now), now: now)
+    }
+
     public mutating func requestStandby(_ selection: ResourceSelection, now: MonotonicInstant) -> AdminOutcome {
         let outcome = resources.requestStandby(selection, now: now)
         perform(outcome.actions, now: now)
@@ -106,11 +121,7 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
 
     /// When `tick` must next run.
     public var nextDeadline: MonotonicInstant? {
-        switch (membership.nextDeadline, resources.nextDeadline) {
-        case (let left?, let right?): min(left, right)
-        case (let left?, nil): left
-        case (nil, let right): right
-        }
+        [membership.nextDeadline, resources.nextDeadline, fencing?.nextDeadline].compactMap { $0 }.min()
     }
 
     // MARK: Actions
@@ -124,12 +135,63 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
                 environment.transmit(HeartbeatWire.encode(authenticator.sign(message)))
             case .deliver(let message, _):
                 if let typed = ResourceMessage(message) { perform(resources.received(typed, now: now), now: now) }
+            case .nodeStatusChanged(let node, .dead):
+                if isPeer(node) { peerDeclaredDead(node, now: now) }
             case .nodeStatusChanged(let node, let status):
-                if isPeer(node) { perform(resources.peerStatusChanged(status, now: now), now: now) }
+                guard isPeer(node) else { break }
+                if fencing != nil, status != .initial { perform(fencing!.peerHeard(now: now), now: now) }
+                perform(resources.peerStatusChanged(status, now: now), now: now)
             case .linkStatusChanged:
                 break  // logged by the machine; status reads the link table
             case .nodeReturnedAfterPartition(let node):
-                if isPeer(node) { perform(resources.peerReturnedAfterPartition(now: now), now: now) }
+                guard isPeer(node) else { break }
+                if fencing != nil { perform(fencing!.peerHeard(now: now), now: now) }
+                perform(resources.peerReturnedAfterPartition(now: now), now: now)
+            case .log(let level, let text):
+                environment.log(level, text)
+            }
+        }
+    }
+
+    /// Membership says the peer is dead. A peer that announced its shutdown released everything and may be taken
+    /// over at once. One that restarted (dead and alive again in the same message, a new generation) holds nothing
+    /// in its new incarnation: with STONITH its `starting` settles who runs what, and nothing is taken over. A
+    /// silent peer may still be running its groups: with STONITH it is fenced first, and the resource manager hears
+    /// of its death only from `.peerFenced`.
+    private mutating func peerDeclaredDead(_ node: String, now: MonotonicInstant) {
+        let announcedShutdown = membership.hasAnnouncedShutdown(node)
+        let restarted = membership.status(of: node) != .dead
+        if fencing != nil, !announcedShutdown {
+            if restarted {
+                environment.log(.info, "\(node) restarted: not fencing it; its startup exchange settles who runs what")
+            } else {
+                perform(fencing!.peerLost(now: now, standing: fenceStanding), now: now)
+            }
+            return
+        }
+        if !announcedShutdown && !restarted {
+            environment.log(.warning, "No STONITH device configured. Shared disks are not protected.")
+        }
+        perform(resources.peerStatusChanged(.dead, now: now), now: now)
+    }
+
+    private var fenceStanding: FenceStanding {
+        let peerHolds = resources.groupReports.contains(where: \.heldByPeer)
+        switch (resources.holdsAnyGroup, peerHolds) {
+        case (true, false): return .runsTheGroups
+        case (true, true):
+            return .sharesTheGroups(breaksTies: resources.configuration.localNode.lowercased() < (resources.configuration.peerNode ?? "").lowercased())
+        case (false, _): return .idle
+        }
+    }
+
+    private mutating func perform(_ actions: [FencingAction], now: MonotonicInstant) {
+        for action in actions {
+            switch action {
+            case .runAgent(let target, let fenceAction, let timeout):
+                environment.runFenceAgent(target: target, action: fenceAction, timeout: timeout)
+            case .peerFenced:
+                perform(resources.peerStatusChanged(.dead, now: now), now: now)
             case .log(let level, let text):
                 environment.log(level, text)
             }

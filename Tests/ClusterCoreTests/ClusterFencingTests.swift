@@ -1,0 +1,167 @@
+import CoreSupport
+import FencingCore
+import MembershipCore
+import ResourceCore
+import Testing
+
+/// STONITH over the production driver: a peer that goes silent is fenced before anything it ran is taken over, the
+/// node that runs the groups wins the race, and a fence that fails leaves the groups where they are.
+@Suite struct ClusterFencingTests {
+    static let stonith = StonithPolicy(
+        action: .off, delayWhenIdle: .seconds(1), agentTimeout: .seconds(5), retryInterval: .milliseconds(500))
+    /// One group, preferred by node1: node2 stands by.
+    static let groups = [
+        GroupDefinition(key: "IPaddr::10.0.0.10", preferredNode: "node1", resources: ["IPaddr::10.0.0.10", "mysqld"])
+    ]
+
+    func bothUp(stonith: StonithPolicy? = Self.stonith, groups: [GroupDefinition] = Self.groups) -> ClusterHarness {
+        let harness = ClusterHarness(groups: groups, autoFailback: .off, stonith: stonith)
+        harness.boot("node1")
+        harness.boot("node2")
+        harness.run(for: .seconds(3))
+        return harness
+    }
+
+    @Test func aPartitionIsWonByTheNodeThatRunsTheGroupAndNothingMoves() {
+        let harness = bothUp()
+        #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "mysqld"])
+        harness.cutLinks = [0, 1]
+        harness.run(for: .seconds(4))
+        #expect(harness.fenced == ["node2"])
+        #expect(harness.crashed == ["node2"])
+        #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "mysqld"])
+        #expect(harness.doubleHolders.prefix(3).isEmpty, "\(harness.doubleHolders.count) steps with two holders")
+        #expect(harness.log("node1").contains("node2 fenced (STONITH off, attempt 1"))
+        #expect(harness.nodes["node1"]!.fencing!.counters.fencesSucceeded == 1)
+    }
+
+    @Test func aHungActiveNodeIsFencedBeforeTheStandbyTakesOverAndNeverWakesUpWriting() {
+        let harness = bothUp()
+        harness.freeze("node1")
+        harness.run(for: .seconds(4))
+        #expect(harness.fenced == ["node1"])
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.10", "mysqld"])
+        #expect(harness.log("node2").contains("this node runs no resource group: waiting 1.0 seconds (stonith_delay)"))
+        harness.thaw("node1")  // already off: there is nothing left to thaw
+        harness.run(for: .seconds(2))
+        #expect(harness.running["node1"] == [])
+        #expect(harness.doubleHolders.prefix(3).isEmpty, "\(harness.doubleHolders.count) steps with two holders")
+    }
+
+    @Test func aHungNodeThatWakesUpBeforeItsFenceIsLeftAlone() {
+        let harness = bothUp()
+        harness.freeze("node1")
+        harness.run(for: .milliseconds(1500))  // dead to node2 after 1 s; node2 waits 1 s more before fencing
+        harness.thaw("node1")
+        harness.run(for: .seconds(3))
+        #expect(harness.fenced == [])
+        #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "mysqld"])
+        #expect(harness.running["node2"] == [])
+        #expect(harness.log("node2").contains("node1 is heard again before it was fenced: fencing called off"))
+        #expect(harness.doubleHolders.prefix(3).isEmpty, "\(harness.doubleHolders.count) steps with two holders")
+    }
+
+    @Test func aFailingFenceDeviceKeepsTheGroupsWhereTheyAreAndIsRetried() {
+        let harness = bothUp()
+        harness.fenceDeviceFailing = true
+        harness.freeze("node1")
+        harness.run(for: .seconds(5))
+        #expect(harness.running["node2"] == [])
+        #expect(harness.nodes["node2"]!.fencing!.counters.fenceFailures >= 3)
+        #expect(harness.log("node2").contains("STONITH of node1 failed (attempt 1): power switch unreachable"))
+        harness.fenceDeviceFailing = false
+        harness.run(for: .seconds(2))
+        #expect(harness.fenced == ["node1"])
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.10", "mysqld"])
+        #expect(harness.doubleHolders.prefix(3).isEmpty, "\(harness.doubleHolders.count) steps with two holders")
+    }
+
+    @Test func aPowerLossIsConfirmedByTheFenceAndThenTakenOver() {
+        let harness = bothUp()
+        harness.crash("node1")
+        harness.run(for: .seconds(4))
+        #expect(harness.fenced == ["node1"])
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.10", "mysqld"])
+    }
+
+    @Test func aCleanShutdownIsNotFenced() {
+        let harness = bothUp()
+        harness.nodes["node1"]!.shutdown(now: harness.now)
+        harness.run(for: .seconds(3))
+        #expect(harness.fenced == [])
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.10", "mysqld"])
+    }
+
+    @Test func withGroupsOnBothNodesTheTieBreakerFencesFirstAndOnlyOneNodeIsFenced() {
+        let harness = bothUp(groups: ClusterScenarioTests.groups)
+        harness.cutLinks = [0, 1]
+        harness.run(for: .seconds(4))
+        #expect(harness.fenced == ["node2"])
+        #expect(harness.running["node1"]!.sorted() == ["IPaddr::10.0.0.10", "IPaddr::10.0.0.20", "service1"])
+        #expect(harness.doubleHolders.prefix(3).isEmpty, "\(harness.doubleHolders.count) steps with two holders")
+    }
+
+    @Test func withoutStonithAPartitionRunsTheGroupTwiceAndSaysSo() {
+        let harness = bothUp(stonith: nil)
+        harness.cutLinks = [0, 1]
+        harness.run(for: .seconds(3))
+        #expect(!harness.doubleHolders.isEmpty)
+        #expect(harness.log("node2").contains("No STONITH device configured. Shared disks are not protected."))
+    }
+}
+
+/// The fencing machine on its own.
+@Suite struct PeerFencingMachineTests {
+    let start = MonotonicInstant(nanoseconds: 1_000_000_000)
+
+    func machine() -> PeerFencingMachine { PeerFencingMachine(peer: "node2", policy: ClusterFencingTests.stonith) }
+
+    @Test func theNodeThatRunsTheGroupsFencesAtOnceAndAnIdleNodeWaits() {
+        var running = machine()
+        #expect(running.peerLost(now: start, standing: .runsTheGroups).contains(.runAgent(target: "node2", action: .off, timeout: .seconds(5))))
+        var idle = machine()
+        #expect(!idle.peerLost(now: start, standing: .idle).contains { if case .runAgent = $0 { true } else { false } })
+        #expect(idle.nextDeadline == start + .seconds(1))
+        #expect(idle.tick(now: start + .milliseconds(999)).isEmpty)
+        #expect(idle.tick(now: start + .seconds(1)) == [.runAgent(target: "node2", action: .off, timeout: .seconds(5))])
+        var loser = machine()
+        _ = loser.peerLost(now: start, standing: .sharesTheGroups(breaksTies: false))
+        #expect(loser.nextDeadline == start + .milliseconds(500))
+    }
+
+    @Test func onlyASuccessfulFenceReportsThePeerFencedAndFailuresRetryForever() {
+        var fencing = machine()
+        _ = fencing.peerLost(now: start, standing: .runsTheGroups)
+        var now = start
+        for attempt in 1...5 {
+            let actions = fencing.agentFinished(.failed(detail: "no route"), now: now)
+            #expect(!actions.contains(.peerFenced("node2")))
+            #expect(fencing.counters.fenceFailures == UInt64(attempt))
+            now = now + .milliseconds(500)
+            #expect(fencing.tick(now: now) == [.runAgent(target: "node2", action: .off, timeout: .seconds(5))])
+        }
+        #expect(fencing.agentFinished(.succeeded(detail: "off"), now: now).contains(.peerFenced("node2")))
+        #expect(fencing.state == .fenced(at: now))
+        _ = fencing.peerHeard(now: now + .seconds(10))
+        #expect(fencing.state == .idle)
+    }
+
+    @Test func aPeerHeardWhileTheAgentRunsIsNotReportedFenced() {
+        var fencing = machine()
+        _ = fencing.peerLost(now: start, standing: .runsTheGroups)
+        _ = fencing.peerHeard(now: start + .milliseconds(10))
+        let actions = fencing.agentFinished(.succeeded(detail: "off"), now: start + .milliseconds(100))
+        #expect(!actions.contains(.peerFenced("node2")))
+        #expect(fencing.state == .idle)
+        // If the agent did turn it off, membership loses it again and it is fenced again.
+        #expect(fencing.peerLost(now: start + .seconds(2), standing: .runsTheGroups).contains(.runAgent(target: "node2", action: .off, timeout: .seconds(5))))
+    }
+
+    @Test func aPeerHeardBeforeItsFenceRanIsLeftAlone() {
+        var fencing = machine()
+        _ = fencing.peerLost(now: start, standing: .idle)
+        _ = fencing.peerHeard(now: start + .milliseconds(300))
+        #expect(fencing.state == .idle)
+        #expect(fencing.tick(now: start + .seconds(5)).isEmpty)
+    }
+}
