@@ -14,7 +14,8 @@ struct LabCommand: ParsableCommand {
         are 10.216.0.0/16, used only inside the lab's namespaces. Needs root.
         """,
         subcommands: [
-            Up.self, Down.self, Status.self, Failover.self, Scenario.self, Bench.self, MachineInit.self,
+            Up.self, Down.self, Status.self, Failover.self, Scenario.self, Bench.self, MachineInit.self, PowerSwitch.self,
+            FenceAgent.self,
         ])
 
     struct Options: ParsableArguments {
@@ -57,11 +58,13 @@ struct LabCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Build the lab: namespaces, disks, create-md, initial sync, mkfs, install-db, the cluster.")
         @Flag(name: .customLong("no-replica"), help: "Leave out the replica machine.") var noReplica = false
+        @Flag(help: "Fence through the lab's power switch (stonith_host in ha.cf): a silent node is powered off before the other takes over.")
+        var stonith = false
         @OptionGroup var options: Options
         func run() throws {
             let lab = options.lab
             try LabCommand.perform { () throws(LabError) in
-                try lab.exclusively { () throws(LabError) in try lab.up(withReplica: !noReplica) }
+                try lab.exclusively { () throws(LabError) in try lab.up(withReplica: !noReplica, stonith: stonith) }
                 for line in try lab.statusLines() { emit(line) }
                 emit("""
 
@@ -135,7 +138,8 @@ struct LabCommand: ParsableCommand {
         }
 
         func run() throws {
-            let scenarios = names.flatMap { $0 == "all" ? LabScenario.allCases : [LabScenario(rawValue: $0)!] }
+            let applicable = (try? options.lab.applicableScenarios()) ?? LabScenario.allCases
+            let scenarios = names.flatMap { $0 == "all" ? applicable : [LabScenario(rawValue: $0)!] }
             var failed: [String] = []
             for scenario in scenarios {
                 do {
@@ -174,6 +178,28 @@ struct LabCommand: ParsableCommand {
                 emit("")
                 for line in summary { emit(line) }
             }
+        }
+    }
+
+    struct PowerSwitch: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "power-switch", abstract: "The lab's power switch (started by lab up --stonith).", shouldDisplay: false)
+        @OptionGroup var options: Options
+        func run() throws {
+            throw ExitCode(LabPowerSwitch.serve(lab: options.lab))
+        }
+    }
+
+    struct FenceAgent: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "fence-agent",
+            abstract: "The lab's fence agent: name=value lines on stdin (action, port, socket), as fence agents read them.",
+            shouldDisplay: false)
+        func run() throws {
+            var input = ""
+            while input.utf8.count < 8192, let line = readLine() { input += line + "\n" }
+            let status = LabFenceAgent.run(input: input, say: emit)
+            if status != 0 { throw ExitCode(status) }
         }
     }
 

@@ -17,6 +17,8 @@ struct LabState: Codable {
     /// /data did not exist and the lab made it (the nodes mount their /data over it); `down` removes it again.
     var createdDataDirectory: Bool
     var withReplica: Bool
+    /// The nodes fence each other through the lab's power switch (nil in a state file from before STONITH).
+    var stonith: Bool?
 }
 
 /// The lab: the seeds' two-node MariaDB cluster, for real, on this machine.
@@ -26,12 +28,14 @@ struct LabState: Codable {
 /// a replica machine sit on the service network with the nodes.
 public struct Lab: Sendable {
     public let layout: LabLayout
+    let executable: String
     let machines: LabMachines
     let network: LabNetwork
     let say: @Sendable (String) -> Void
 
     public init(layout: LabLayout, executable: String, say: @escaping @Sendable (String) -> Void) {
         self.layout = layout
+        self.executable = executable
         machines = LabMachines(layout: layout, executable: executable)
         network = LabNetwork(layout: layout)
         self.say = say
@@ -64,7 +68,7 @@ public struct Lab: Sendable {
 
     /// Builds the whole lab and starts the cluster; prints each step. When a step fails, everything made so far is
     /// removed again (after the logs that explain it are shown), so that a failed `up` leaves nothing behind.
-    public func up(withReplica: Bool) throws(LabError) {
+    public func up(withReplica: Bool, stonith: Bool = false) throws(LabError) {
         if let problem = layout.rootProblem { throw LabError(.refused, problem) }
         try LabTool.checkInstalled()
         for device in ["/dev/fuse", "/dev/loop-control"] where !FileManager.default.fileExists(atPath: device) {
@@ -86,7 +90,8 @@ public struct Lab: Sendable {
         }
         let secretBytes = (0..<12).map { _ in UInt8.random(in: 0...255) }
         var state = LabState(
-            secret: secretBytes.map { String(format: "%02x", $0) }.joined(), createdDataDirectory: false, withReplica: withReplica)
+            secret: secretBytes.map { String(format: "%02x", $0) }.joined(), createdDataDirectory: false, withReplica: withReplica,
+            stonith: stonith)
         if !FileManager.default.fileExists(atPath: "/data") {
             guard mkdir("/data", 0o755) == 0 else { throw LabError(.failed, "cannot create /data: \(String(cString: strerror(errno)))") }
             state.createdDataDirectory = true
@@ -106,7 +111,7 @@ public struct Lab: Sendable {
     }
 
     private func build(_ state: LabState) throws(LabError) {
-        let files = LabConfigFiles(layout: layout, secret: state.secret)
+        let files = LabConfigFiles(layout: layout, secret: state.secret, stonith: state.stonith == true, executable: executable)
         step("network: namespaces \(network.allNamespaces.joined(separator: ", "))")
         try network.create()
         say("    eth1 service \(layout.serviceAddress(.node1))/24 (node1), \(layout.serviceAddress(.node2)) (node2), "
@@ -122,7 +127,14 @@ public struct Lab: Sendable {
             try writeFile(layout.etcUpper(node) + "/tandem/haresources", files.haresources)
             try writeFile(layout.etcUpper(node) + "/my.cnf", files.etcMyCnf)
             try writeFile(layout.etcUpper(node) + "/mysql/my.cnf", files.etcMyCnf)
+            if state.stonith == true {
+                try writeFile(layout.etcUpper(node) + "/tandem/fence_tandem_lab", files.fenceAgentScript, mode: 0o755)
+            }
             try makeDisk(node)
+        }
+        if state.stonith == true {
+            step("power switch: fencing through \(layout.powerSwitchSocket) (stonith_host * \(LabConfigFiles.fenceAgentPath))")
+            try startPowerSwitch()
         }
         if state.withReplica { try writeFile(layout.etcUpper(.replica) + "/mysql/my.cnf", LabConfigFiles.replicaMyCnf) }
         say("    haresources: \(files.haresources.trimmingCharacters(in: .newlines))")
@@ -211,6 +223,35 @@ public struct Lab: Sendable {
         try startHeartbeatd(node)
     }
 
+    /// Starts the power switch outside the machines, detached (`setsid --fork`), and waits until it listens.
+    private func startPowerSwitch() throws(LabError) {
+        unlink(layout.powerSwitchPIDFile)
+        let log = open(layout.powerSwitchLog, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
+        guard log >= 0 else { throw LabError(.failed, "cannot open \(layout.powerSwitchLog): \(String(cString: strerror(errno)))") }
+        defer { close(log) }
+        let arguments = [LabTool.setsid.path ?? "/usr/bin/setsid", "--fork", executable, "lab", "power-switch"] + layout.commandLineOptions
+        switch ChildProcess.spawn(arguments, environment: ["PATH": ChildProcess.searchPath], outputDescriptor: log) {
+        case .success(let pid):
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+        case .failure(let error):
+            throw LabError(.failed, "cannot start the power switch: \(error)")
+        }
+        try waitFor("the power switch", timeout: .seconds(10)) { () -> Bool in powerSwitchPID() != nil }
+    }
+
+    /// The power switch's PID, when it runs: the PID in its file, if that process is this lab's power switch.
+    func powerSwitchPID() -> pid_t? {
+        guard let text = try? String(contentsOfFile: layout.powerSwitchPIDFile, encoding: .utf8),
+            let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1
+        else { return nil }
+        let arguments = LabMachines.commandLine(of: pid)
+        guard let verb = arguments.firstIndex(of: "power-switch"), verb > 0, arguments[verb - 1] == "lab",
+            let option = arguments.firstIndex(of: "--lab-dir"), option + 1 < arguments.count, arguments[option + 1] == layout.root
+        else { return nil }
+        return pid
+    }
+
     private func makeDisk(_ node: LabHost) throws(LabError) {
         let path = layout.diskImage(node)
         do {
@@ -253,6 +294,11 @@ public struct Lab: Sendable {
     public func down() -> [String] {
         var problems: [String] = []
         let state = try? loadState()
+        // The power switch first: nothing may power a machine on again while the lab is being removed.
+        if let pid = powerSwitchPID() {
+            kill(pid, SIGKILL)
+            say("power switch (pid \(pid)) stopped")
+        }
         // Clean stops first, so that MariaDB shuts down and the file system is unmounted; then power off whatever
         // is left. Bounded: a stuck daemon only delays the power-off.
         // A frozen machine (a scenario that failed half way) would not hear SIGTERM.
@@ -300,7 +346,10 @@ public struct Lab: Sendable {
     /// attached to a FUSE file whose server died with it. The kernel can no longer report such a device's tag (its
     /// status needs the dead file), so it is found while the node still runs and detached once the machine is gone.
     func powerOff(_ host: LabHost) throws(LabError) -> Int {
-        let loops = host.isClusterNode ? LoopDevice.attached(taggedWith: loopTag(host)) : []
+        // A frozen machine's device cannot be asked for its tag (see mountedLoopDevices): it is found by its mount.
+        var loops = host.isClusterNode ? machines.mountedLoopDevices(host) : []
+        if host.isClusterNode && !machines.isFrozen(host) { loops += LoopDevice.attached(taggedWith: loopTag(host)) }
+        loops = Dictionary(grouping: loops, by: \.number).compactMap(\.value.first)
         let count = try machines.powerOff(host)
         for loop in loops {
             // The file system on it goes with the machine's mount namespace, a moment after its last process.

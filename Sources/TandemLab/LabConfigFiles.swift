@@ -6,6 +6,10 @@ struct LabConfigFiles {
     let layout: LabLayout
     /// The shared secret of the replication link and the heartbeat signatures, made at `lab up`.
     let secret: String
+    /// STONITH through the lab's power switch (`lab up --stonith`).
+    let stonith: Bool
+    /// The `tandem` executable, which the fence agent script runs.
+    let executable: String
 
     /// DRBD 8.4 syntax. Protocol C: a write completes only when both disks have it. The timers are short because
     /// the link is a veth pair on one machine: a dead peer is noticed within ping-int + ping-timeout (1.5 s).
@@ -79,7 +83,25 @@ struct LabConfigFiles {
             monitor_failure_window 20
 
             """
+        if stonith {
+            // The node that runs the group fences at once; the other waits a second, far longer than the switch
+            // takes to power a node off.
+            text += """
+                stonith_host * \(Self.fenceAgentPath) socket=\(layout.powerSwitchSocket)
+                stonith_action off
+                stonith_delay 1
+                stonith_timeout 30
+
+                """
+        }
         return text
+    }
+
+    /// The fence agent, as a fence-agents program would be installed: a script that runs `tandem lab fence-agent`.
+    static let fenceAgentPath = "/etc/tandem/fence_tandem_lab"
+
+    var fenceAgentScript: String {
+        "#!/bin/sh\n# The Tandem lab's fence agent: name=value lines on stdin, as fence_ipmilan reads them.\nexec \(executable) lab fence-agent\n"
     }
 
     var authkeys: String { "auth 1\n1 sha1 \(secret)\n" }

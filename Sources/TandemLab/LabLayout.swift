@@ -81,7 +81,13 @@ public struct LabLayout: Sendable, Hashable {
 
     public var stateFile: String { root + "/lab.json" }
     /// Everything the lab makes in its folder; `down` removes these and nothing else.
-    var madeEntries: [String] { [stateFile, lockFile, runsDirectory] + LabHost.allCases.map(directory) }
+    var madeEntries: [String] {
+        [stateFile, lockFile, runsDirectory, powerSwitchSocket, powerSwitchPIDFile, powerSwitchLog] + LabHost.allCases.map(directory)
+    }
+    /// The power switch (`lab up --stonith`): its socket, which the nodes' fence agent reaches, its PID and its log.
+    public var powerSwitchSocket: String { root + "/power-switch.sock" }
+    var powerSwitchPIDFile: String { root + "/power-switch.pid" }
+    var powerSwitchLog: String { root + "/power-switch.log" }
     public var lockFile: String { root + "/lab.lock" }
     public var runsDirectory: String { root + "/runs" }
     public func directory(_ host: LabHost) -> String { root + "/" + host.rawValue }

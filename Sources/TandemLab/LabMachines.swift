@@ -142,6 +142,31 @@ struct LabMachines {
         return stopped.count
     }
 
+    /// Whether any of the machine's processes is stopped (frozen).
+    func isFrozen(_ host: LabHost) -> Bool {
+        processes(host).contains { pid in
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                let end = stat.lastIndex(of: ")")
+            else { return false }
+            return stat[stat.index(after: end)...].trimmingCharacters(in: .whitespaces).hasPrefix("T")
+        }
+    }
+
+    /// The loop devices the machine has mounted, by the device numbers in its mountinfo: read without touching the
+    /// devices, so it works while the machine's FUSE server is frozen (reading a loop device's status asks the
+    /// backing file's server for its attributes, and waits for it).
+    func mountedLoopDevices(_ host: LabHost) -> [LoopDevice] {
+        guard let pid = initPID(host), let text = try? String(contentsOfFile: "/proc/\(pid)/mountinfo", encoding: .utf8) else { return [] }
+        let loopMajor = "7"
+        return text.split(separator: "\n").compactMap { line -> LoopDevice? in
+            let fields = line.split(separator: " ")
+            guard fields.count > 2 else { return nil }
+            let numbers = fields[2].split(separator: ":")
+            guard numbers.count == 2, numbers[0] == loopMajor, let minor = Int32(numbers[1]) else { return nil }
+            return LoopDevice(number: minor)
+        }
+    }
+
     func thaw(_ host: LabHost) {
         for pid in processes(host) { kill(pid, SIGCONT) }
     }

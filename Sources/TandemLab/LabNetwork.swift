@@ -68,6 +68,27 @@ struct LabNetwork {
         }
     }
 
+    /// Cuts (or restores) every heartbeat path between the nodes and nothing else: eth2, the dedicated link, goes down
+    /// on both, and the unicast heartbeats over the service network go nowhere: each node's neighbour entry for
+    /// the other's service address is pinned to a MAC address that no machine has, so the switch delivers those
+    /// frames to no one. (A route cannot do it: heartbeatd binds its sockets to the interface, and such a socket's
+    /// packets follow the interface's own routes.) Clients, the VIP and replication (eth3) keep working.
+    func setHeartbeatPaths(cut: Bool) throws(LabError) {
+        for node in LabHost.nodes {
+            let namespace = layout.namespace(node)
+            try ip(["-n", namespace, "link", "set", "eth2", cut ? "down" : "up"])
+            let peer = layout.serviceAddress(node.peer)
+            if cut {
+                try ip(["-n", namespace, "neigh", "replace", peer, "lladdr", Self.nowhereMAC, "dev", "eth1", "nud", "permanent"])
+            } else {
+                _ = try? ip(["-n", namespace, "neigh", "del", peer, "dev", "eth1"])
+            }
+        }
+    }
+
+    /// A locally administered unicast address that no lab machine has.
+    static let nowhereMAC = "02:00:5e:00:de:ad"
+
     /// Whether `address` is configured on the machine (the VIP's holder).
     func holds(_ host: LabHost, address: String) -> Bool {
         guard let output = try? ip(["-n", layout.namespace(host), "-o", "-4", "addr", "show"]) else { return false }

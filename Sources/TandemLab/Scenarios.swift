@@ -13,13 +13,27 @@ public enum LabScenario: String, CaseIterable, Sendable {
     case freezeNode = "freeze-node"
     case stopHeartbeat = "stop-heartbeat"
     case cutLinks = "cut-links"
+    case cutHeartbeat = "cut-heartbeat"
     case killDatabase = "kill-mysqld"
     case killDatabaseRepeatedly = "kill-mysqld-repeatedly"
     case switchover
     case failback
 
-    /// Whether the service ends on the same node (a restart in place) rather than on the peer.
-    var staysOnTheActiveNode: Bool { self == .killDatabase }
+    /// Whether the service ends on the same node (a restart in place, or the winner of a split) rather than on the
+    /// peer.
+    var staysOnTheActiveNode: Bool { self == .killDatabase || self == .cutHeartbeat }
+
+    /// Whether the scenario can run in a lab with or without STONITH. cut-heartbeat needs fencing: without it both
+    /// nodes would take the group. cut-links is left out with it: the node cut off from everything still runs the
+    /// group, so it wins the fence race against the node that clients can still reach, and the service stops
+    /// until the links come back. Telling the two apart is what ping nodes (ipfail) are for.
+    func applies(stonith: Bool) -> Bool {
+        switch self {
+        case .cutHeartbeat: stonith
+        case .cutLinks: !stonith
+        default: true
+        }
+    }
 
     public var summary: String {
         switch self {
@@ -27,6 +41,7 @@ public enum LabScenario: String, CaseIterable, Sendable {
         case .freezeNode: "a hung active node: SIGSTOP to all its processes; thawed once the peer took over"
         case .stopHeartbeat: "heartbeatd stopped cleanly on the active node (it releases the group); started again later"
         case .cutLinks: "every link of the active node cut (heartbeat, replication, service); restored once it stopped serving"
+        case .cutHeartbeat: "every heartbeat path between the nodes cut, both nodes up: the node that runs the group fences the other"
         case .killDatabase: "mariadbd killed on the active node: the monitor notices and restarts it in place"
         case .killDatabaseRepeatedly: "mariadbd killed on the active node three times: the third failure moves the group to the peer"
         case .switchover: "planned switchover: tandem takeover on the standby node"
@@ -47,6 +62,8 @@ public struct ScenarioReport: Sendable {
     public var replica: String?
     public var problems: [String] = []
     public var notes: [String] = []
+    /// Who held the VIP and the file system, sampled every 50 ms from the fault to the end.
+    public var exclusivity: String?
 
     public var passed: Bool { problems.isEmpty && verdict?.passed == true }
 
@@ -61,6 +78,7 @@ public struct ScenarioReport: Sendable {
         for entry in timeline { text.append("    \(String(entry.millisecondsAfterFault).leftPadded(8))  \(entry.label)") }
         for note in notes { text.append("  note: \(note)") }
         if let verdict { text.append("  workload: \(verdict.summary)") }
+        if let exclusivity { text.append("  exclusivity: \(exclusivity)") }
         for line in cluster { text.append("  \(line)") }
         if let replica { text.append("  replica: \(replica)") }
         for problem in problems { text.append("  PROBLEM: \(problem)") }
@@ -74,10 +92,17 @@ extension String {
 }
 
 extension Lab {
+    /// The scenarios that apply to this lab (with or without STONITH), in order: what `scenario all` runs.
+    public func applicableScenarios() throws(LabError) -> [LabScenario] {
+        let stonith = try loadState().stonith == true
+        return LabScenario.allCases.filter { $0.applies(stonith: stonith) }
+    }
+
     /// The steps a takeover goes through on the new node, as its ha-log shows them: (label, text of the line).
     private var takeoverSteps: [(label: String, fragment: String)] {
         [
             ("peer declared dead", ": is dead"),
+            ("peer fenced (STONITH)", " fenced (STONITH "),
             ("failure noticed by the monitor", "monitor of mysqld failed"),
             ("takeover starts (drbddisk start)", "Running drbddisk::\(LabLayout.resourceName) start"),
             ("Primary (drbddisk start done)", "drbddisk::\(LabLayout.resourceName) start done"),
@@ -92,6 +117,14 @@ extension Lab {
     /// still run.
     public func run(_ scenario: LabScenario, loadAfterRecovery: Duration) throws(LabError) -> ScenarioReport {
         let state = try loadState()
+        let stonith = state.stonith == true
+        guard scenario.applies(stonith: stonith) else {
+            throw LabError(
+                .refused,
+                stonith
+                    ? "\(scenario.rawValue) does not apply to a lab with STONITH: the node cut off from every network still runs the group and fences the one clients can reach (ping nodes, not yet implemented, are what tells them apart)"
+                    : "\(scenario.rawValue) needs a lab whose nodes fence each other (tandem lab up --stonith)")
+        }
         var active = try waitForHealthy(timeout: .seconds(180))
         if scenario == .failback && active == .node1 {
             say("failback needs the service away from node1: switching over to node2 first")
@@ -131,6 +164,10 @@ extension Lab {
 
         var faultAt = Workload.unixMilliseconds()
         step("\(scenario.rawValue): \(scenario.summary)")
+        let sampler = ExclusivitySampler(lab: self)
+        sampler.start()
+        var samplerStopped = false
+        defer { if !samplerStopped { _ = sampler.stop() } }
         try inject(scenario, on: active)
         if scenario == .killDatabaseRepeatedly {
             // Failures within the window are restarted in place until the configured count moves the group (earlier
@@ -168,6 +205,19 @@ extension Lab {
                 report.problems.append("replica: \(error.message)")
             }
         }
+        if scenario == .cutHeartbeat {
+            // Both nodes lose each other; the one that runs the group fences the other at once, and serves on.
+            do throws(LabError) {
+                try waitFor("\(active.rawValue) to fence \(active.peer.rawValue)", timeout: .seconds(60)) { () -> Bool in
+                    follower.first(active, containing: "\(active.peer.rawValue) fenced (STONITH ", after: faultAt) != nil
+                        && !machines.isRunning(active.peer)
+                }
+            } catch {
+                report.problems.append(error.message)
+            }
+            // Load on the winner after the fence, before the heal.
+            usleep(useconds_t(clamping: loadAfterRecovery.wholeMilliseconds * 1000))
+        }
         if scenario == .cutLinks {
             // A node cut off from its service network cannot serve; its monitor finds the VIP without a link and,
             // after monitor_failures checks, stops the group (no peer it can hear to give it to). Only then do the
@@ -184,8 +234,18 @@ extension Lab {
             }
         }
         step("\(scenario.rawValue): healing \(active.rawValue)" + (loadThroughHeal ? ", under load" : ""))
-        try heal(scenario, node: active, report: &report)
-        if scenario == .freezeNode || scenario == .cutLinks {
+        // A node that STONITH powered off is not there to heal: it is powered on again (the operator's step after
+        // a fence with stonith_action off), and comes back as Secondary with nothing to discard.
+        let fenced = LabHost.nodes.filter { !machines.isRunning($0) && follower.first($0.peer, containing: "\($0.rawValue) fenced (STONITH ", after: faultAt) != nil }
+        // A fenced node comes back empty, as after a power loss: nothing it did can reach a client, and the load
+        // stops before it boots, as in kill-node (its resync is faster without the load).
+        if fenced.contains(active) { try workload.stop() }
+        try heal(scenario, node: active, fenced: fenced, report: &report)
+        for node in fenced {
+            report.notes.append("\(node.rawValue) was fenced (powered off by \(node.peer.rawValue) through the power switch) and powered on again")
+            if !machines.isRunning(node) { try powerOn(node) }
+        }
+        if (scenario == .freezeNode || scenario == .cutLinks) && !fenced.contains(active) {
             try resolveSplitBrain(victim: active, survivor: target, report: &report)
         }
         do throws(LabError) {
@@ -195,6 +255,16 @@ extension Lab {
             report.problems.append(error.message)
         }
         try workload.stop()
+        let exclusivity = sampler.stop()
+        samplerStopped = true
+        report.exclusivity = exclusivity.summary
+        if exclusivity.overlaps > 0 {
+            if stonith {
+                report.problems.append("two nodes held the service at once despite STONITH: \(exclusivity.summary)")
+            } else {
+                report.notes.append("without fencing both nodes held the service for a while (lab up --stonith prevents it)")
+            }
+        }
         let operations = workload.snapshot
         let observations = LabHost.nodes.map(observe)
         report.cluster = observations.map(\.summary)
@@ -245,6 +315,8 @@ extension Lab {
             machines.stopDaemons("heartbeatd", on: [node], within: .seconds(120))
         case .cutLinks:
             try network.setLinks(node, up: false)
+        case .cutHeartbeat:
+            try network.setHeartbeatPaths(cut: true)
         case .killDatabase, .killDatabaseRepeatedly:
             let victims = machines.processes(node, named: "mariadbd")
             for pid in victims { kill(pid, SIGKILL) }
@@ -256,13 +328,15 @@ extension Lab {
         }
     }
 
-    private func heal(_ scenario: LabScenario, node: LabHost, report: inout ScenarioReport) throws(LabError) {
+    private func heal(_ scenario: LabScenario, node: LabHost, fenced: [LabHost], report: inout ScenarioReport) throws(LabError) {
         switch scenario {
         case .killNode:
             try powerOn(node)
             say("    \(node.rawValue): booted, replicad and heartbeatd started")
         case .freezeNode:
-            machines.thaw(node)
+            if !fenced.contains(node) { machines.thaw(node) }
+        case .cutHeartbeat:
+            try network.setHeartbeatPaths(cut: false)
         case .stopHeartbeat:
             try startHeartbeatd(node)
         case .cutLinks:
