@@ -332,21 +332,22 @@ final class ClusterMailbox: @unchecked Sendable {
     }
 }
 
-/// authkeys is re-read when its modification time changes, as Heartbeat does. A changed file that does not parse is
-/// reported and the keys in force stay.
+/// authkeys is re-read when it changes, as Heartbeat does: its modification or change time (a `chmod 600` after the
+/// write changes only the latter, and a file read before it was refused for its mode). A changed file that does
+/// not parse is reported and the keys in force stay.
 struct AuthkeysWatcher {
     let path: String
-    private var modified: timespec?
+    private var stamp: [Int]?
 
     init(path: String) {
         self.path = path
-        self.modified = Self.modificationTime(path)
+        self.stamp = Self.stamp(path)
     }
 
     mutating func changedKeys(log: ClusterLog) -> Authkeys? {
-        let now = Self.modificationTime(path)
-        guard now?.tv_sec != modified?.tv_sec || now?.tv_nsec != modified?.tv_nsec else { return nil }
-        modified = now
+        let now = Self.stamp(path)
+        guard now != stamp else { return nil }
+        stamp = now
         do {
             let parsed = try AuthkeysParser.load(path: path)
             log.info("\(path) changed: signing with key \(parsed.model.activeIndex.value) from now on")
@@ -357,9 +358,9 @@ struct AuthkeysWatcher {
         }
     }
 
-    private static func modificationTime(_ path: String) -> timespec? {
+    private static func stamp(_ path: String) -> [Int]? {
         var status = stat()
         guard stat(path, &status) == 0 else { return nil }
-        return status.st_mtim
+        return [status.st_mtim.tv_sec, status.st_mtim.tv_nsec, status.st_ctim.tv_sec, status.st_ctim.tv_nsec, Int(status.st_ino)]
     }
 }
