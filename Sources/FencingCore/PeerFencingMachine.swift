@@ -13,8 +13,14 @@ public struct StonithPolicy: Sendable, Hashable {
     public var agentTimeout: Duration
     /// Pause between failed attempts. Fencing never gives up: the peer's groups stay unowned until it succeeds.
     public var retryInterval: Duration
+    /// With ping nodes (`deadping`): every fence waits this long first, so that a node that lost its service
+    /// network along with its peer knows it before it decides to fence (zero without ping nodes).
+    public var connectivityGrace: Duration
 
-    public init(action: FenceAction, delayWhenIdle: Duration, agentTimeout: Duration, retryInterval: Duration) {
+    public init(
+        action: FenceAction, delayWhenIdle: Duration, agentTimeout: Duration, retryInterval: Duration,
+        connectivityGrace: Duration = .zero
+    ) {
         precondition(action == .off || action == .reboot, "fencing must power the peer off or reboot it, not \(action)")
         precondition(delayWhenIdle >= .zero && agentTimeout > .zero && retryInterval > .zero,
                      "stonith delay \(delayWhenIdle), timeout \(agentTimeout), retry \(retryInterval) out of range")
@@ -22,6 +28,7 @@ public struct StonithPolicy: Sendable, Hashable {
         self.delayWhenIdle = delayWhenIdle
         self.agentTimeout = agentTimeout
         self.retryInterval = retryInterval
+        self.connectivityGrace = connectivityGrace
     }
 }
 
@@ -60,11 +67,13 @@ public struct PeerFencingMachine: Sendable {
     public private(set) var counters = FencingCounters()
     /// What the last failed attempt said.
     public private(set) var lastFailure: String?
+    /// Where this node stands in a fence race, as the driver last said.
+    public private(set) var standing = FenceStanding(role: .idle, reachesPingNodes: true)
 
     public enum State: Sendable, Hashable {
         case idle
-        /// The peer was lost; the agent runs at `due` (after the delay for a node that runs nothing).
-        case waiting(lostAt: MonotonicInstant, due: MonotonicInstant)
+        /// The peer was lost; the agent runs once the delay for this node's standing has passed since `lostAt`.
+        case waiting(lostAt: MonotonicInstant)
         case running(lostAt: MonotonicInstant, attempt: Int, heardMeanwhile: Bool)
         case retrying(lostAt: MonotonicInstant, attempt: Int, due: MonotonicInstant)
         /// Confirmed off (or rebooted) at `at`; stays so until the peer is heard again.
@@ -79,15 +88,16 @@ public struct PeerFencingMachine: Sendable {
     // MARK: Events
 
     /// Membership declared the peer dead (it did not announce a shutdown). `standing` decides how long to wait:
-    /// the node that runs the groups fences at once and wins a race.
+    /// the node that runs the groups fences first and wins a race.
     public mutating func peerLost(now: MonotonicInstant, standing: FenceStanding) -> [FencingAction] {
+        self.standing = standing
         switch state {
         case .idle, .fenced:
-            let delay = standing.delay(policy.delayWhenIdle)
-            state = .waiting(lostAt: now, due: now + delay)
+            state = .waiting(lostAt: now)
             var actions: [FencingAction] = [.log(.warning, "\(peer) is dead to us: fencing it (STONITH \(policy.action.rawValue)) before anything is taken over")]
+            let delay = standing.delay(policy)
             if delay > .zero {
-                actions.append(.log(.info, "\(standing.description): waiting \(delay) (stonith_delay) so that the node that runs the groups fences first"))
+                actions.append(.log(.info, "\(standing.description): fencing in \(delay) (stonith_delay) so that the node that runs the groups fences first"))
             }
             return actions + tick(now: now)
         case .running(let lostAt, let attempt, _):
@@ -116,9 +126,19 @@ public struct PeerFencingMachine: Sendable {
         }
     }
 
+    /// What this node runs, or whether it reaches its ping nodes, changed: a node that lost its service network
+    /// while it waited now waits longer.
+    public mutating func standingChanged(_ standing: FenceStanding, now: MonotonicInstant) -> [FencingAction] {
+        guard standing != self.standing else { return [] }
+        let before = self.standing
+        self.standing = standing
+        guard case .waiting = state else { return [] }
+        return [.log(.info, "fence race: \(before.description) -> \(standing.description); fencing \(standing.delay(policy)) after the loss")] + tick(now: now)
+    }
+
     public mutating func tick(now: MonotonicInstant) -> [FencingAction] {
         switch state {
-        case .waiting(let lostAt, let due) where now >= due:
+        case .waiting(let lostAt) where now >= lostAt + standing.delay(policy):
             return run(lostAt: lostAt, attempt: 1)
         case .retrying(let lostAt, let attempt, let due) where now >= due:
             return run(lostAt: lostAt, attempt: attempt + 1)
@@ -160,7 +180,8 @@ public struct PeerFencingMachine: Sendable {
 
     public var nextDeadline: MonotonicInstant? {
         switch state {
-        case .waiting(_, let due), .retrying(_, _, let due): due
+        case .waiting(let lostAt): lostAt + standing.delay(policy)
+        case .retrying(_, _, let due): due
         default: nil
         }
     }
@@ -169,7 +190,7 @@ public struct PeerFencingMachine: Sendable {
     public func summary(now: MonotonicInstant) -> String {
         switch state {
         case .idle: "armed (\(policy.action.rawValue))"
-        case .waiting(_, let due): "fencing \(peer) in \(max(due - now, .zero))"
+        case .waiting(let lostAt): "fencing \(peer) in \(max(lostAt + standing.delay(policy) - now, .zero))"
         case .running(_, let attempt, _): "fencing \(peer): agent running (attempt \(attempt))"
         case .retrying(_, let attempt, let due):
             "fencing \(peer) FAILED \(attempt) times, retry in \(max(due - now, .zero)): \(lastFailure ?? "")"
@@ -185,30 +206,46 @@ public struct PeerFencingMachine: Sendable {
 
 /// Where a node stands when its peer is lost, for the fence race: the side that would lose the least by being
 /// fenced waits longest.
-public enum FenceStanding: Sendable, Hashable, CustomStringConvertible {
-    /// Runs resource groups and the peer runs none: fences at once.
-    case runsTheGroups
-    /// Both run groups: the node that breaks ties (the name that sorts first) fences at once, the other after half
-    /// the delay.
-    case sharesTheGroups(breaksTies: Bool)
-    /// Runs nothing: waits the whole delay.
-    case idle
+public struct FenceStanding: Sendable, Hashable, CustomStringConvertible {
+    public enum Role: Sendable, Hashable {
+        /// Runs resource groups and the peer runs none.
+        case runsTheGroups
+        /// Both run groups; `breaksTies`: this node's name sorts first.
+        case sharesTheGroups(breaksTies: Bool)
+        /// Runs nothing.
+        case idle
+    }
 
-    func delay(_ delayWhenIdle: Duration) -> Duration {
-        switch self {
-        case .runsTheGroups, .sharesTheGroups(breaksTies: true): .zero
-        case .sharesTheGroups(breaksTies: false): delayWhenIdle / 2
-        case .idle: delayWhenIdle
+    public var role: Role
+    /// Reaches at least one of its ping nodes (true without ping nodes): a node cut off from its service network
+    /// must lose the race even if it runs the groups, since clients cannot reach it.
+    public var reachesPingNodes: Bool
+
+    public init(role: Role, reachesPingNodes: Bool) {
+        self.role = role
+        self.reachesPingNodes = reachesPingNodes
+    }
+
+    /// After the connectivity grace: a node that runs the groups (or breaks the tie) fences at once, the other of
+    /// two that both run groups waits half the delay, an idle node the whole delay, and a node that reaches no
+    /// ping node twice the delay.
+    func delay(_ policy: StonithPolicy) -> Duration {
+        guard reachesPingNodes else { return policy.connectivityGrace + policy.delayWhenIdle * 2 }
+        switch role {
+        case .runsTheGroups, .sharesTheGroups(breaksTies: true): return policy.connectivityGrace
+        case .sharesTheGroups(breaksTies: false): return policy.connectivityGrace + policy.delayWhenIdle / 2
+        case .idle: return policy.connectivityGrace + policy.delayWhenIdle
         }
     }
 
     public var description: String {
-        switch self {
+        let what = switch role {
         case .runsTheGroups: "this node runs the resource groups"
         case .sharesTheGroups(let breaksTies):
             "both nodes run resource groups and this node \(breaksTies ? "breaks" : "does not break") the tie"
         case .idle: "this node runs no resource group"
         }
+        return reachesPingNodes ? what : what + " but reaches none of its ping nodes"
     }
 }
 

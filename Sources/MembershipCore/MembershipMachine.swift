@@ -221,6 +221,23 @@ public struct MembershipMachine: Sendable {
         }
     }
 
+    /// How many ping nodes and groups this node reaches, sent in its status messages; nil without ping nodes.
+    public private(set) var localPingReachability: Int?
+
+    /// The ping tracker's count changed: the peer hears of it at once, so that ipfail can act.
+    public mutating func setLocalPingReachability(_ count: Int, now: MonotonicInstant) -> [MembershipAction] {
+        guard count != localPingReachability else { return [] }
+        localPingReachability = count
+        var actions: [MembershipAction] = []
+        if localStatus != .initial && localStatus != .dead { sendStatus(now: now, into: &actions) }
+        return actions
+    }
+
+    /// How many ping nodes `node` said it reaches in its last status message; nil if it did not say.
+    public func pingReachability(of node: String) -> Int? {
+        peers[Self.key(node)]?.pingReachability
+    }
+
     /// Whether `node` sent `shutdone` in its current incarnation: it released everything before it went.
     public func hasAnnouncedShutdown(_ node: String) -> Bool {
         peers[Self.key(node)]?.shutDown == true
@@ -238,6 +255,7 @@ public struct MembershipMachine: Sendable {
         status[HeartbeatField.status] = localStatus.rawValue
         status.setHexadecimal(HeartbeatField.deadtime, UInt64(configuration.deadtime.wholeNanoseconds / 1_000_000))
         status[HeartbeatField.protocolVersion] = "1"
+        if let localPingReachability { status[HeartbeatField.pingNodesReachable] = String(localPingReachability) }
         transmit(status, into: &actions)
         nextKeepaliveAt = now + configuration.keepalive
     }
@@ -322,6 +340,7 @@ public struct MembershipMachine: Sendable {
             counters.lateHeartbeats += 1
         }
         peer.lastStatusAt = now
+        peer.pingReachability = message[HeartbeatField.pingNodesReachable].flatMap { Int($0) }.map { min(max($0, 0), 1000) }
         let reported = message[HeartbeatField.status].flatMap(NodeStatus.init(rawValue:)) ?? .up
         // A node never reports itself dead or initial; treat such a claim as "up".
         setStatus(&peer, reported == .active ? .active : .up, into: &actions)
@@ -502,6 +521,8 @@ struct PeerState: Sendable {
     var links: [LinkState]
     /// The node sent `shutdone` in its current generation.
     var shutDown = false
+    /// The `pings` field of its last status message.
+    var pingReachability: Int?
 
     init(name: String, links: [String]) {
         self.name = name

@@ -2,6 +2,7 @@ import CoreSupport
 import FencingCore
 import MembershipCore
 import ResourceCore
+import TandemConfig
 import Testing
 
 /// STONITH over the production driver: a peer that goes silent is fenced before anything it ran is taken over, the
@@ -41,7 +42,7 @@ import Testing
         harness.run(for: .seconds(4))
         #expect(harness.fenced == ["node1"])
         #expect(harness.running["node2"] == ["IPaddr::10.0.0.10", "mysqld"])
-        #expect(harness.log("node2").contains("this node runs no resource group: waiting 1.0 seconds (stonith_delay)"))
+        #expect(harness.log("node2").contains("this node runs no resource group: fencing in 1.0 seconds (stonith_delay)"))
         harness.thaw("node1")  // already off: there is nothing left to thaw
         harness.run(for: .seconds(2))
         #expect(harness.running["node1"] == [])
@@ -110,28 +111,91 @@ import Testing
     }
 }
 
+/// ipfail: with a ping node, the node that reaches fewer ping nodes than its peer gives its groups up; and in a
+/// fence race, a node that reaches none loses even if it runs the groups.
+@Suite struct ClusterPingNodeTests {
+    static let pingNode = IPv4Address("10.0.0.254")!
+    static let stonith = StonithPolicy(
+        action: .off, delayWhenIdle: .seconds(1), agentTimeout: .seconds(5), retryInterval: .milliseconds(500),
+        connectivityGrace: ClusterHarness.deadping)
+
+    func bothUp(stonith: StonithPolicy? = nil) -> ClusterHarness {
+        let harness = ClusterHarness(groups: ClusterFencingTests.groups, autoFailback: .off, stonith: stonith, pingNode: Self.pingNode)
+        harness.boot("node1")
+        harness.boot("node2")
+        harness.run(for: .seconds(3))
+        return harness
+    }
+
+    @Test func theActiveNodeThatLosesItsPingNodeGivesTheGroupToItsPeer() {
+        let harness = bothUp()
+        #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "mysqld"])
+        #expect(harness.nodes["node1"]!.membership.pingReachability(of: "node2") == 1)
+        harness.pingUnreachable = ["node1"]
+        harness.run(for: .seconds(4))
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.10", "mysqld"])
+        #expect(harness.running["node1"] == [])
+        #expect(harness.log("node1").contains("ipfail: this node reaches 0 of its 1 ping nodes and node2 reaches 1"))
+        // Back in reach: nothing moves back (auto_failback off), and nothing moves again.
+        harness.pingUnreachable = []
+        harness.run(for: .seconds(3))
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.10", "mysqld"])
+    }
+
+    @Test func theStandbyLosingItsPingNodeMovesNothing() {
+        let harness = bothUp()
+        harness.pingUnreachable = ["node2"]
+        harness.run(for: .seconds(4))
+        #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "mysqld"])
+        #expect(harness.running["node2"] == [])
+        #expect(!harness.log("node2").contains("ipfail"))
+    }
+
+    @Test func withStonithTheNodeCutOffFromEverythingLosesTheFenceRace() {
+        let harness = bothUp(stonith: Self.stonith)
+        // node1 runs the group and loses every link: its peer and its ping node at once.
+        harness.cutLinks = [0, 1]
+        harness.pingUnreachable = ["node1"]
+        harness.run(for: .seconds(6))
+        #expect(harness.fenced == ["node1"])
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.10", "mysqld"])
+        #expect(harness.doubleHolders.prefix(3).isEmpty, "\(harness.doubleHolders.count) steps with two holders")
+    }
+
+    @Test func withStonithAndPingNodesAHeartbeatPartitionIsStillWonByTheActiveNode() {
+        let harness = bothUp(stonith: Self.stonith)
+        harness.cutLinks = [0, 1]
+        harness.run(for: .seconds(6))
+        #expect(harness.fenced == ["node2"])
+        #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "mysqld"])
+    }
+}
+
 /// The fencing machine on its own.
 @Suite struct PeerFencingMachineTests {
     let start = MonotonicInstant(nanoseconds: 1_000_000_000)
+
+    static let runs = FenceStanding(role: .runsTheGroups, reachesPingNodes: true)
+    static let idle = FenceStanding(role: .idle, reachesPingNodes: true)
 
     func machine() -> PeerFencingMachine { PeerFencingMachine(peer: "node2", policy: ClusterFencingTests.stonith) }
 
     @Test func theNodeThatRunsTheGroupsFencesAtOnceAndAnIdleNodeWaits() {
         var running = machine()
-        #expect(running.peerLost(now: start, standing: .runsTheGroups).contains(.runAgent(target: "node2", action: .off, timeout: .seconds(5))))
+        #expect(running.peerLost(now: start, standing: FenceStanding(role: .runsTheGroups, reachesPingNodes: true)).contains(.runAgent(target: "node2", action: .off, timeout: .seconds(5))))
         var idle = machine()
-        #expect(!idle.peerLost(now: start, standing: .idle).contains { if case .runAgent = $0 { true } else { false } })
+        #expect(!idle.peerLost(now: start, standing: Self.idle).contains { if case .runAgent = $0 { true } else { false } })
         #expect(idle.nextDeadline == start + .seconds(1))
         #expect(idle.tick(now: start + .milliseconds(999)).isEmpty)
         #expect(idle.tick(now: start + .seconds(1)) == [.runAgent(target: "node2", action: .off, timeout: .seconds(5))])
         var loser = machine()
-        _ = loser.peerLost(now: start, standing: .sharesTheGroups(breaksTies: false))
+        _ = loser.peerLost(now: start, standing: FenceStanding(role: .sharesTheGroups(breaksTies: false), reachesPingNodes: true))
         #expect(loser.nextDeadline == start + .milliseconds(500))
     }
 
     @Test func onlyASuccessfulFenceReportsThePeerFencedAndFailuresRetryForever() {
         var fencing = machine()
-        _ = fencing.peerLost(now: start, standing: .runsTheGroups)
+        _ = fencing.peerLost(now: start, standing: Self.runs)
         var now = start
         for attempt in 1...5 {
             let actions = fencing.agentFinished(.failed(detail: "no route"), now: now)
@@ -148,18 +212,18 @@ import Testing
 
     @Test func aPeerHeardWhileTheAgentRunsIsNotReportedFenced() {
         var fencing = machine()
-        _ = fencing.peerLost(now: start, standing: .runsTheGroups)
+        _ = fencing.peerLost(now: start, standing: Self.runs)
         _ = fencing.peerHeard(now: start + .milliseconds(10))
         let actions = fencing.agentFinished(.succeeded(detail: "off"), now: start + .milliseconds(100))
         #expect(!actions.contains(.peerFenced("node2")))
         #expect(fencing.state == .idle)
         // If the agent did turn it off, membership loses it again and it is fenced again.
-        #expect(fencing.peerLost(now: start + .seconds(2), standing: .runsTheGroups).contains(.runAgent(target: "node2", action: .off, timeout: .seconds(5))))
+        #expect(fencing.peerLost(now: start + .seconds(2), standing: Self.runs).contains(.runAgent(target: "node2", action: .off, timeout: .seconds(5))))
     }
 
     @Test func aPeerHeardBeforeItsFenceRanIsLeftAlone() {
         var fencing = machine()
-        _ = fencing.peerLost(now: start, standing: .idle)
+        _ = fencing.peerLost(now: start, standing: Self.idle)
         _ = fencing.peerHeard(now: start + .milliseconds(300))
         #expect(fencing.state == .idle)
         #expect(fencing.tick(now: start + .seconds(5)).isEmpty)

@@ -85,14 +85,19 @@ final class ClusterHarness {
     /// what is sent to them waits, and is read when they thaw.
     var frozen: Set<String> = []
     var frozenBacklog: [(String, Int, [UInt8])] = []
+    /// The ping node (ha.cf `ping`), when the harness has one, and the nodes that cannot reach it.
+    let pingNode: IPv4Address?
+    var pingUnreachable: Set<String> = []
+    static let deadping: Duration = .seconds(1)
     /// Per-node clock rates (1.0 when absent): a node's monotonic clock runs this much faster or slower.
     var clockRates: [String: Double] = [:]
     private let start = MonotonicInstant(nanoseconds: 1_000_000_000)
 
     init(
         groups: [GroupDefinition], autoFailback: FailbackPolicy = .on, monitor: MonitorPolicy? = nil,
-        stonith: StonithPolicy? = nil
+        stonith: StonithPolicy? = nil, pingNode: IPv4Address? = nil
     ) {
+        self.pingNode = pingNode
         self.groups = groups
         self.autoFailback = autoFailback
         self.monitor = monitor
@@ -139,7 +144,8 @@ final class ClusterHarness {
                 startTimeout: .seconds(5), stopTimeout: .seconds(5), stopRetries: 2,
                 stopRetryInterval: .milliseconds(100), stopFailureAction: .stopHeartbeats, exchangeTimeout: .seconds(2),
                 monitor: monitor),
-            authenticator: MessageAuthenticator(keys: Self.keys), environment: environment, stonith: stonith)
+            authenticator: MessageAuthenticator(keys: Self.keys), environment: environment, stonith: stonith,
+            pingNodes: pingNode.map { PingNodeTracker(nodes: [$0], groups: [], deadping: Self.deadping) })
         node.start(now: clock(name))
         nodes[name] = node
     }
@@ -190,6 +196,10 @@ final class ClusterHarness {
                 drain()
             }
             for name in nodes.keys.sorted() where !crashed.contains(name) && !frozen.contains(name) {
+                // An echo reply every 200 ms from a reachable ping node.
+                if let pingNode, !pingUnreachable.contains(name), (now - start).wholeMilliseconds % 200 == 0 {
+                    nodes[name]!.pingReplyReceived(from: pingNode, now: clock(name))
+                }
                 nodes[name]!.tick(now: clock(name))
             }
             drain()

@@ -89,6 +89,9 @@ public enum HeartbeatField {
     public static let timestamp = "ts"
     /// `ld`: the sender's load average.
     public static let load = "ld"
+    /// `pings` (Tandem): in a status message, how many of its ping nodes and groups the sender reaches, decimal;
+    /// absent without ping nodes. ipfail compares it with the local count.
+    public static let pingNodesReachable = "pings"
     /// `ttl`: hops left.
     public static let timeToLive = "ttl"
     /// `auth`: `INDEX HEXDIGEST`, always the last field.

@@ -2,6 +2,7 @@ import CoreSupport
 import FencingCore
 import MembershipCore
 import ResourceCore
+import TandemConfig
 
 /// What the cluster driver needs from the world: the heartbeat links, agent operations, a wall clock for the `ts`
 /// field, and the log. The daemon implements it over UDP sockets and processes; tests and the simulator over
@@ -33,14 +34,20 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
     public private(set) var resources: ResourceManagerMachine
     /// STONITH, when ha.cf configures it: the peer's death reaches the resource manager only once it is fenced.
     public private(set) var fencing: PeerFencingMachine?
+    /// ha.cf's ping nodes, when there are any: ipfail and the fence race use what this node reaches.
+    public private(set) var pingNodes: PingNodeTracker?
+    /// The (local, peer) ping counts for which ipfail last gave the groups up: once per change of counts.
+    private var ipfailGaveUpAt: [Int]?
     public private(set) var authenticator: MessageAuthenticator
     public private(set) var wireCounters = WireCounters()
     public let environment: Environment
 
     public init(
         membership: MembershipConfiguration, resources: ResourceManagerConfiguration,
-        authenticator: MessageAuthenticator, environment: Environment, stonith: StonithPolicy? = nil
+        authenticator: MessageAuthenticator, environment: Environment, stonith: StonithPolicy? = nil,
+        pingNodes: PingNodeTracker? = nil
     ) {
+        self.pingNodes = pingNodes
         self.membership = MembershipMachine(configuration: membership)
         self.resources = ResourceManagerMachine(configuration: resources)
         if let peer = resources.peerNode, let stonith {
@@ -52,13 +59,25 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
 
     public mutating func start(now: MonotonicInstant) {
         perform(membership.start(now: now), now: now)
+        // The peer learns from the first status message that this node has ping nodes and reaches none yet.
+        if pingNodes != nil { perform(membership.setLocalPingReachability(0, now: now), now: now) }
         perform(resources.start(now: now), now: now)
+        reviewConnectivity(now: now)
     }
 
     public mutating func tick(now: MonotonicInstant) {
         perform(membership.tick(now: now), now: now)
+        if pingNodes != nil { perform(pingNodes!.tick(now: now), now: now) }
         if fencing != nil { perform(fencing!.tick(now: now), now: now) }
         perform(resources.tick(now: now), now: now)
+        reviewConnectivity(now: now)
+    }
+
+    /// An ICMP echo reply from `address` arrived.
+    public mutating func pingReplyReceived(from address: IPv4Address, now: MonotonicInstant) {
+        guard pingNodes != nil else { return }
+        perform(pingNodes!.replyReceived(from: address, now: now), now: now)
+        reviewConnectivity(now: now)
     }
 
     /// A datagram arrived on link number `link`. Anything that does not decode, or is not signed with one of our
@@ -86,10 +105,12 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
             return
         }
         perform(membership.received(message, link: link, now: now), now: now)
+        reviewConnectivity(now: now)
     }
 
     public mutating func operationFinished(_ operation: ResourceOperation, outcome: OperationOutcome, now: MonotonicInstant) {
         perform(resources.operationFinished(operation, outcome: outcome, now: now), now: now)
+        reviewConnectivity(now: now)
     }
 
     /// The fence agents started by the last `runFenceAgent` finished.
@@ -121,7 +142,7 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
 
     /// When `tick` must next run.
     public var nextDeadline: MonotonicInstant? {
-        [membership.nextDeadline, resources.nextDeadline, fencing?.nextDeadline].compactMap { $0 }.min()
+        [membership.nextDeadline, resources.nextDeadline, fencing?.nextDeadline, pingNodes?.nextDeadline].compactMap { $0 }.min()
     }
 
     // MARK: Actions
@@ -177,11 +198,45 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
 
     private var fenceStanding: FenceStanding {
         let peerHolds = resources.groupReports.contains(where: \.heldByPeer)
-        switch (resources.holdsAnyGroup, peerHolds) {
-        case (true, false): return .runsTheGroups
+        let role: FenceStanding.Role = switch (resources.holdsAnyGroup, peerHolds) {
+        case (true, false): .runsTheGroups
         case (true, true):
-            return .sharesTheGroups(breaksTies: resources.configuration.localNode.lowercased() < (resources.configuration.peerNode ?? "").lowercased())
-        case (false, _): return .idle
+            .sharesTheGroups(breaksTies: resources.configuration.localNode.lowercased() < (resources.configuration.peerNode ?? "").lowercased())
+        case (false, _): .idle
+        }
+        return FenceStanding(role: role, reachesPingNodes: pingNodes.map { $0.reachableCount > 0 } ?? true)
+    }
+
+    /// After every event: the fence race hears of what changed (a group acquired or released, ping nodes lost),
+    /// and ipfail gives the groups to the peer when it reaches more ping nodes than this node.
+    private mutating func reviewConnectivity(now: MonotonicInstant) {
+        if fencing != nil { perform(fencing!.standingChanged(fenceStanding, now: now), now: now) }
+        guard let pingNodes, let peer = resources.configuration.peerNode,
+            membership.status(of: peer) == .active, let peerCount = membership.pingReachability(of: peer),
+            pingNodes.reachableCount < peerCount, resources.holdsAnyGroup
+        else {
+            ipfailGaveUpAt = nil
+            return
+        }
+        let counts = [pingNodes.reachableCount, peerCount]
+        guard ipfailGaveUpAt != counts else { return }
+        let outcome = resources.requestStandby(.all, now: now)
+        // Refused while a move is under way: asked again at the next event.
+        guard outcome.accepted else { return }
+        ipfailGaveUpAt = counts
+        environment.log(.warning, "ipfail: this node reaches \(counts[0]) of its \(pingNodes.targets.count) ping nodes and \(peer) reaches \(counts[1]): giving the resource groups to \(peer)")
+        perform(outcome.actions, now: now)
+    }
+
+    private mutating func perform(_ actions: [PingAction], now: MonotonicInstant) {
+        for action in actions {
+            switch action {
+            case .reachabilityChanged(let reachable, let total):
+                environment.log(.info, "ping nodes: \(reachable) of \(total) reachable")
+                perform(membership.setLocalPingReachability(reachable, now: now), now: now)
+            case .log(let level, let text):
+                environment.log(level, text)
+            }
         }
     }
 
