@@ -98,6 +98,8 @@ public struct ClusterStatusReport: Codable, Sendable {
     public var exchange: String?
     /// STONITH towards the peer (armed, waiting, running, failed, fenced); nil without a fence device.
     public var fencing: String?
+    /// The ping nodes this node reaches, and what the peer says it reaches; nil without ping nodes.
+    public var pingNodes: String?
     public var generation: UInt64
     public var peers: [Peer]
     public var groups: [Group]

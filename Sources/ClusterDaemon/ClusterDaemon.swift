@@ -21,6 +21,7 @@ public final class ClusterDaemon: Sendable {
     let generation: UInt64
     private let mailbox = ClusterMailbox()
     private let links: [HeartbeatLink]
+    private let pingProber: PingProber?
     private let log: ClusterLog
     private let agents: ResourceAgents
     private let thread: Mutex<DaemonThread?> = Mutex(nil)
@@ -29,8 +30,9 @@ public final class ClusterDaemon: Sendable {
 
     init(
         plan: ClusterPlan, generation: UInt64, epoch: (initial: UInt64, file: StateNumberFile), links: [HeartbeatLink],
-        log: ClusterLog, agents: ResourceAgents
+        pingProber: PingProber?, log: ClusterLog, agents: ResourceAgents
     ) {
+        self.pingProber = pingProber
         self.plan = plan
         self.generation = generation
         self.epoch = epoch
@@ -46,6 +48,7 @@ public final class ClusterDaemon: Sendable {
         let membership = plan.membershipConfiguration(generation: generation, randomSeed: UInt64.random(in: .min ... .max))
         let resources = plan.resourceConfiguration(initialEpoch: epoch.initial)
         let stonith = plan.stonithPolicy()
+        let pingNodes = plan.pingNodeTracker()
         let epochFile = epoch.file
         let keys = plan.authkeys
         let mailbox = self.mailbox
@@ -54,10 +57,12 @@ public final class ClusterDaemon: Sendable {
         for (index, link) in links.enumerated() {
             link.startReceiving { datagram in mailbox.post(.datagram(datagram, link: index)) }
         }
+        // Heartbeat pings its ping nodes every keepalive.
+        pingProber?.start(interval: plan.haConfig.keepalive) { address in mailbox.post(.pingReply(address)) }
         let handle = DaemonThread.start(name: "heartbeatd") {
             var node = ClusterNode(
                 membership: membership, resources: resources, authenticator: MessageAuthenticator(keys: keys),
-                environment: environment, stonith: stonith)
+                environment: environment, stonith: stonith, pingNodes: pingNodes)
             var keysWatcher = AuthkeysWatcher(path: authkeysPath)
             var persistedEpoch = resources.initialEpoch
             node.start(now: DaemonClock.now)
@@ -71,6 +76,8 @@ public final class ClusterDaemon: Sendable {
                     case .operationFinished(let operation, let outcome):
                         environment.operationEnded(operation)
                         node.operationFinished(operation, outcome: outcome, now: now)
+                    case .pingReply(let address):
+                        node.pingReplyReceived(from: address, now: now)
                     case .fenceFinished(let outcome):
                         environment.fenceEnded()
                         node.fenceAgentFinished(outcome, now: now)
@@ -104,6 +111,7 @@ public final class ClusterDaemon: Sendable {
         let handle = thread.withLock { $0 }
         await DaemonThread.run(name: "hb-join") { handle?.join() }
         for link in links { link.close() }
+        pingProber?.close()
         mailbox.close()
     }
 
@@ -150,6 +158,12 @@ public final class ClusterDaemon: Sendable {
             status: environment.isSilenced ? "halted" : node.membership.localStatus.rawValue,
             resourcesHeld: node.resources.heldSummary, phase: node.resources.phase.rawValue,
             exchange: node.resources.exchangeDescription, fencing: node.fencing?.summary(now: DaemonClock.now),
+            pingNodes: node.pingNodes.map { tracker in
+                "\(tracker.reachableCount) of \(tracker.targets.count) reachable ("
+                    + tracker.targets.map { "\($0.name) \($0.isUp ? "up" : "dead")" }.joined(separator: ", ") + ")"
+                    + (node.resources.configuration.peerNode.flatMap { peer in
+                        node.membership.pingReachability(of: peer).map { "; \(peer) reaches \($0)" } } ?? "")
+            },
             generation: node.membership.configuration.generation,
             peers: node.membership.peerReports.map { peer in
                 ClusterStatusReport.Peer(
@@ -275,6 +289,7 @@ final class ClusterMailbox: @unchecked Sendable {
         case datagram([UInt8], link: Int)
         case operationFinished(ResourceOperation, OperationOutcome)
         case fenceFinished(FenceOutcome)
+        case pingReply(IPv4Address)
         case admin(ClusterControlRequest, reply: @Sendable (ClusterControlResponse) -> Void)
         case shutdown
     }
@@ -294,7 +309,7 @@ final class ClusterMailbox: @unchecked Sendable {
         lock.withLock {
             guard !isClosed else { return false }
             switch message {
-            case .datagram:
+            case .datagram, .pingReply:
                 guard datagrams < Self.datagramsMaximum else { return false }
                 datagrams += 1
             case .admin:

@@ -139,7 +139,17 @@ public struct ClusterPlan: Sendable {
         guard !fenceDevices.isEmpty else { return nil }
         return StonithPolicy(
             action: haConfig.stonithAction == .reboot ? .reboot : .off, delayWhenIdle: haConfig.stonithDelay,
-            agentTimeout: haConfig.stonithTimeout, retryInterval: Self.fenceRetryInterval)
+            agentTimeout: haConfig.stonithTimeout, retryInterval: Self.fenceRetryInterval,
+            connectivityGrace: hasPingNodes ? haConfig.deadping : .zero)
+    }
+
+    var hasPingNodes: Bool { !haConfig.pingNodes.isEmpty || !haConfig.pingGroups.isEmpty }
+
+    /// ha.cf's ping nodes and groups, or nil without any.
+    func pingNodeTracker() -> PingNodeTracker? {
+        guard hasPingNodes else { return nil }
+        return PingNodeTracker(
+            nodes: haConfig.pingNodes.map(\.value), groups: haConfig.pingGroups.map(\.value), deadping: haConfig.deadping)
     }
 
     func membershipConfiguration(generation: UInt64, randomSeed: UInt64) -> MembershipConfiguration {

@@ -51,6 +51,7 @@ public enum HeartbeatdMain {
         let epochFile: StateNumberFile
         let initialEpoch: UInt64
         var links: [HeartbeatLink] = []
+        var pingProber: PingProber?
         do throws(DaemonStartError) {
             let (loaded, warnings) = try ClusterPlan.load(
                 configDirectory: options.configDirectory, nodeName: options.nodeName,
@@ -61,6 +62,7 @@ public enum HeartbeatdMain {
             epochFile = EpochFile.file(stateDirectory: options.stateDirectory)
             initialEpoch = try epochFile.read()
             for (name, medium) in plan.links { links.append(try HeartbeatLink.open(name: name, medium: medium)) }
+            if let tracker = plan.pingNodeTracker() { pingProber = try PingProber.open(addresses: tracker.addresses) }
         } catch {
             for link in links { link.close() }
             logger.critical("\(error.message)")
@@ -69,11 +71,15 @@ public enum HeartbeatdMain {
         let log = ClusterLog(logger: logger, logFilePath: plan.haConfig.logFile?.value, debugFilePath: plan.haConfig.debugFile?.value)
         log.info("Configuration validated. Starting heartbeat (Tandem heartbeatd) for node \(plan.localNode), generation \(generation)")
         for (name, medium) in plan.links { log.info("link \(name): \(medium.haCfText)") }
+        if let tracker = plan.pingNodeTracker() {
+            log.info("ping nodes: \(tracker.targets.map(\.name).joined(separator: ", ")) (deadping \(plan.haConfig.deadping)): the node that reaches fewer gives its resource groups up (ipfail)")
+        }
         let agents = ResourceAgents(
             configDirectory: options.configDirectory, localNode: plan.localNode, runDirectory: options.runDirectory,
             initDirectory: options.initDirectory, ocfRoot: options.ocfRoot, log: log)
         let daemon = ClusterDaemon(
-            plan: plan, generation: generation, epoch: (initialEpoch, epochFile), links: links, log: log, agents: agents)
+            plan: plan, generation: generation, epoch: (initialEpoch, epochFile), links: links, pingProber: pingProber,
+            log: log, agents: agents)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let code = await serve(daemon: daemon, plan: plan, links: links, log: log, options: options, group: group, logger: logger)
         try? await group.shutdownGracefully()

@@ -209,6 +209,7 @@ enum ClusterStatusText {
     static func render(_ status: ClusterStatusReport) -> String {
         var lines = ["node \(status.node): \(status.status), holds \(status.resourcesHeld) (\(status.phase), generation \(status.generation))"]
         if let exchange = status.exchange { lines.append("  standby exchange: \(exchange)") }
+        if let pingNodes = status.pingNodes { lines.append("  ping nodes: \(pingNodes)") }
         lines.append("  stonith: \(status.fencing ?? "none configured (shared data is not protected against a peer that is silent but running)")")
         for peer in status.peers {
             lines.append("node \(peer.name): \(peer.status)")

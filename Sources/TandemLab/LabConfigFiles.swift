@@ -77,6 +77,7 @@ struct LabConfigFiles {
             warntime 600ms
             deadtime 1
             initdead 10
+            ping \(layout.serviceAddress(.client))
             monitor_interval 1
             monitor_timeout 5
             monitor_failures \(Self.monitorFailures)

@@ -86,6 +86,18 @@ struct LabNetwork {
         }
     }
 
+    /// Makes `node` unable (or able again) to reach the client machine, the lab's ping node, while the client still
+    /// reaches the VIP: the client's neighbour entry for the node's own service address is pinned to a MAC address
+    /// no machine has, so the client's echo replies to the node go nowhere.
+    func setPingNodeReachable(from node: LabHost, _ reachable: Bool) throws(LabError) {
+        let arguments = ["-n", layout.namespace(.client), "neigh"]
+        if reachable {
+            _ = try? ip(arguments + ["del", layout.serviceAddress(node), "dev", "eth1"])
+        } else {
+            try ip(arguments + ["replace", layout.serviceAddress(node), "lladdr", Self.nowhereMAC, "dev", "eth1", "nud", "permanent"])
+        }
+    }
+
     /// A locally administered unicast address that no lab machine has.
     static let nowhereMAC = "02:00:5e:00:de:ad"
 

@@ -14,6 +14,8 @@ public enum LabScenario: String, CaseIterable, Sendable {
     case stopHeartbeat = "stop-heartbeat"
     case cutLinks = "cut-links"
     case cutHeartbeat = "cut-heartbeat"
+    case losePingNode = "lose-ping-node"
+    case losePingNodeStandby = "lose-ping-node-standby"
     case killDatabase = "kill-mysqld"
     case killDatabaseRepeatedly = "kill-mysqld-repeatedly"
     case switchover
@@ -21,19 +23,11 @@ public enum LabScenario: String, CaseIterable, Sendable {
 
     /// Whether the service ends on the same node (a restart in place, or the winner of a split) rather than on the
     /// peer.
-    var staysOnTheActiveNode: Bool { self == .killDatabase || self == .cutHeartbeat }
+    var staysOnTheActiveNode: Bool { self == .killDatabase || self == .cutHeartbeat || self == .losePingNodeStandby }
 
     /// Whether the scenario can run in a lab with or without STONITH. cut-heartbeat needs fencing: without it both
-    /// nodes would take the group. cut-links is left out with it: the node cut off from everything still runs the
-    /// group, so it wins the fence race against the node that clients can still reach, and the service stops
-    /// until the links come back. Telling the two apart is what ping nodes (ipfail) are for.
-    func applies(stonith: Bool) -> Bool {
-        switch self {
-        case .cutHeartbeat: stonith
-        case .cutLinks: !stonith
-        default: true
-        }
-    }
+    /// nodes would take the group.
+    func applies(stonith: Bool) -> Bool { self != .cutHeartbeat || stonith }
 
     public var summary: String {
         switch self {
@@ -42,6 +36,8 @@ public enum LabScenario: String, CaseIterable, Sendable {
         case .stopHeartbeat: "heartbeatd stopped cleanly on the active node (it releases the group); started again later"
         case .cutLinks: "every link of the active node cut (heartbeat, replication, service); restored once it stopped serving"
         case .cutHeartbeat: "every heartbeat path between the nodes cut, both nodes up: the node that runs the group fences the other"
+        case .losePingNode: "the ping node (the client machine) unreachable from the active node only: ipfail moves the group to the peer"
+        case .losePingNodeStandby: "the ping node unreachable from the standby only: nothing moves"
         case .killDatabase: "mariadbd killed on the active node: the monitor notices and restarts it in place"
         case .killDatabaseRepeatedly: "mariadbd killed on the active node three times: the third failure moves the group to the peer"
         case .switchover: "planned switchover: tandem takeover on the standby node"
@@ -119,11 +115,7 @@ extension Lab {
         let state = try loadState()
         let stonith = state.stonith == true
         guard scenario.applies(stonith: stonith) else {
-            throw LabError(
-                .refused,
-                stonith
-                    ? "\(scenario.rawValue) does not apply to a lab with STONITH: the node cut off from every network still runs the group and fences the one clients can reach (ping nodes, not yet implemented, are what tells them apart)"
-                    : "\(scenario.rawValue) needs a lab whose nodes fence each other (tandem lab up --stonith)")
+            throw LabError(.refused, "\(scenario.rawValue) needs a lab whose nodes fence each other (tandem lab up --stonith)")
         }
         var active = try waitForHealthy(timeout: .seconds(180))
         if scenario == .failback && active == .node1 {
@@ -194,6 +186,9 @@ extension Lab {
                 report.timeline.append((label, line.unixMilliseconds - faultAt))
             }
         }
+        if scenario == .losePingNode, let line = follower.first(active, containing: "ipfail: this node reaches", after: faultAt) {
+            report.timeline.append(("ipfail on \(active.rawValue): ping node lost, groups given up", line.unixMilliseconds - faultAt))
+        }
         if let first = operationsBeforeHeal.first(where: { $0.outcome == .acknowledged && $0.node == target.rawValue && $0.unixMilliseconds >= faultAt }) {
             report.timeline.append((ScenarioReport.firstCommit, first.unixMilliseconds - faultAt))
         }
@@ -203,6 +198,18 @@ extension Lab {
                 try LabReplica(lab: self).waitUntilFollowingTheServingNode(timeout: .seconds(60))
             } catch {
                 report.problems.append("replica: \(error.message)")
+            }
+        }
+        if scenario == .losePingNodeStandby {
+            // Nothing must move: watched for a few seconds after the standby noticed.
+            do throws(LabError) {
+                try waitFor("\(active.peer.rawValue) to lose its ping node", timeout: .seconds(30)) { () -> Bool in
+                    follower.first(active.peer, containing: "ping nodes: 0 of 1 reachable", after: faultAt) != nil
+                }
+                report.timeline.append(("standby lost its ping node", Workload.unixMilliseconds() - faultAt))
+                usleep(3_000_000)
+            } catch {
+                report.problems.append(error.message)
             }
         }
         if scenario == .cutHeartbeat {
@@ -228,7 +235,7 @@ extension Lab {
                     let observation = observe(active)
                     return !observation.holdsVirtualAddress && !observation.mountsFileSystem && !observation.runsDatabase
                 }
-                report.timeline.append(("cut-off node stopped serving (its monitor)", Workload.unixMilliseconds() - faultAt))
+                report.timeline.append(("cut-off node stopped serving", Workload.unixMilliseconds() - faultAt))
             } catch {
                 report.problems.append(error.message)
             }
@@ -317,6 +324,10 @@ extension Lab {
             try network.setLinks(node, up: false)
         case .cutHeartbeat:
             try network.setHeartbeatPaths(cut: true)
+        case .losePingNode:
+            try network.setPingNodeReachable(from: node, false)
+        case .losePingNodeStandby:
+            try network.setPingNodeReachable(from: node.peer, false)
         case .killDatabase, .killDatabaseRepeatedly:
             let victims = machines.processes(node, named: "mariadbd")
             for pid in victims { kill(pid, SIGKILL) }
@@ -337,6 +348,10 @@ extension Lab {
             if !fenced.contains(node) { machines.thaw(node) }
         case .cutHeartbeat:
             try network.setHeartbeatPaths(cut: false)
+        case .losePingNode:
+            try network.setPingNodeReachable(from: node, true)
+        case .losePingNodeStandby:
+            try network.setPingNodeReachable(from: node.peer, true)
         case .stopHeartbeat:
             try startHeartbeatd(node)
         case .cutLinks:
