@@ -9,6 +9,7 @@ import DeviceFrontend
 import Foundation
 import ReplicationDaemon
 import ResourceCore
+import Synchronization
 import TandemConfig
 
 /// IPaddr and IPaddr2: the floating address, added with its label and broadcast address, then announced with
@@ -19,6 +20,11 @@ struct IPAddressAgent {
     let log: ClusterLog
     /// Gratuitous ARP: `arping -U` (unsolicited) and `-A` (reply), this many each, in the background.
     static let announcements = 3
+    /// A held address is announced again this often (one round, from its check), so that a switch or client that
+    /// lost the mapping (a reboot, an ARP cache flushed, a partition healed) finds it without asking.
+    static let reannounceInterval: Duration = .seconds(60)
+    /// When each address was last announced.
+    private static let lastAnnounced = Mutex<[IPv4Address: MonotonicInstant]>([:])
 
     func run(_ kind: ResourceOperation.Kind, deadline: MonotonicInstant) -> OperationOutcome {
         let resolved: (interface: String, prefix: UInt8)
@@ -59,6 +65,13 @@ struct IPAddressAgent {
             guard hasCarrier(resolved.interface, deadline: deadline) else {
                 return .failed("\(resolved.interface), which carries \(cidr), has no link")
             }
+            let now = DaemonClock.now
+            let due = Self.lastAnnounced.withLock { last in
+                guard last[address.address].map({ now - $0 >= Self.reannounceInterval }) ?? true else { return false }
+                last[address.address] = now
+                return true
+            }
+            if due { announce(interface: resolved.interface, rounds: 1) }
             return .succeeded
         }
     }
@@ -73,12 +86,13 @@ struct IPAddressAgent {
     /// resource): one unsolicited request and one reply a second, `announcements` times, and only while the address
     /// is still here and its link has a carrier. An address removed meanwhile (the group stopped, or moved on) is not announced again: a late
     /// announcement would draw clients to a node that no longer serves.
-    func announce(interface: String) {
+    func announce(interface: String, rounds: Int = Self.announcements) {
         let agent = self
+        Self.lastAnnounced.withLock { $0[address.address] = DaemonClock.now }
         DaemonThread.detach(name: "garp") {
             let address = String(describing: agent.address.address)
             var sent = 0
-            for round in 0..<Self.announcements {
+            for round in 0..<rounds {
                 if round > 0 { sleep(1) }
                 let deadline = DaemonClock.now + .seconds(5)
                 guard agent.isPresent(on: interface, deadline: deadline), agent.hasCarrier(interface, deadline: deadline) else { break }
@@ -88,8 +102,17 @@ struct IPAddressAgent {
                 }
                 sent += 1
             }
-            agent.log.info("gratuitous ARP for \(address) sent on \(interface) (\(sent) of \(Self.announcements) rounds)")
+            agent.log.info("gratuitous ARP for \(address) sent on \(interface) (\(sent) of \(rounds) rounds)")
         }
+    }
+
+    /// Announces the address again if this node has it on a link with a carrier: after a partition healed while
+    /// this node kept the group, clients that followed the other node's announcements come back.
+    func reannounce(deadline: MonotonicInstant) {
+        guard case .success(let resolved) = resolve(deadline: deadline), isPresent(on: resolved.interface, deadline: deadline),
+            hasCarrier(resolved.interface, deadline: deadline)
+        else { return }
+        announce(interface: resolved.interface)
     }
 
     /// The interface and prefix: as written, or those of the interface whose network holds the address.

@@ -44,7 +44,8 @@ public final class ClusterDaemon: Sendable {
     /// Starts the cluster thread and the links' receivers.
     func start() {
         let environment = DaemonClusterEnvironment(
-            links: links, mailbox: mailbox, agents: agents, log: log, groups: plan.groups, fenceDevices: plan.fenceDevices)
+            links: links, mailbox: mailbox, agents: agents, log: log, groups: plan.groups, fenceDevices: plan.fenceDevices,
+            alerts: AlertRunner(scripts: plan.haConfig.alertScripts.map(\.value), node: plan.localNode, log: log))
         let membership = plan.membershipConfiguration(generation: generation, randomSeed: UInt64.random(in: .min ... .max))
         let resources = plan.resourceConfiguration(initialEpoch: epoch.initial)
         let stonith = plan.stonithPolicy()
@@ -191,6 +192,7 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
     let log: ClusterLog
     let groups: [ResourceGroup]
     let fenceDevices: [ClusterPlan.FenceDevice]
+    let alerts: AlertRunner
     private(set) var isFinished = false
     /// Set by the stop-heartbeats last resort: nothing more is sent or acted on.
     private(set) var isSilenced = false
@@ -199,8 +201,9 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
 
     init(
         links: [HeartbeatLink], mailbox: ClusterMailbox, agents: ResourceAgents, log: ClusterLog, groups: [ResourceGroup],
-        fenceDevices: [ClusterPlan.FenceDevice]
+        fenceDevices: [ClusterPlan.FenceDevice], alerts: AlertRunner
     ) {
+        self.alerts = alerts
         self.links = links
         self.mailbox = mailbox
         self.agents = agents
@@ -249,6 +252,19 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
 
     func log(_ level: LogLevel, _ message: String) { log.log(level, message) }
 
+    func alert(_ kind: ClusterAlertKind, _ detail: String) { alerts.post(kind, detail) }
+
+    func reannounceAddresses(groups indices: [Int]) {
+        let log = self.log
+        for index in indices {
+            for case .ipAddress(let address) in groups[index].resources.map(\.kind) {
+                DaemonThread.detach(name: "reannounce") {
+                    IPAddressAgent(address: address, log: log).reannounce(deadline: DaemonClock.now + .seconds(5))
+                }
+            }
+        }
+    }
+
     func lastResort(_ action: StopFailureAction, reason: String) {
         switch action {
         case .stopHeartbeats:
@@ -270,6 +286,7 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
         for thread in operationThreads.values { thread.join() }
         operationThreads.removeAll()
         fenceEnded()
+        alerts.close()
     }
 
     var wallClockSeconds: UInt64 { UInt64(time(nil)) }

@@ -97,6 +97,9 @@ public struct ClusterPlan: Sendable {
                 exitCode: 1)
         }
         let fenceDevices = try resolveFenceDevices(haConfig, localNode: localNode, nodes: nodes)
+        for script in haConfig.alertScripts where access(script.value, X_OK) != 0 {
+            throw DaemonStartError("\(script.location): alert program \(script.value) is not an executable file", exitCode: 1)
+        }
         if fenceDevices.isEmpty, let peer = peers.first {
             warnings.append("no STONITH device for \(localNode) (stonith_host): if \(peer) stops answering while it still runs, both nodes may run the resources")
         }

@@ -108,7 +108,8 @@ public struct ResourceManagerMachine: Sendable {
                 if !wasAlive { actions.append(.log(.debug, "(\(peerName) was not known to be alive)")) }
                 // A group that failed here gets another chance: nobody else can run it now.
                 for index in groups.indices { groups[index].failedHere = false }
-                acquire(groups.indices.map { $0 }, reason: "takeover from \(peerName)", into: &actions)
+                let taken = acquire(groups.indices.map { $0 }, reason: "takeover from \(peerName)", into: &actions)
+                if taken > 0 { actions.append(.alert(.takeover, "taking over \(taken) resource group(s) from \(peerName)")) }
                 notices.append(.takeoverComplete(peerName))
                 counters.takeovers += 1
             default:
@@ -224,6 +225,7 @@ public struct ResourceManagerMachine: Sendable {
             groups[operation.group].failedHere = true
             groups[operation.group].wanted = false
             actions.append(.log(.critical, "Giving up resources due to failure of \(name): \(detail)"))
+            actions.append(.alert(.resourceFailure, "start of \(name) failed: \(detail)"))
             actions.append(.log(.info, "Releasing resource group: \(describe(operation.group))"))
             notices.append(.announce)
         case (.stop, .succeeded):
@@ -701,6 +703,7 @@ public struct ResourceManagerMachine: Sendable {
         groups[index].nextMonitorAt = nil
         let failures = groups[index].failureTimes.count
         actions.append(.log(.critical, "monitor of \(name) failed (\(failures) of \(policy.failuresBeforeFailover) within \(policy.failureWindow)): \(detail)"))
+        actions.append(.alert(.resourceFailure, "check of \(name) failed (\(failures) of \(policy.failuresBeforeFailover)): \(detail)"))
         if failures >= policy.failuresBeforeFailover {
             // It cannot run here. With a live peer it moves there; without one it stops here all the same (as
             // Pacemaker does at migration-threshold with nowhere to go): a node whose resource keeps failing, for
@@ -765,6 +768,26 @@ public enum ResourceAction: Sendable, Equatable {
     case lastResort(StopFailureAction, reason: String)
     /// Shutdown finished: every group is released and `shutdone` was sent.
     case shutdownComplete
+    /// Something an operator should hear of (ha.cf's `alert` scripts).
+    case alert(ClusterAlertKind, String)
+}
+
+/// The events ha.cf's `alert` scripts are run for (`TANDEM_ALERT_KIND`).
+public enum ClusterAlertKind: String, Sendable, Hashable, CaseIterable {
+    /// The peer was declared dead (deadtime without a message, or its shutdown).
+    case nodeDead = "node-dead"
+    /// One heartbeat link to the peer went dead.
+    case linkDown = "link-down"
+    /// This node takes over the peer's resource groups.
+    case takeover
+    /// The peer was fenced (STONITH).
+    case fenced
+    /// A fence attempt failed; it is retried.
+    case fenceFailed = "fence-failed"
+    /// A resource failed: its start, or a check of a running one.
+    case resourceFailure = "resource-failure"
+    /// This node gives its resource groups up because its peer reaches more ping nodes.
+    case ipfail
 }
 
 /// The answer to an operator's standby or takeover.

@@ -171,6 +171,17 @@ extension Lab {
                 try inject(scenario, on: active)
             }
         }
+        if scenario == .cutHeartbeat {
+            // Both nodes lose each other; the one that runs the group fences the other at once, and serves on.
+            do throws(LabError) {
+                try waitFor("\(active.rawValue) to fence \(active.peer.rawValue)", timeout: .seconds(60)) { () -> Bool in
+                    follower.first(active, containing: "\(active.peer.rawValue) fenced (STONITH ", after: faultAt) != nil
+                        && !machines.isRunning(active.peer)
+                }
+            } catch {
+                report.problems.append(error.message)
+            }
+        }
         if waitForCommit(on: target, after: faultAt, timeout: .seconds(120), workload) == nil { report.problems.append("no commit on \(target.rawValue) within the time allowed after the fault") }
         usleep(useconds_t(clamping: loadAfterRecovery.wholeMilliseconds * 1000))
         // The load runs on through the heal where a node that was cut off or frozen comes back: there a client could
@@ -211,19 +222,6 @@ extension Lab {
             } catch {
                 report.problems.append(error.message)
             }
-        }
-        if scenario == .cutHeartbeat {
-            // Both nodes lose each other; the one that runs the group fences the other at once, and serves on.
-            do throws(LabError) {
-                try waitFor("\(active.rawValue) to fence \(active.peer.rawValue)", timeout: .seconds(60)) { () -> Bool in
-                    follower.first(active, containing: "\(active.peer.rawValue) fenced (STONITH ", after: faultAt) != nil
-                        && !machines.isRunning(active.peer)
-                }
-            } catch {
-                report.problems.append(error.message)
-            }
-            // Load on the winner after the fence, before the heal.
-            usleep(useconds_t(clamping: loadAfterRecovery.wholeMilliseconds * 1000))
         }
         if scenario == .cutLinks {
             // A node cut off from its service network cannot serve; its monitor finds the VIP without a link and,

@@ -33,6 +33,7 @@ import Testing
         #expect(harness.running["node1"] == ["IPaddr::10.0.0.10", "mysqld"])
         #expect(harness.doubleHolders.prefix(3).isEmpty, "\(harness.doubleHolders.count) steps with two holders")
         #expect(harness.log("node1").contains("node2 fenced (STONITH off, attempt 1"))
+        #expect(Set(harness.environments["node1"]!.alerts.map(\.0)) == [.linkDown, .nodeDead, .fenced])
         #expect(harness.nodes["node1"]!.fencing!.counters.fencesSucceeded == 1)
     }
 
@@ -70,6 +71,7 @@ import Testing
         #expect(harness.running["node2"] == [])
         #expect(harness.nodes["node2"]!.fencing!.counters.fenceFailures >= 3)
         #expect(harness.log("node2").contains("STONITH of node1 failed (attempt 1): power switch unreachable"))
+        #expect(harness.environments["node2"]!.alerts.contains { $0.0 == .fenceFailed && $0.1.contains("power switch unreachable") })
         harness.fenceDeviceFailing = false
         harness.run(for: .seconds(2))
         #expect(harness.fenced == ["node1"])
@@ -100,6 +102,19 @@ import Testing
         #expect(harness.fenced == ["node2"])
         #expect(harness.running["node1"]!.sorted() == ["IPaddr::10.0.0.10", "IPaddr::10.0.0.20", "service1"])
         #expect(harness.doubleHolders.prefix(3).isEmpty, "\(harness.doubleHolders.count) steps with two holders")
+    }
+
+    @Test func afterAPartitionHealsTheNodeThatKeepsTheGroupAnnouncesItsAddressesAgain() {
+        let harness = bothUp(stonith: nil)
+        harness.cutLinks = [0, 1]
+        harness.run(for: .seconds(3))
+        harness.cutLinks = []
+        harness.run(for: .seconds(5))
+        // node2 acquired the group later: it keeps it, node1 releases it, and only node2 announces.
+        #expect(harness.running["node2"] == ["IPaddr::10.0.0.10", "mysqld"])
+        #expect(harness.running["node1"] == [])
+        #expect(harness.environments["node2"]!.reannouncements == [[0]])
+        #expect(harness.environments["node1"]!.reannouncements == [])
     }
 
     @Test func withoutStonithAPartitionRunsTheGroupTwiceAndSaysSo() {
@@ -136,6 +151,8 @@ import Testing
         #expect(harness.running["node2"] == ["IPaddr::10.0.0.10", "mysqld"])
         #expect(harness.running["node1"] == [])
         #expect(harness.log("node1").contains("ipfail: this node reaches 0 of its 1 ping nodes and node2 reaches 1"))
+        #expect(harness.environments["node1"]!.alerts.map(\.0) == [.ipfail])
+        #expect(harness.environments["node2"]!.alerts.map(\.0) == [])
         // Back in reach: nothing moves back (auto_failback off), and nothing moves again.
         harness.pingUnreachable = []
         harness.run(for: .seconds(3))

@@ -27,6 +27,10 @@ final class ClusterHarness {
         }
         func log(_ level: LogLevel, _ message: String) { logLines.append("\(level.rawValue): \(message)") }
         func lastResort(_ action: StopFailureAction, reason: String) { lastResorts.append(action) }
+        var alerts: [(ClusterAlertKind, String)] = []
+        var reannouncements: [[Int]] = []
+        func reannounceAddresses(groups: [Int]) { reannouncements.append(groups) }
+        func alert(_ kind: ClusterAlertKind, _ detail: String) { alerts.append((kind, detail)) }
         func runFenceAgent(target: String, action: FenceAction, timeout: Duration) {
             harness.fences.append(PendingFence(due: harness.now + harness.fenceAgentDuration, fencer: name, target: target))
         }

@@ -63,6 +63,31 @@ struct HeartbeatClusterTests {
         #expect(lab.status(lab.node1)?.resourcesHeld == "none")
     }
 
+    /// ha.cf's `alert` programs hear of the events, with the event in their environment.
+    @Test func alertProgramsHearOfTheDeathAndTheTakeover() async throws {
+        let script = NSTemporaryDirectory() + "tandem-alert-\(getpid()).sh"
+        let events = script + ".log"
+        defer {
+            unlink(script)
+            unlink(events)
+        }
+        try """
+            #!/bin/sh
+            echo "$TANDEM_ALERT_NODE $TANDEM_ALERT_KIND $TANDEM_ALERT_TIMESTAMP $TANDEM_ALERT_DETAIL" >> \(events)
+            """.write(toFile: script, atomically: true, encoding: .utf8)
+        chmod(script, 0o755)
+        let lab = try HeartbeatLab(haresources: Self.group, haCfExtra: "alert \(script)", autoFailback: "off")
+        defer { lab.tearDown() }
+        try await bothUp(lab)
+        await lab.crash(lab.node1)
+        #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
+        func lines() -> [String] { ((try? String(contentsOfFile: events, encoding: .utf8)) ?? "").split(separator: "\n").map(String.init) }
+        #expect(await eventually(timeout: patience) { lines().contains { $0.hasPrefix("node2 takeover ") } }, "\(lines())")
+        let kinds = lines().filter { $0.hasPrefix("node2 ") }.map { $0.split(separator: " ")[1] }
+        #expect(kinds.contains("link-down") && kinds.contains("node-dead") && kinds.contains("takeover"), "\(lines())")
+        #expect(lines().contains { $0.hasPrefix("node2 node-dead ") && $0.hasSuffix("node1 is dead (no message for deadtime)") }, "\(lines())")
+    }
+
     @Test func takeoverAndStandbyBothWays() async throws {
         let lab = try HeartbeatLab(haresources: Self.group)
         defer { lab.tearDown() }

@@ -350,6 +350,14 @@ import Testing
         #expect(error.errors[0].message.contains(message))
     }
 
+    @Test func alertProgramsAreAbsolutePaths() throws {
+        let parsed = try Self.parseMinimal(adding: "alert /usr/local/sbin/ha-alert\nalert /etc/tandem/mail-alert")
+        #expect(parsed.model.alertScripts.map(\.value) == ["/usr/local/sbin/ha-alert", "/etc/tandem/mail-alert"])
+        let error = try #require(Self.rejection(Self.minimal + "alert ha-alert\n"))
+        #expect(error.errors.map(\.code) == [.hacfBadValue])
+        #expect(error.errors[0].message.contains("absolute path"))
+    }
+
     @Test func heartbeatsStonithDirectiveIsRefusedWithTheStonithHostForm() throws {
         let error = try #require(Self.rejection(Self.minimal + "stonith baytech /etc/ha.d/conf/stonith.baytech\n"))
         #expect(error.errors.map(\.code) == [.hacfUnsupportedDirective])

@@ -126,6 +126,9 @@ public struct HaConfig: Sendable, Equatable {
 
     /// `watchdog`: the watchdog device Heartbeat feeds.
     public var watchdogDevice: Located<String>?
+    /// `alert PATH` (Tandem) lines: programs run on cluster events (node dead, link down, takeover, fence, fence
+    /// failure, resource failure, ipfail), with the event in their environment.
+    public var alertScripts: [Located<String>] = []
     /// `stonith_host FROMHOST AGENT NAME=VALUE...` lines: the fence devices. Their parameters may hold passwords.
     public var stonithHosts: [Located<StonithDevice>] = []
     /// `stonith_action` (Tandem): what fencing does to the peer, off (default) or reboot.

@@ -20,6 +20,8 @@ public enum HaCfParser {
     public static let apiAuthorizationsMax = 64
     /// `stonith_host` lines.
     public static let stonithHostsMax = 32
+    /// `alert` lines.
+    public static let alertScriptsMax = 8
 
     /// Parses the text of an ha.cf. Throws every error found; warnings come back with the model.
     public static func parse(_ source: SourceFile) throws(ConfigError) -> Parsed<HaConfig> {
@@ -48,7 +50,7 @@ public enum HaCfParser {
         // Tandem's own.
         "resource_start_timeout", "resource_stop_timeout", "stop_failure_action",
         "monitor_interval", "monitor_timeout", "monitor_failures", "monitor_failure_window",
-        "stonith_action", "stonith_delay", "stonith_timeout",
+        "stonith_action", "stonith_delay", "stonith_timeout", "alert",
     ]
 
     /// Directives that Heartbeat 3 knows and Tandem does not implement, with a hint where there is an alternative.
@@ -67,7 +69,7 @@ public enum HaCfParser {
     /// Directives that may appear more than once; every other one is single-valued.
     static let repeatableDirectives: Set<String> = [
         "node", "bcast", "udp", "mcast", "mcast6", "ucast", "ucast6", "serial", "ping", "ping_group",
-        "respawn", "apiauth", "stonith_host",
+        "respawn", "apiauth", "stonith_host", "alert",
         // udpport and baud apply to the media lines after them, so a file may change them between media.
         "udpport", "baud",
     ]
@@ -433,6 +435,15 @@ extension HaCfBuilder {
                 throw tooMany("stonith_host lines", HaCfParser.stonithHostsMax, at: host)
             }
             config.stonithHosts.append(Located(try stonithDevice(directive), at: location(host)))
+        case "alert":
+            let path = try single(directive, expected: "the absolute path of a program to run on cluster events")
+            guard path.text.hasPrefix("/") else {
+                throw error(.hacfBadValue, at: path, "expected an absolute path for the alert program, got '\(path.text)'")
+            }
+            guard config.alertScripts.count < HaCfParser.alertScriptsMax else {
+                throw tooMany("alert lines", HaCfParser.alertScriptsMax, at: path)
+            }
+            config.alertScripts.append(Located(path.text, at: location(path)))
         case "stonith_action":
             let field = try single(directive, expected: "off or reboot")
             config.stonithAction = try choice(field, StonithAction.self, what: "a STONITH action")

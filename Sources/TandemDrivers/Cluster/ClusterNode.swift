@@ -15,6 +15,11 @@ public protocol ClusterEnvironment {
     func log(_ level: LogLevel, _ message: String)
     /// Run the fence agents against `target`; the outcome comes back through `ClusterNode.fenceAgentFinished`.
     func runFenceAgent(target: String, action: FenceAction, timeout: Duration)
+    /// Announce the floating addresses of these groups again (gratuitous ARP), where this node has them. Must not
+    /// block.
+    func reannounceAddresses(groups: [Int])
+    /// Tell the operator (ha.cf's `alert` scripts). Must not block.
+    func alert(_ kind: ClusterAlertKind, _ detail: String)
     /// A resource will not stop: carry out the last resort (stop heartbeats, reboot).
     func lastResort(_ action: StopFailureAction, reason: String)
     /// Every group is released and `shutdone` was sent: the daemon may exit.
@@ -38,6 +43,10 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
     public private(set) var pingNodes: PingNodeTracker?
     /// The (local, peer) ping counts for which ipfail last gave the groups up: once per change of counts.
     private var ipfailGaveUpAt: [Int]?
+    /// When to announce the addresses this node kept after a partition healed.
+    private var reannounceAt: MonotonicInstant?
+    /// Time for the two nodes to settle who keeps what after a partition (a few keepalives' worth of messages).
+    public static var reannounceSettleTime: Duration { .seconds(2) }
     public private(set) var authenticator: MessageAuthenticator
     public private(set) var wireCounters = WireCounters()
     public let environment: Environment
@@ -70,6 +79,14 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         if pingNodes != nil { perform(pingNodes!.tick(now: now), now: now) }
         if fencing != nil { perform(fencing!.tick(now: now), now: now) }
         perform(resources.tick(now: now), now: now)
+        if let due = reannounceAt, now >= due {
+            reannounceAt = nil
+            let running = resources.groupReports.indices.filter { resources.groupReports[$0].state == .running }
+            if !running.isEmpty {
+                environment.log(.info, "the partition healed and this node kept its resource groups: announcing their addresses again")
+                environment.reannounceAddresses(groups: running)
+            }
+        }
         reviewConnectivity(now: now)
     }
 
@@ -116,7 +133,9 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
     /// The fence agents started by the last `runFenceAgent` finished.
     public mutating func fenceAgentFinished(_ outcome: FenceOutcome, now: MonotonicInstant) {
         precondition(fencing != nil, "fence agent finished on \(membership.configuration.localNode), which has no STONITH")
+        if case .failed(let detail) = outcome { environment.alert(.fenceFailed, "fencing \(fencing!.peer) failed: \(detail)") }
         perform(fencing!.agentFinished(outcome, now: now), now: now)
+        reviewConnectivity(now: now)
     }
 
     public mutating func requestStandby(_ selection: ResourceSelection, now: MonotonicInstant) -> AdminOutcome {
@@ -142,7 +161,8 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
 
     /// When `tick` must next run.
     public var nextDeadline: MonotonicInstant? {
-        [membership.nextDeadline, resources.nextDeadline, fencing?.nextDeadline, pingNodes?.nextDeadline].compactMap { $0 }.min()
+        [membership.nextDeadline, resources.nextDeadline, fencing?.nextDeadline, pingNodes?.nextDeadline, reannounceAt]
+            .compactMap { $0 }.min()
     }
 
     // MARK: Actions
@@ -157,15 +177,21 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
             case .deliver(let message, _):
                 if let typed = ResourceMessage(message) { perform(resources.received(typed, now: now), now: now) }
             case .nodeStatusChanged(let node, .dead):
-                if isPeer(node) { peerDeclaredDead(node, now: now) }
+                guard isPeer(node) else { break }
+                environment.alert(.nodeDead, membership.hasAnnouncedShutdown(node) ? "\(node) shut down" : "\(node) is dead (no message for deadtime)")
+                peerDeclaredDead(node, now: now)
             case .nodeStatusChanged(let node, let status):
                 guard isPeer(node) else { break }
                 if fencing != nil, status != .initial { perform(fencing!.peerHeard(now: now), now: now) }
                 perform(resources.peerStatusChanged(status, now: now), now: now)
+            case .linkStatusChanged(let node, let link, .dead):
+                environment.alert(.linkDown, "link \(link) to \(node) is dead")
             case .linkStatusChanged:
                 break  // logged by the machine; status reads the link table
             case .nodeReturnedAfterPartition(let node):
                 guard isPeer(node) else { break }
+                // Clients may have followed the peer's announcements meanwhile; whoever keeps a group announces it.
+                reannounceAt = now + Self.reannounceSettleTime
                 if fencing != nil { perform(fencing!.peerHeard(now: now), now: now) }
                 perform(resources.peerReturnedAfterPartition(now: now), now: now)
             case .log(let level, let text):
@@ -225,6 +251,7 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         guard outcome.accepted else { return }
         ipfailGaveUpAt = counts
         environment.log(.warning, "ipfail: this node reaches \(counts[0]) of its \(pingNodes.targets.count) ping nodes and \(peer) reaches \(counts[1]): giving the resource groups to \(peer)")
+        environment.alert(.ipfail, "reaching \(counts[0]) ping nodes against \(peer)'s \(counts[1]): giving the resource groups to \(peer)")
         perform(outcome.actions, now: now)
     }
 
@@ -245,7 +272,8 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
             switch action {
             case .runAgent(let target, let fenceAction, let timeout):
                 environment.runFenceAgent(target: target, action: fenceAction, timeout: timeout)
-            case .peerFenced:
+            case .peerFenced(let peer):
+                environment.alert(.fenced, "\(peer) fenced (STONITH \(fencing?.policy.action.rawValue ?? ""))")
                 perform(resources.peerStatusChanged(.dead, now: now), now: now)
             case .log(let level, let text):
                 environment.log(level, text)
@@ -268,6 +296,8 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
                 environment.lastResort(action, reason: reason)
             case .shutdownComplete:
                 environment.shutdownComplete()
+            case .alert(let kind, let detail):
+                environment.alert(kind, detail)
             }
         }
     }
