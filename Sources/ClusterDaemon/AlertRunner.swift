@@ -16,10 +16,8 @@ import ResourceCore
 /// - `TANDEM_ALERT_NODE`: this node; `TANDEM_ALERT_DETAIL`: what happened, in words;
 /// - `TANDEM_ALERT_TIMESTAMP`: when, as Unix seconds with milliseconds.
 ///
-/// At most `queueMaximum` events wait; more are dropped and counted in the log. Each run is bounded by
-/// `timeout`.
-final class AlertRunner: @unchecked Sendable {
-    // @unchecked: `queue`, `dropped` and `closing` are guarded by `lock`; `thread` is set once in the initializer.
+/// At most `queueMaximum` events wait; more are dropped, each with a log line. Each run is bounded by `timeout`.
+final class AlertRunner: Sendable {
     struct Event: Sendable {
         var kind: ClusterAlertKind
         var detail: String
@@ -29,59 +27,28 @@ final class AlertRunner: @unchecked Sendable {
     static let queueMaximum = 64
     static let timeout: Duration = .seconds(30)
 
-    private let scripts: [String]
-    private let node: String
     private let log: ClusterLog
-    private let lock = PthreadLock()
-    private var queue: [Event] = []
-    private var dropped = 0
-    private var closing = false
-    private var thread: DaemonThread?
+    /// Nil without alert programs.
+    private let worker: SerialWorker<Event>?
 
     init(scripts: [String], node: String, log: ClusterLog) {
-        self.scripts = scripts
-        self.node = node
         self.log = log
-        guard !scripts.isEmpty else { return }
-        thread = DaemonThread.start(name: "hb-alert") { [self] in
-            while let event = next() { run(event) }
+        worker = scripts.isEmpty ? nil : SerialWorker(name: "hb-alert", queueMaximum: Self.queueMaximum) { event in
+            Self.run(event, scripts: scripts, node: node, log: log)
         }
     }
 
     func post(_ kind: ClusterAlertKind, _ detail: String) {
-        guard !scripts.isEmpty else { return }
-        let event = Event(kind: kind, detail: detail, unixSeconds: Date().timeIntervalSince1970)
-        lock.withLock {
-            guard !closing else { return }
-            guard queue.count < Self.queueMaximum else {
-                dropped += 1
-                return
-            }
-            queue.append(event)
-            lock.broadcast()
+        guard let worker else { return }
+        if !worker.submit(Event(kind: kind, detail: detail, unixSeconds: Date().timeIntervalSince1970)) {
+            log.log(.warning, "alert \(kind.rawValue) dropped: \(Self.queueMaximum) alerts already wait (\(detail))")
         }
     }
 
     /// Runs what is queued, then stops.
-    func close() {
-        lock.withLock {
-            closing = true
-            lock.broadcast()
-        }
-        thread?.join()
-    }
+    func close() { worker?.stop() }
 
-    private func next() -> Event? {
-        let (event, droppedNow) = lock.withLock { () -> (Event?, Int) in
-            while queue.isEmpty && !closing { lock.wait(until: DaemonClock.now + Duration.seconds(3600)) }
-            defer { dropped = 0 }
-            return (queue.isEmpty ? nil : queue.removeFirst(), dropped)
-        }
-        if droppedNow > 0 { log.log(.warning, "alert: \(droppedNow) events dropped (more than \(Self.queueMaximum) waiting)") }
-        return event
-    }
-
-    private func run(_ event: Event) {
+    private static func run(_ event: Event, scripts: [String], node: String, log: ClusterLog) {
         let environment = [
             "PATH": ChildProcess.searchPath, "TANDEM_ALERT_KIND": event.kind.rawValue, "TANDEM_ALERT_NODE": node,
             "TANDEM_ALERT_DETAIL": event.detail, "TANDEM_ALERT_TIMESTAMP": String(format: "%.3f", event.unixSeconds),

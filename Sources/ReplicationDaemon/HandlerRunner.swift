@@ -17,8 +17,7 @@ import TandemConfig
 /// for it (fence-peer's exit codes are not interpreted yet).
 ///
 /// Limits: at most `queueMaximum` runs wait; more are dropped with a log line.
-final class HandlerRunner: @unchecked Sendable {
-    // @unchecked: `queue`, `isStopped` and `thread` are only touched with `lock` held.
+final class HandlerRunner: Sendable {
     struct Job: Sendable {
         var handler: DrbdHandler
         var command: String
@@ -30,53 +29,27 @@ final class HandlerRunner: @unchecked Sendable {
 
     let timeout: Duration
     private let logger: Logger
-    private let lock = PthreadLock()
-    private var queue: [Job] = []
-    private var isStopped = false
-    private var thread: DaemonThread?
+    private let worker: SerialWorker<Job>
 
     init(name: String, timeout: Duration, logger: Logger) {
         self.timeout = timeout
         self.logger = logger
-        let thread = DaemonThread.start(name: "tandem-h-\(name)") { [self] in self.run() }
-        lock.withLock { self.thread = thread }
+        worker = SerialWorker(name: "tandem-h-\(name)", queueMaximum: Self.queueMaximum) { job in
+            Self.execute(job, timeout: timeout, logger: logger)
+        }
     }
 
     /// Queues a run; never blocks.
     func submit(_ job: Job) {
-        let accepted = lock.withLock { () -> Bool in
-            guard !isStopped, queue.count < Self.queueMaximum else { return false }
-            queue.append(job)
-            lock.broadcast()
-            return true
-        }
-        if !accepted {
+        if !worker.submit(job) {
             logger.error("handler \(job.handler.rawValue) not run: \(Self.queueMaximum) handler runs already wait")
         }
     }
 
     /// Lets the queued runs finish (each within its time limit) and joins the thread.
-    func stop() {
-        let thread = lock.withLock { () -> DaemonThread? in
-            isStopped = true
-            lock.broadcast()
-            return self.thread
-        }
-        thread?.join()
-    }
+    func stop() { worker.stop() }
 
-    private func run() {
-        while let job = next() { execute(job) }
-    }
-
-    private func next() -> Job? {
-        lock.withLock {
-            while queue.isEmpty && !isStopped { lock.wait(until: DaemonClock.now + .seconds(60)) }
-            return queue.isEmpty ? nil : queue.removeFirst()
-        }
-    }
-
-    private func execute(_ job: Job) {
+    private static func execute(_ job: Job, timeout: Duration, logger: Logger) {
         logger.notice("running handler \(job.handler.rawValue): \(job.command)")
         switch ChildProcess.run(
             ["/bin/sh", "-c", job.command], environment: job.environment, timeout: timeout, killGrace: Self.killGrace,

@@ -398,6 +398,19 @@ extension Lab {
         if observe(survivor).connection == "StandAlone" {
             try machines.tandem(survivor, ["adm", "connect", LabLayout.resourceName])
         }
+        // What the resync overwrote on the victim was copied aside first: list it, with its checksums checked
+        // (docs/operator-guide.md shows how to get the discarded transactions back from it).
+        do throws(LabError) {
+            try waitFor("the resync after the split brain", timeout: .seconds(120)) { () -> Bool in
+                observe(victim).connection == "Connected" && observe(victim).disk == "UpToDate"
+            }
+            let listing = try machines.tandem(victim, ["adm", "restore-discarded", LabLayout.resourceName])
+            let summary = listing.split(separator: "\n").last { $0.contains("ranges,") }.map { $0.trimmingCharacters(in: .whitespaces) }
+            report.notes.append("\(victim.rawValue)'s discarded blocks, preserved: \(summary ?? listing.trimmingCharacters(in: .whitespacesAndNewlines))")
+            if summary?.contains("checksums ok") != true { report.problems.append("the preserved blocks are not intact: \(listing)") }
+        } catch {
+            report.problems.append("restore-discarded on \(victim.rawValue): \(error.message)")
+        }
     }
 
     /// Waits until exactly one node serves and both resources are connected and UpToDate; returns the server.

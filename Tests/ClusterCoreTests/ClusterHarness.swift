@@ -25,7 +25,7 @@ final class ClusterHarness {
         func runOperation(_ operation: ResourceOperation, resource: String, timeout: Duration) {
             harness.schedule(operation, on: name, resource: resource)
         }
-        func log(_ level: LogLevel, _ message: String) { logLines.append("\(level.rawValue): \(message)") }
+        func log(_ level: LogLevel, _ message: String) { logLines.append("\(harness.now) \(level.rawValue): \(message)") }
         func lastResort(_ action: StopFailureAction, reason: String) { lastResorts.append(action) }
         var alerts: [(ClusterAlertKind, String)] = []
         var reannouncements: [[Int]] = []
@@ -189,14 +189,14 @@ final class ClusterHarness {
         while now < end {
             now = now + .milliseconds(10)
             drain()
-            for (index, item) in pending.enumerated().reversed() where item.due <= now && !frozen.contains(item.node) {
-                pending.remove(at: index)
-                finish(item)
+            // One at a time, looked up again after each: finishing one can crash a node (a fence), which drops
+            // that node's pending operations and fence runs.
+            while let index = pending.firstIndex(where: { $0.due <= now && !frozen.contains($0.node) }) {
+                finish(pending.remove(at: index))
                 drain()
             }
-            for (index, fence) in fences.enumerated().reversed() where fence.due <= now && !frozen.contains(fence.fencer) {
-                fences.remove(at: index)
-                finishFence(fence)
+            while let index = fences.firstIndex(where: { $0.due <= now && !frozen.contains($0.fencer) }) {
+                finishFence(fences.remove(at: index))
                 drain()
             }
             for name in nodes.keys.sorted() where !crashed.contains(name) && !frozen.contains(name) {
