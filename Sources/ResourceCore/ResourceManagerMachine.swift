@@ -153,6 +153,7 @@ public struct ResourceManagerMachine: Sendable {
             peer.held = []
             peer.isStable = false
             peer.epochs = [:]
+            peer.failed = []
             if let exchange {
                 actions.append(.log(.warning, "standby exchange (\(exchange.description)) abandoned: \(peerName) restarted"))
                 self.exchange = nil
@@ -169,6 +170,8 @@ public struct ResourceManagerMachine: Sendable {
         case .holdings(let holdings, let stable), .conflictAnswer(let holdings, let stable):
             peer.held = resolve(holdings)
             peer.isStable = stable
+            let failedKeys = Set(holdings.failedGroupKeys ?? [])
+            peer.failed = Set(groups.indices.filter { failedKeys.contains(groups[$0].definition.key) })
             let epochs = holdings.epochsByKey
             peer.epochs = Dictionary(uniqueKeysWithValues: groups.indices.compactMap { index in
                 epochs[groups[index].definition.key].map { (index, $0) }
@@ -386,7 +389,8 @@ public struct ResourceManagerMachine: Sendable {
     private var holdingsMessage: ResourceMessage.Holdings {
         let held = groups.filter(\.isHeld)
         return ResourceMessage.Holdings(
-            selection: heldSelection, groupKeys: held.map(\.definition.key), acquisitionEpochs: held.map(\.acquiredEpoch))
+            selection: heldSelection, groupKeys: held.map(\.definition.key), acquisitionEpochs: held.map(\.acquiredEpoch),
+            failedGroupKeys: groups.filter(\.failedHere).map(\.definition.key))
     }
 
     private func state(of index: Int) -> GroupReport.State {
@@ -450,15 +454,17 @@ public struct ResourceManagerMachine: Sendable {
         actions.append(.log(.error, "\(configuration.peerNode ?? "the peer") names resource groups that are not in this node's haresources (\(unknown.joined(separator: ", "))): haresources must be identical on both nodes"))
     }
 
-    /// Unheld groups this node should take when the stable peer does not hold them. A group whose preferred node is
-    /// neither of us goes to the node whose name sorts first, so that the two cannot both take it.
+    /// Unheld groups this node should take when the stable peer does not hold them: its own (preferred here), the
+    /// peer's own only when they failed on the peer (otherwise the peer takes them, and both taking one at once
+    /// would run it twice), and a group whose preferred node is neither of us on the node whose name sorts first.
     private func unheldGroupsToTake() -> [Int] {
         let peerName = configuration.peerNode ?? ""
         return groups.indices.filter { index in
             let group = groups[index]
             guard !group.isHeld, !peer.held.contains(index), !group.failedHere else { return false }
             let preferred = group.definition.preferredNode.lowercased()
-            if preferred == configuration.localNode.lowercased() || preferred == peerName.lowercased() { return true }
+            if preferred == configuration.localNode.lowercased() { return true }
+            if preferred == peerName.lowercased() { return peer.failed.contains(index) }
             return configuration.localNode.lowercased() < peerName.lowercased()
         }
     }
@@ -866,6 +872,8 @@ struct PeerView: Sendable {
     var held: Set<Int> = []
     /// The acquisition epoch of each group the peer holds, when it sent them.
     var epochs: [Int: UInt64] = [:]
+    /// The groups that failed on the peer (its `failed` field).
+    var failed: Set<Int> = []
 }
 
 enum Exchange: Sendable, CustomStringConvertible {

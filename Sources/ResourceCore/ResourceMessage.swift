@@ -36,14 +36,22 @@ public enum ResourceMessage: Sendable, Hashable {
         /// sender acquired that group (one more than the highest epoch it had seen then). Of two nodes that both
         /// hold a group, the one that acquired it later has the higher epoch. Heartbeat nodes send none (nil).
         public var acquisitionEpochs: [UInt64]?
+        /// Tandem's `failed` field: the groups that failed on the sender (a failed start, or monitoring gave them up)
+        /// and that it will not take again by itself. A group's other node takes such a group when nobody holds it;
+        /// a group its preferred node has not failed is left to that node (both taking it at once is the race
+        /// this avoids).
+        public var failedGroupKeys: [String]?
 
-        public init(selection: HeldSelection, groupKeys: [String]?, acquisitionEpochs: [UInt64]? = nil) {
+        public init(
+            selection: HeldSelection, groupKeys: [String]?, acquisitionEpochs: [UInt64]? = nil, failedGroupKeys: [String]? = nil
+        ) {
             precondition(
                 acquisitionEpochs == nil || acquisitionEpochs?.count == groupKeys?.count,
                 "\(acquisitionEpochs?.count ?? 0) epochs for \(groupKeys?.count ?? 0) group keys")
             self.selection = selection
             self.groupKeys = groupKeys
             self.acquisitionEpochs = acquisitionEpochs
+            self.failedGroupKeys = failedGroupKeys
         }
 
         /// Each named group's epoch, when the sender gave them.
@@ -107,6 +115,7 @@ public enum ResourceMessage: Sendable, Hashable {
 
     static let groupsField = "groups"
     static let epochsField = "epochs"
+    static let failedField = "failed"
     static let replyField = "reply"
     static let conflictReply = "conflict"
 
@@ -114,6 +123,7 @@ public enum ResourceMessage: Sendable, Hashable {
         message[HeartbeatField.resourcesHeld] = holdings.selection.rawValue
         if let keys = holdings.groupKeys { message[groupsField] = keys.joined(separator: " ") }
         if let epochs = holdings.acquisitionEpochs { message[epochsField] = epochs.map(String.init).joined(separator: " ") }
+        if let failed = holdings.failedGroupKeys, !failed.isEmpty { message[failedField] = failed.joined(separator: " ") }
     }
 
     private static func holdings(in message: HeartbeatMessage) -> Holdings? {
@@ -125,7 +135,8 @@ public enum ResourceMessage: Sendable, Hashable {
         // with a Heartbeat peer.
         var epochs = message[epochsField].map { $0.split(separator: " ").compactMap { UInt64($0) } }
         if epochs?.count != keys?.count { epochs = nil }
-        return Holdings(selection: selection, groupKeys: keys, acquisitionEpochs: epochs)
+        let failed = message[failedField].map { $0.split(separator: " ").map(String.init) }
+        return Holdings(selection: selection, groupKeys: keys, acquisitionEpochs: epochs, failedGroupKeys: failed)
     }
 }
 
