@@ -39,6 +39,9 @@ public struct ResourceManagerMachine: Sendable {
     private var notices: [Notice] = []
     private var isActive = false
     private var warnedAboutUnknownGroups = false
+    /// Groups released since the peer's last `resource` message: handed to it (standby, auto_failback, a split
+    /// brain it won) or given up. Not taken back as "unheld" before the peer has said what it now holds.
+    private var releasedSincePeerSpoke: Set<Int> = []
     /// The highest acquisition epoch seen, ours or the peer's (see `ResourceMessage.Holdings.acquisitionEpochs`).
     public private(set) var highestEpochSeen: UInt64
     /// When `starting` last went out, while waiting for the peer's answer.
@@ -91,6 +94,7 @@ public struct ResourceManagerMachine: Sendable {
         case .dead:
             let wasAlive = peer.isAlive
             peer = PeerView()
+            releasedSincePeerSpoke = []
             // A standby that was releasing groups to the peer has no one to tell any more; they are taken back below.
             notices.removeAll { if case .standbyDone = $0 { true } else { false } }
             if let exchange {
@@ -154,6 +158,7 @@ public struct ResourceManagerMachine: Sendable {
             peer.isStable = false
             peer.epochs = [:]
             peer.failed = []
+            releasedSincePeerSpoke = []
             if let exchange {
                 actions.append(.log(.warning, "standby exchange (\(exchange.description)) abandoned: \(peerName) restarted"))
                 self.exchange = nil
@@ -172,6 +177,7 @@ public struct ResourceManagerMachine: Sendable {
             peer.isStable = stable
             let failedKeys = Set(holdings.failedGroupKeys ?? [])
             peer.failed = Set(groups.indices.filter { failedKeys.contains(groups[$0].definition.key) })
+            releasedSincePeerSpoke = []
             let epochs = holdings.epochsByKey
             peer.epochs = Dictionary(uniqueKeysWithValues: groups.indices.compactMap { index in
                 epochs[groups[index].definition.key].map { (index, $0) }
@@ -461,7 +467,7 @@ public struct ResourceManagerMachine: Sendable {
         let peerName = configuration.peerNode ?? ""
         return groups.indices.filter { index in
             let group = groups[index]
-            guard !group.isHeld, !peer.held.contains(index), !group.failedHere else { return false }
+            guard !group.isHeld, !peer.held.contains(index), !group.failedHere, !releasedSincePeerSpoke.contains(index) else { return false }
             let preferred = group.definition.preferredNode.lowercased()
             if preferred == configuration.localNode.lowercased() { return true }
             if preferred == peerName.lowercased() { return peer.failed.contains(index) }
@@ -601,6 +607,7 @@ public struct ResourceManagerMachine: Sendable {
     private mutating func release(_ indices: [Int], reason: String, into actions: inout [ResourceAction]) {
         for index in indices where groups[index].wanted || groups[index].started > 0 {
             groups[index].wanted = false
+            releasedSincePeerSpoke.insert(index)
             actions.append(.log(.info, "Releasing resource group: \(describe(index)) (\(reason))"))
         }
     }
@@ -632,6 +639,17 @@ public struct ResourceManagerMachine: Sendable {
             return
         }
         guard phase == .running || phase == .shuttingDown else { return }
+        // Settled, with a live and stable peer: a group of ours that nobody holds (we released it while the peer
+        // did too, say) is ours to take now. The peer leaves it to us, so only we would, and the last thing it said
+        // may have come while we were busy.
+        if phase == .running, exchange == nil, peer.isAlive, peer.isStable {
+            let unheld = unheldGroupsToTake()
+            if !unheld.isEmpty, acquire(unheld, reason: "\(configuration.peerNode ?? "the peer") does not hold it", into: &actions) > 0 {
+                notices.append(.announce)
+                reconcile(now: now, into: &actions)
+                return
+            }
+        }
         let due = notices
         notices.removeAll()
         var announced = false

@@ -43,8 +43,8 @@ struct LabReplica {
     /// Waits until the replica's IO thread has received everything the serving node logged: it then streams from
     /// that node. Before a frozen or cut-off node comes back, the lab waits for this. A replica still connected to
     /// the stale node would receive what that node commits locally when it resumes (a transaction under a GTID
-    /// the new node also uses for a different one) and silently diverge. Fencing (issue 8) is what prevents the
-    /// stale node from committing at all; until then this wait keeps the scenario about the cluster.
+    /// the new node also uses for a different one) and silently diverge. STONITH (`lab up --stonith`) powers the
+    /// stale node off before it can commit; without it this wait keeps the scenario about the cluster.
     func waitUntilFollowingTheServingNode(timeout: Duration) throws(LabError) {
         let sqlClient = LabSQL(layout: layout)
         let position = try sqlClient.run(sqlClient.options(), ["SELECT @@gtid_binlog_pos"]).first?.rows.first?.first.flatMap { $0 } ?? ""

@@ -224,10 +224,10 @@ extension Lab {
             }
         }
         if scenario == .cutLinks {
-            // A node cut off from its service network cannot serve; its monitor finds the VIP without a link and,
-            // after monitor_failures checks, stops the group (no peer it can hear to give it to). Only then do the
-            // cables come back: a node still holding the VIP when they do is the split brain fencing (issue 8) is
-            // for, and a partition shorter than those checks is not protected yet.
+            // A node cut off from its service network cannot serve: with STONITH its peer powers it off; without,
+            // its monitor finds the VIP without a link and, after monitor_failures checks, stops the group (no peer
+            // it can hear to give it to). Only then do the cables come back: without fencing, a partition shorter
+            // than those checks leaves the cut-off node holding the VIP when they do.
             do throws(LabError) {
                 try waitFor("\(active.rawValue), cut off, to stop serving", timeout: .seconds(30)) { () -> Bool in
                     let observation = observe(active)
@@ -360,7 +360,7 @@ extension Lab {
     }
 
     /// After a hung node woke up or a partition healed, both nodes were Primary for a while and replicad refuses to
-    /// reconnect them (split brain, after-sb-2pri disconnect): there is no fencing yet (issue 8). Once heartbeatd
+    /// reconnect them (split brain, after-sb-2pri disconnect) in a lab without STONITH. Once heartbeatd
     /// made the victim release the group (Secondary), the lab recovers as the DRBD guide tells an operator to:
     /// `connect --discard-my-data` on the victim (its changes since the fault are discarded, and kept by replicad
     /// in its preserve directory), `connect` on the survivor; the victim then resyncs from the survivor.
@@ -390,7 +390,7 @@ extension Lab {
             return
         }
         report.notes.append(
-            "split brain (no fencing until issue 8): \(victim.rawValue)'s changes after the fault discarded (kept in its preserve directory), resync from \(survivor.rawValue) (connect --discard-my-data)")
+            "split brain (no STONITH in this lab): \(victim.rawValue)'s changes after the fault discarded (kept in its preserve directory), resync from \(survivor.rawValue) (connect --discard-my-data)")
         say("    split brain: tandem adm connect --discard-my-data on \(victim.rawValue), tandem adm connect on \(survivor.rawValue)")
         if observe(victim).connection == "StandAlone" {
             try machines.tandem(victim, ["adm", "connect", "--discard-my-data", LabLayout.resourceName])

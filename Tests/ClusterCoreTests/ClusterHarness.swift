@@ -133,6 +133,8 @@ final class ClusterHarness {
         let peer = name == "node1" ? "node2" : "node1"
         generations[name, default: 0] += 1
         let environment = Environment(name: name, harness: self)
+        // One log per node across its boots, as a log file would be.
+        environment.logLines = (environments[name]?.logLines ?? []) + ["\(now) BOOT generation \(generations[name]!)"]
         environments[name] = environment
         booted.insert(name)
         crashed.remove(name)
