@@ -178,7 +178,9 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
                 if let typed = ResourceMessage(message) { perform(resources.received(typed, now: now), now: now) }
             case .nodeStatusChanged(let node, .dead):
                 guard isPeer(node) else { break }
-                environment.alert(.nodeDead, membership.hasAnnouncedShutdown(node) ? "\(node) shut down" : "\(node) is dead (no message for deadtime)")
+                let how = membership.hasAnnouncedShutdown(node) ? "shut down"
+                    : membership.status(of: node) != .dead ? "restarted (a new generation)" : "is dead (no message for deadtime)"
+                environment.alert(.nodeDead, "\(node) \(how)")
                 peerDeclaredDead(node, now: now)
             case .nodeStatusChanged(let node, let status):
                 guard isPeer(node) else { break }
