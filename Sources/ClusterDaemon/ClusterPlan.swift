@@ -97,7 +97,7 @@ public struct ClusterPlan: Sendable {
                 exitCode: 1)
         }
         let fenceDevices = try resolveFenceDevices(haConfig, localNode: localNode, nodes: nodes)
-        for script in haConfig.alertScripts where access(script.value, X_OK) != 0 {
+        for script in haConfig.alertScripts where ChildProcess.executablePath(script.value) == nil {
             throw DaemonStartError("\(script.location): alert program \(script.value) is not an executable file", exitCode: 1)
         }
         if fenceDevices.isEmpty, let peer = peers.first {
@@ -129,9 +129,7 @@ public struct ClusterPlan: Sendable {
             throw DaemonStartError("\(first.location): ha.cf has stonith_host lines, but none for this node (\(localNode)) or '*': this node could not fence its peer", exitCode: 1)
         }
         return try devices.map { device throws(DaemonStartError) in
-            let candidates = device.agent.hasPrefix("/")
-                ? [device.agent] : ChildProcess.searchPath.split(separator: ":").map { "\($0)/\(device.agent)" }
-            guard let path = candidates.first(where: { access($0, X_OK) == 0 }) else {
+            guard let path = ChildProcess.executablePath(device.agent) else {
                 throw DaemonStartError("fence agent '\(device.agent)' (stonith_host) is not an executable file\(device.agent.hasPrefix("/") ? "" : " in \(ChildProcess.searchPath)")", exitCode: 1)
             }
             return FenceDevice(agentPath: path, parameters: device.parameters)

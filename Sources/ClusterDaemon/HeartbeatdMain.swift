@@ -62,7 +62,7 @@ public enum HeartbeatdMain {
             epochFile = EpochFile.file(stateDirectory: options.stateDirectory)
             initialEpoch = try epochFile.read()
             for (name, medium) in plan.links { links.append(try HeartbeatLink.open(name: name, medium: medium)) }
-            if let tracker = plan.pingNodeTracker() { pingProber = try PingProber.open(addresses: tracker.addresses) }
+            if let pingNodes = plan.pingNodeTracker() { pingProber = try PingProber.open(addresses: pingNodes.addresses) }
         } catch {
             for link in links { link.close() }
             logger.critical("\(error.message)")
@@ -71,8 +71,8 @@ public enum HeartbeatdMain {
         let log = ClusterLog(logger: logger, logFilePath: plan.haConfig.logFile?.value, debugFilePath: plan.haConfig.debugFile?.value)
         log.info("Configuration validated. Starting heartbeat (Tandem heartbeatd) for node \(plan.localNode), generation \(generation)")
         for (name, medium) in plan.links { log.info("link \(name): \(medium.haCfText)") }
-        if let tracker = plan.pingNodeTracker() {
-            log.info("ping nodes: \(tracker.targets.map(\.name).joined(separator: ", ")) (deadping \(plan.haConfig.deadping)): the node that reaches fewer gives its resource groups up (ipfail)")
+        if let pingNodes = plan.pingNodeTracker() {
+            log.info("ping nodes: \(pingNodes.targets.map(\.name).joined(separator: ", ")) (deadping \(plan.haConfig.deadping)): the node that reaches fewer gives its resource groups up (ipfail)")
         }
         let agents = ResourceAgents(
             configDirectory: options.configDirectory, localNode: plan.localNode, runDirectory: options.runDirectory,

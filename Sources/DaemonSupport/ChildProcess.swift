@@ -200,4 +200,11 @@ public enum ChildProcess {
 
     /// The search path children get.
     public static let searchPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+    /// `program` if it is an absolute path to an executable file, else the first executable of that name on
+    /// `searchPath`; nil when there is none.
+    public static func executablePath(_ program: String) -> String? {
+        if program.hasPrefix("/") { return access(program, X_OK) == 0 ? program : nil }
+        return searchPath.split(separator: ":").map { "\($0)/\(program)" }.first { access($0, X_OK) == 0 }
+    }
 }

@@ -16,9 +16,7 @@ public struct Tool: Sendable {
         self.debianPackage = debianPackage
     }
 
-    public var path: String? {
-        ChildProcess.searchPath.split(separator: ":").map { "\($0)/\(name)" }.first { access($0, X_OK) == 0 }
-    }
+    public var path: String? { ChildProcess.executablePath(name) }
 
     /// Runs the tool; `.failure` carries a message that says what is missing or what the tool said.
     public func run(_ arguments: [String], deadline: MonotonicInstant) -> Result<ChildProcess.Outcome, ToolError> {

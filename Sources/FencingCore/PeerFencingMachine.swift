@@ -21,7 +21,6 @@ public struct StonithPolicy: Sendable, Hashable {
         action: FenceAction, delayWhenIdle: Duration, agentTimeout: Duration, retryInterval: Duration,
         connectivityGrace: Duration = .zero
     ) {
-        precondition(action == .off || action == .reboot, "fencing must power the peer off or reboot it, not \(action)")
         precondition(delayWhenIdle >= .zero && agentTimeout > .zero && retryInterval > .zero,
                      "stonith delay \(delayWhenIdle), timeout \(agentTimeout), retry \(retryInterval) out of range")
         self.action = action
@@ -32,12 +31,11 @@ public struct StonithPolicy: Sendable, Hashable {
     }
 }
 
-/// The `action=` a fence agent is given (the fence-agents convention).
+/// The `action=` a fence agent is given to fence a node (the fence-agents convention; its other actions, on,
+/// status, list, are for operators).
 public enum FenceAction: String, Sendable, Hashable, CaseIterable {
     case off
-    case on
     case reboot
-    case status
 }
 
 /// What a run of the fence agent ended with.

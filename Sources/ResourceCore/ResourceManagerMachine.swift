@@ -191,11 +191,8 @@ public struct ResourceManagerMachine: Sendable {
                 let taking = stable ? unheld : unheld.filter { configuration.isLocal(groups[$0].definition) }
                 acquire(taking, reason: "initial acquisition", into: &actions)
                 notices.append(.initialAcquisitionComplete)
-            } else if phase == .running, stable, exchange == nil, isSettled {
-                if acquire(unheldGroupsToTake(), reason: "\(peerName) does not hold it", into: &actions) > 0 {
-                    notices.append(.announce)
-                }
             }
+            // Running and stable on both sides: the groups nobody holds are taken in `reconcile`, once settled.
         case .standby(let step, let holdings, let reason):
             receivedStandby(step, resolve(holdings), reason: reason, now: now, into: &actions)
         case .takeover(let selection):
@@ -639,9 +636,8 @@ public struct ResourceManagerMachine: Sendable {
             return
         }
         guard phase == .running || phase == .shuttingDown else { return }
-        // Settled, with a live and stable peer: a group of ours that nobody holds (we released it while the peer
-        // did too, say) is ours to take now. The peer leaves it to us, so only we would, and the last thing it said
-        // may have come while we were busy.
+        // Settled, with a live and stable peer: the groups nobody holds that are ours to take (see
+        // `unheldGroupsToTake`), whether the peer just said so or said so while we were busy.
         if phase == .running, exchange == nil, peer.isAlive, peer.isStable {
             let unheld = unheldGroupsToTake()
             if !unheld.isEmpty, acquire(unheld, reason: "\(configuration.peerNode ?? "the peer") does not hold it", into: &actions) > 0 {

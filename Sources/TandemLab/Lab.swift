@@ -241,16 +241,7 @@ public struct Lab: Sendable {
     }
 
     /// The power switch's PID, when it runs: the PID in its file, if that process is this lab's power switch.
-    func powerSwitchPID() -> pid_t? {
-        guard let text = try? String(contentsOfFile: layout.powerSwitchPIDFile, encoding: .utf8),
-            let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1
-        else { return nil }
-        let arguments = LabMachines.commandLine(of: pid)
-        guard let verb = arguments.firstIndex(of: "power-switch"), verb > 0, arguments[verb - 1] == "lab",
-            let option = arguments.firstIndex(of: "--lab-dir"), option + 1 < arguments.count, arguments[option + 1] == layout.root
-        else { return nil }
-        return pid
-    }
+    func powerSwitchPID() -> pid_t? { machines.labProcess(pidFile: layout.powerSwitchPIDFile, verb: "power-switch") }
 
     private func makeDisk(_ node: LabHost) throws(LabError) {
         let path = layout.diskImage(node)

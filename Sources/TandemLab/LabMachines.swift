@@ -57,24 +57,30 @@ struct LabMachines {
     }
 
     /// The host PID of the machine's init, when it runs: the PID in init.pid, if that process is this lab's
-    /// machine-init for this host (a PID file can outlive its process, and PIDs are reused).
+    /// machine-init for this host.
     func initPID(_ host: LabHost) -> pid_t? {
-        guard let text = try? String(contentsOfFile: layout.initPIDFile(host), encoding: .utf8),
+        labProcess(pidFile: layout.initPIDFile(host), verb: "machine-init", options: ["--host": host.rawValue])
+    }
+
+    /// The PID in `pidFile`, if that process runs `tandem lab VERB` for this lab (a PID file can outlive its process,
+    /// and PIDs are reused).
+    func labProcess(pidFile: String, verb: String, options: [String: String] = [:]) -> pid_t? {
+        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8),
             let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), pid > 1,
-            isInit(pid, of: host)
+            isLabProcess(pid, verb: verb, options: options)
         else { return nil }
         return pid
     }
 
-    /// Whether `pid` runs `tandem lab machine-init --host HOST` for this lab's folder.
-    private func isInit(_ pid: pid_t, of host: LabHost?) -> Bool {
+    /// Whether `pid` runs `tandem lab VERB` for this lab (its folder and prefix) with these other option values.
+    func isLabProcess(_ pid: pid_t, verb: String, options: [String: String] = [:]) -> Bool {
         let arguments = Self.commandLine(of: pid)
-        guard let verb = arguments.firstIndex(of: "machine-init"), verb > 0, arguments[verb - 1] == "lab" else { return false }
+        guard let index = arguments.firstIndex(of: verb), index > 0, arguments[index - 1] == "lab" else { return false }
         func value(_ option: String) -> String? {
             arguments.firstIndex(of: option).flatMap { $0 + 1 < arguments.count ? arguments[$0 + 1] : nil }
         }
-        return value("--lab-dir") == layout.root && value("--prefix") == layout.prefix
-            && (host == nil || value("--host") == host?.rawValue)
+        let expected = options.merging(["--lab-dir": layout.root, "--prefix": layout.prefix]) { mine, _ in mine }
+        return expected.allSatisfy { value($0.key) == $0.value }
     }
 
     static func commandLine(of pid: pid_t) -> [String] {
@@ -85,7 +91,7 @@ struct LabMachines {
     /// This lab's machine-inits that wrote no init.pid (a boot that never finished), by their command lines.
     func unreadyInits() -> [pid_t] {
         let ready = Set(LabHost.allCases.compactMap(initPID))
-        return MountTable.processIDs().filter { !ready.contains($0) && isInit($0, of: nil) }
+        return MountTable.processIDs().filter { !ready.contains($0) && isLabProcess($0, verb: "machine-init") }
     }
 
     func isRunning(_ host: LabHost) -> Bool { initPID(host) != nil }

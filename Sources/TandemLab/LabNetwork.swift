@@ -69,32 +69,31 @@ struct LabNetwork {
     }
 
     /// Cuts (or restores) every heartbeat path between the nodes and nothing else: eth2, the dedicated link, goes down
-    /// on both, and the unicast heartbeats over the service network go nowhere: each node's neighbour entry for
-    /// the other's service address is pinned to a MAC address that no machine has, so the switch delivers those
-    /// frames to no one. (A route cannot do it: heartbeatd binds its sockets to the interface, and such a socket's
-    /// packets follow the interface's own routes.) Clients, the VIP and replication (eth3) keep working.
+    /// on both, and the unicast heartbeats over the service network go nowhere (each node's entry for the other's
+    /// service address is misdirected). A route cannot do it: heartbeatd binds its sockets to the interface, and
+    /// such a socket's packets follow the interface's own routes. Clients, the VIP and replication (eth3) keep
+    /// working.
     func setHeartbeatPaths(cut: Bool) throws(LabError) {
         for node in LabHost.nodes {
-            let namespace = layout.namespace(node)
-            try ip(["-n", namespace, "link", "set", "eth2", cut ? "down" : "up"])
-            let peer = layout.serviceAddress(node.peer)
-            if cut {
-                try ip(["-n", namespace, "neigh", "replace", peer, "lladdr", Self.nowhereMAC, "dev", "eth1", "nud", "permanent"])
-            } else {
-                _ = try? ip(["-n", namespace, "neigh", "del", peer, "dev", "eth1"])
-            }
+            try ip(["-n", layout.namespace(node), "link", "set", "eth2", cut ? "down" : "up"])
+            try misdirect(from: node, to: layout.serviceAddress(node.peer), cut)
         }
     }
 
     /// Makes `node` unable (or able again) to reach the client machine, the lab's ping node, while the client still
-    /// reaches the VIP: the client's neighbour entry for the node's own service address is pinned to a MAC address
-    /// no machine has, so the client's echo replies to the node go nowhere.
+    /// reaches the VIP: the client's echo replies to the node's own service address go nowhere.
     func setPingNodeReachable(from node: LabHost, _ reachable: Bool) throws(LabError) {
-        let arguments = ["-n", layout.namespace(.client), "neigh"]
-        if reachable {
-            _ = try? ip(arguments + ["del", layout.serviceAddress(node), "dev", "eth1"])
+        try misdirect(from: .client, to: layout.serviceAddress(node), !reachable)
+    }
+
+    /// Pins (or unpins) `host`'s eth1 neighbour entry for `address` to a MAC address no machine has: the bridge then
+    /// delivers what `host` sends to that address to no one, and nothing else changes.
+    private func misdirect(from host: LabHost, to address: String, _ misdirected: Bool) throws(LabError) {
+        let arguments = ["-n", layout.namespace(host), "neigh"]
+        if misdirected {
+            try ip(arguments + ["replace", address, "lladdr", Self.nowhereMAC, "dev", "eth1", "nud", "permanent"])
         } else {
-            try ip(arguments + ["replace", layout.serviceAddress(node), "lladdr", Self.nowhereMAC, "dev", "eth1", "nud", "permanent"])
+            _ = try? ip(arguments + ["del", address, "dev", "eth1"])  // Already gone when the machine was powered off.
         }
     }
 

@@ -175,8 +175,7 @@ extension Lab {
             // Both nodes lose each other; the one that runs the group fences the other at once, and serves on.
             do throws(LabError) {
                 try waitFor("\(active.rawValue) to fence \(active.peer.rawValue)", timeout: .seconds(60)) { () -> Bool in
-                    follower.first(active, containing: "\(active.peer.rawValue) fenced (STONITH ", after: faultAt) != nil
-                        && !machines.isRunning(active.peer)
+                    wasFenced(active.peer, after: faultAt, follower)
                 }
             } catch {
                 report.problems.append(error.message)
@@ -241,7 +240,7 @@ extension Lab {
         step("\(scenario.rawValue): healing \(active.rawValue)" + (loadThroughHeal ? ", under load" : ""))
         // A node that STONITH powered off is not there to heal: it is powered on again (the operator's step after
         // a fence with stonith_action off), and comes back as Secondary with nothing to discard.
-        let fenced = LabHost.nodes.filter { !machines.isRunning($0) && follower.first($0.peer, containing: "\($0.rawValue) fenced (STONITH ", after: faultAt) != nil }
+        let fenced = LabHost.nodes.filter { wasFenced($0, after: faultAt, follower) }
         // A fenced node comes back empty, as after a power loss: nothing it did can reach a client, and the load
         // stops before it boots, as in kill-node (its resync is faster without the load).
         if fenced.contains(active) { try workload.stop() }
@@ -290,6 +289,11 @@ extension Lab {
             }
         }
         return report
+    }
+
+    /// Whether `node` is off because its peer fenced it after `after` (the peer's log says so).
+    private func wasFenced(_ node: LabHost, after: Int64, _ follower: LogFollower) -> Bool {
+        !machines.isRunning(node) && follower.first(node.peer, containing: "\(node.rawValue) fenced (STONITH ", after: after) != nil
     }
 
     /// The node of the latest acknowledged commit after `after` (on `node` only, when given), waiting for one up to
