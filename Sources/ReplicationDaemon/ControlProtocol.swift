@@ -64,6 +64,8 @@ public enum ControlVerb: String, Codable, Sendable, CaseIterable {
     case pauseSync = "pause-sync"
     case resumeSync = "resume-sync"
     case outdate
+    /// drbdadm resume-io: end the I/O suspension of resource-and-stonith fencing (the peer is known to be down).
+    case resumeIO = "resume-io"
     /// `clearBitmap` is drbdadm's `--clear-bitmap`.
     case newCurrentUUID = "new-current-uuid"
     /// Role, disk, peer, connection, UUIDs, out-of-sync, resync figures, I/O mode (`status`).
@@ -226,6 +228,10 @@ public struct ResourceStatusReport: Codable, Sendable, Hashable {
     /// Blocks found different by the last (or the running) online verify, in KiB.
     public var verifyMismatchesKiB: UInt64?
     public var requestsInFlight: Int?
+    /// "fencing" while resource-and-stonith fencing holds application I/O (drbdadm's `suspended:fencing`).
+    public var suspended: String?
+    /// The fence-peer handler is running.
+    public var fencingPeer: Bool?
     /// The backing device's I/O mode (direct or buffered, and why).
     public var ioMode: String?
     public var replicationProtocol: String?

@@ -13,8 +13,8 @@ import TandemConfig
 ///
 /// As DRBD does, the script gets the resource's details in its environment (DRBD_RESOURCE, DRBD_PEER, ...; see
 /// `environment(for:)`). Unlike DRBD, a script has a time limit: after `timeout` it is sent SIGTERM (its whole
-/// process group), and SIGKILL 5 seconds later. The exit status is logged; the replication machine does not wait
-/// for it (fence-peer's exit codes are not interpreted yet).
+/// process group), and SIGKILL 5 seconds later. The exit status is logged, and handed to `Job.finished` for the
+/// handlers whose status the replication machine reads (fence-peer).
 ///
 /// Limits: at most `queueMaximum` runs wait; more are dropped with a log line.
 final class HandlerRunner: Sendable {
@@ -22,6 +22,9 @@ final class HandlerRunner: Sendable {
         var handler: DrbdHandler
         var command: String
         var environment: [String: String]
+        /// Called on the handler thread with the exit status: nil when the script could not be started, was
+        /// killed at its time limit or died of a signal.
+        var finished: (@Sendable (Int32?) -> Void)? = nil
     }
 
     static let queueMaximum = 16
@@ -43,6 +46,7 @@ final class HandlerRunner: Sendable {
     func submit(_ job: Job) {
         if !worker.submit(job) {
             logger.error("handler \(job.handler.rawValue) not run: \(Self.queueMaximum) handler runs already wait")
+            job.finished?(nil)
         }
     }
 
@@ -58,8 +62,10 @@ final class HandlerRunner: Sendable {
         case .success(let outcome):
             if outcome.timedOut { logger.error("handler \(job.handler.rawValue) exceeded its \(timeout) limit") }
             logger.notice("handler \(job.handler.rawValue) \(outcome)")
+            job.finished?(outcome.timedOut ? nil : outcome.exitStatus)
         case .failure(let error):
             logger.error("handler \(job.handler.rawValue) could not be started: \(error)")
+            job.finished?(nil)
         }
     }
 }

@@ -251,6 +251,7 @@ public final class ReplicationDaemon: Sendable {
         case .pauseSync: return command(.pauseResync)
         case .resumeSync: return command(.resumeResync)
         case .outdate: return command(.outdate)
+        case .resumeIO: return command(.resumeIO)
         case .newCurrentUUID: return command(.newCurrentUUID(clearBitmap: request.clearBitmap ?? false))
         case .write:
             guard let text = request.dataBase64, let data = Data(base64Encoded: text) else {

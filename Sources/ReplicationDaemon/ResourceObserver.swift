@@ -43,10 +43,14 @@ final class ResourceObserver: ReplicationObserver {
     var requests: [UInt64: Pending] = [:]
     var internalOutcomes: [UInt64: CommandOutcome] = [:]
 
-    init(plan: ResourcePlan, logger: Logger, handlers: HandlerRunner) {
+    /// Feeds fence-peer's exit status back to the machine (through the resource's mailbox).
+    let fencePeerFinished: @Sendable (Int32?) -> Void
+
+    init(plan: ResourcePlan, logger: Logger, handlers: HandlerRunner, fencePeerFinished: @escaping @Sendable (Int32?) -> Void) {
         self.plan = plan
         self.logger = logger
         self.handlers = handlers
+        self.fencePeerFinished = fencePeerFinished
     }
 
     func commandCompleted(commandID: UInt64, _ outcome: CommandOutcome) {
@@ -95,11 +99,19 @@ final class ResourceObserver: ReplicationObserver {
     }
 
     func runHandler(_ handler: DrbdHandler) {
+        let report = handler == .fencePeer ? fencePeerFinished : nil
         guard let command = plan.handlers[handler] else {
-            logger.info("handler \(handler.rawValue) is not configured; nothing to run")
+            if let report {
+                // ResourcePlan refuses fencing without a fence-peer handler; this is only reached if that changes.
+                logger.error("fencing needs a fence-peer handler and none is configured")
+                report(nil)
+            } else {
+                logger.info("handler \(handler.rawValue) is not configured; nothing to run")
+            }
             return
         }
-        handlers.submit(HandlerRunner.Job(handler: handler, command: command, environment: plan.handlerEnvironment()))
+        handlers.submit(HandlerRunner.Job(
+            handler: handler, command: command, environment: plan.handlerEnvironment(), finished: report))
     }
 
     func log(_ line: String) {

@@ -89,6 +89,13 @@ extension ResourcePlan {
         for handler in DrbdHandler.allCases {
             if let command = options.handler(handler) { handlers[handler] = command }
         }
+        if settings.fencing != .dontCare && handlers[.fencePeer] == nil {
+            // Without the handler a fence could never succeed: every promotion of a disconnected node would be
+            // refused, and with resource-and-stonith I/O would stay suspended after every disconnect.
+            throw PlanError(
+                "\(name): fencing \(settings.fencing.rawValue) needs a fence-peer handler "
+                    + "(handlers { fence-peer \"tandem fence-peer\"; } asks the peer, over the heartbeat links, to outdate its disk)")
+        }
         return ResourcePlan(
             resourceName: name, nodeName: node, peerName: peer.displayName, configPath: configPath,
             volumeNumber: volume.number, device: volume.device.value, backingDisk: backingDisk,

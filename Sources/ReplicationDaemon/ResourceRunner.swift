@@ -168,7 +168,9 @@ final class RunnerLoop {
         let machine = ReplicationMachine(
             settings: settings, recovered: recovered, randomSeed: UInt64.random(in: 1...UInt64.max, using: &random))
         let handlers = HandlerRunner(name: plan.resourceName, timeout: handlerTimeout, logger: logger)
-        let observer = ResourceObserver(plan: plan, logger: logger, handlers: handlers)
+        let observer = ResourceObserver(plan: plan, logger: logger, handlers: handlers) { exitStatus in
+            mailbox.post(.fencePeerFinished(exitStatus: exitStatus))
+        }
         let counters = TrafficCounters()
         let blocks = DaemonBlockStore(store: store, counters: counters)
         var node = DaemonNode(
@@ -354,6 +356,7 @@ final class RunnerLoop {
         case .pauseResync: "pause-sync"
         case .resumeResync: "resume-sync"
         case .outdate: "outdate"
+        case .resumeIO: "resume-io"
         case .newCurrentUUID(let clear): clear ? "new-current-uuid --clear-bitmap" : "new-current-uuid"
         case .detach: "detach"
         }
@@ -467,6 +470,8 @@ final class RunnerLoop {
         }
         report.verifyMismatchesKiB = status.verifyMismatches.map { $0 * SyncBitmap.blockBytes / 1024 }
         report.requestsInFlight = status.requestsInFlight
+        report.suspended = status.ioSuspendedForFencing ? "fencing" : nil
+        report.fencingPeer = status.fencingPeer ? true : nil
         let depths = node.machine.queueDepths
         report.counters = ResourceCounters(
             networkSentKiB: counters.networkSentBytes / 1024, networkReceivedKiB: counters.networkReceivedBytes / 1024,

@@ -13,7 +13,7 @@ public struct AdmCommand: ParsableCommand {
             DaemonVerb.Attach.self, DaemonVerb.Detach.self, DaemonVerb.Connect.self, DaemonVerb.Disconnect.self,
             DaemonVerb.Primary.self, DaemonVerb.Secondary.self,
             DaemonVerb.Invalidate.self, DaemonVerb.InvalidateRemote.self, DaemonVerb.Verify.self,
-            DaemonVerb.PauseSync.self, DaemonVerb.ResumeSync.self, DaemonVerb.Outdate.self,
+            DaemonVerb.PauseSync.self, DaemonVerb.ResumeSync.self, DaemonVerb.Outdate.self, DaemonVerb.ResumeIO.self,
             DaemonVerb.NewCurrentUUID.self,
             DaemonVerb.Role.self, DaemonVerb.ConnectionState.self, DaemonVerb.DiskState.self, DaemonVerb.Device.self,
             DaemonVerb.GetGenerationIdentifiers.self, DaemonVerb.ShowGenerationIdentifiers.self,

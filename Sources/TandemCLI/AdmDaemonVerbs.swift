@@ -128,6 +128,16 @@ enum DaemonVerb {
         func run() throws { try AdmSession(verb: "outdate", global).perform(.outdate, target) }
     }
 
+    struct ResumeIO: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "resume-io",
+            abstract: "End the I/O suspension of resource-and-stonith fencing.",
+            discussion: "Only when the peer is known to be down (powered off): acknowledged writes may be lost if it is promoted.")
+        @OptionGroup var target: ResourceArguments
+        @OptionGroup var global: GlobalOptions
+        func run() throws { try AdmSession(verb: "resume-io", global).perform(.resumeIO, target) }
+    }
+
     struct NewCurrentUUID: ParsableCommand {
         static let configuration = CommandConfiguration(commandName: "new-current-uuid", abstract: "Start a new data generation.")
         @OptionGroup var target: ResourceArguments

@@ -16,7 +16,10 @@ enum StatusText {
     /// with DRBD 9's names where they differ (WFConnection and WFReportParams are "Connecting").
     static func render(_ report: ResourceStatusReport) -> String {
         guard report.up else { return "\(report.name) role:Unconfigured\n" }
-        var lines = ["\(report.name) role:\(report.role)"]
+        var first = "\(report.name) role:\(report.role)"
+        if let suspended = report.suspended { first += " suspended:\(suspended)" }
+        if report.fencingPeer == true { first += " fence-peer:running" }
+        var lines = [first]
         var disk = "  disk:\(report.disk)"
         if let outOfSync = report.outOfSyncKiB, outOfSync > 0, report.resync == nil {
             disk += " out-of-sync:\(outOfSync)"

@@ -1,4 +1,5 @@
 import ReplicationCore
+import TandemConfig
 
 /// Two replication machines wired back to back in memory. Packets wait in a queue per direction until the test
 /// delivers them, and every disk operation waits until the test completes it: the exact interleavings that the
@@ -23,6 +24,8 @@ struct ReplicationPair {
     var completedWrites: [[UInt64: RequestOutcome]] = [[:], [:]]
     var commandOutcomes: [[UInt64: CommandOutcome]] = [[:], [:]]
     var logs: [[String]] = [[], []]
+    var handlersRun: [[DrbdHandler]] = [[], []]
+    var completedFlushes: [[UInt64: RequestOutcome]] = [[:], [:]]
     /// Reasons each node gave for closing the connection.
     var dropped: [[String]] = [[], []]
     var now = MonotonicInstant(nanoseconds: 1_000_000_000)
@@ -67,6 +70,12 @@ struct ReplicationPair {
         nextCommandID += 1
         handle(node, .command(id: id, command))
         return commandOutcomes[node][id]
+    }
+
+    /// The replication link breaks: both nodes lose the transport, and whatever was on the wire is gone.
+    mutating func cutLink() {
+        inbox = [[], []]
+        for node in 0..<2 { handle(node, .transportLost(reason: "link cut")) }
     }
 
     mutating func connectTransports() {
@@ -145,8 +154,12 @@ struct ReplicationPair {
                 commandOutcomes[node][commandID] = outcome
             case .log(let line):
                 logs[node].append(line)
+            case .runHandler(let handler):
+                handlersRun[node].append(handler)
+            case .completeFlush(let requestID, let outcome):
+                completedFlushes[node][requestID] = outcome
             case .connectTransport, .stopConnecting, .throttleReceiving, .persistSuperblock, .persistActivityLog,
-                .persistBitmap, .preserveDivergedBlocks, .completeRead, .completeFlush, .runHandler:
+                .persistBitmap, .preserveDivergedBlocks, .completeRead:
                 break
             }
         }

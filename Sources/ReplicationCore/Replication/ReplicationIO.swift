@@ -70,6 +70,8 @@ public enum OperatorCommand: Sendable, Hashable {
     case pauseResync
     case resumeResync
     case outdate
+    /// Ends the I/O suspension of resource-and-stonith fencing: the operator vouches that the peer is down.
+    case resumeIO
     case newCurrentUUID(clearBitmap: Bool)
     case detach
 }

@@ -210,7 +210,10 @@ extension ReplicationMachine {
         if let detail = disklessPrimaryRefusal() { return refuseConnection(.disklessPrimaryMismatch, detail: detail) }
         // The peer forgot our pause with the old connection; it must know before any resync starts.
         if resyncPausedByUser { emit(.send(.pauseResync(true))) }
+        // The peer is back: what the metadata remembers about its disk is stale, and fencing has no reason left.
+        flags.remove(.peerOutdated)
         runSyncDecision(now: now)
+        if connection.isEstablished { fencingResolvedByConnection() }
     }
 
     /// Runs DRBD's sync handshake against what the peer last reported and acts on it: stay Connected, start the
@@ -324,7 +327,6 @@ extension ReplicationMachine {
         if disk >= .outdated && disk < .upToDate && peer.disk == .upToDate { disk = .upToDate }
         if peer.disk >= .outdated && peer.disk < .upToDate && disk == .upToDate { peer.disk = .upToDate }
         if crashedPrimary && bitmap.setCount == 0 { crashedPrimary = false }
-        flags.remove(.peerOutdated)
         persistSuperblock()
         emit(.send(.state(StatePacket(role: role, diskState: disk))))
         if bitmap.setCount > 0 { log("No resync, but \(bitmap.setCount) bits in bitmap!") }
@@ -358,6 +360,7 @@ extension ReplicationMachine {
         let wasEstablished = connection.isEstablished
         let wasSourcingResync = connection.isSyncSource
         let peerWasPrimary = peer.role == .primary
+        let peerDiskBeforeLoss = peer.disk
         // The new state comes first: completions below may let waiting writes start, and those must see that
         // there is no peer any more.
         connection = failureState
@@ -370,7 +373,15 @@ extension ReplicationMachine {
         pendingRemoteInvalidationFailed("the connection was lost before the peer answered; retry")
         abandonResyncAndVerify()
         failReadsFromPeer()
-        if wasEstablished { markTransferLogOutOfSync() }
+        if wasEstablished {
+            // A peer that was Inconsistent or Outdated cannot be promoted without us; remember that.
+            if hasLocalDisk && (peerDiskBeforeLoss == .inconsistent || peerDiskBeforeLoss == .outdated) {
+                flags.insert(.peerOutdated)
+            }
+            // Before the lost requests complete: with resource-and-stonith their completions wait for the fence.
+            fencePeerAfterConnectionLoss(peerDiskBeforeLoss: peerDiskBeforeLoss)
+            markTransferLogOutOfSync()
+        }
         resetEpochsForNewConnection()
         if wasEstablished {
             log("conn( \(failureState.rawValue) ): \(reason)")

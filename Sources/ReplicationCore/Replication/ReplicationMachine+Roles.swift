@@ -13,6 +13,7 @@ extension ReplicationMachine {
         case .pauseResync: outcome = pauseResync(true)
         case .resumeResync: outcome = pauseResync(false)
         case .outdate: outcome = outdate()
+        case .resumeIO: outcome = resumeIO()
         case .newCurrentUUID(let clearBitmap): outcome = newCurrentUUID(clearBitmap: clearBitmap, now: now)
         case .detach: outcome = detach()
         }
@@ -24,9 +25,11 @@ extension ReplicationMachine {
     /// Returns nil when the answer comes later (a promotion needs the connected peer's consent).
     private mutating func promote(force: Bool, commandID: UInt64, now: MonotonicInstant) -> CommandOutcome? {
         if role == .primary { return .done }
-        if pendingPromotion != nil { return .refused("a promotion is already in progress") }
+        if pendingPromotion != nil || peerFence != nil { return .refused("a promotion is already in progress") }
         let disklessWithGoodPeer = !hasLocalDisk && connection.isEstablished && peer.disk == .upToDate
-        if !force && !hasUpToDateData && !disklessWithGoodPeer {
+        // A Consistent disk is as good as UpToDate once the peer is fenced (+Fencing).
+        let consistentUntilFenced = disk == .consistent && promotionNeedsPeerFenced
+        if !force && !hasUpToDateData && !disklessWithGoodPeer && !consistentUntilFenced {
             return .refused(
                 "no UpToDate data (local disk is \(disk)); use --force to overwrite the peer's data with this node's")
         }
@@ -35,6 +38,10 @@ extension ReplicationMachine {
             return .refused("a resync into this node is running; wait for it or use --force")
         }
         guard connection.isEstablished else {
+            if promotionNeedsPeerFenced {
+                startPeerFence(.promotion(commandID: commandID, force: force))
+                return nil
+            }
             becomePrimary(force: force, now: now)
             return .done
         }
@@ -50,7 +57,7 @@ extension ReplicationMachine {
 
     /// Becomes Primary. A new data generation starts when promoted while disconnected with an empty Bitmap UUID,
     /// or when forced: from here on this node's data differs from anything the peer could hold.
-    private mutating func becomePrimary(force: Bool, now: MonotonicInstant) {
+    mutating func becomePrimary(force: Bool, now: MonotonicInstant) {
         if force && disk < .upToDate {
             log("Forced to consider local data as UpToDate!")
             disk = .upToDate

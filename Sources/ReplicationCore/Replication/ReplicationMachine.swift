@@ -73,6 +73,12 @@ public struct ReplicationMachine: Sendable {
     /// because it ends with the connection and is announced again on the next one.
     var resyncPausedByUser = false
 
+    // Resource-level fencing (+Fencing).
+    /// The fence-peer handler runs and has not reported back.
+    var peerFence: PeerFenceRun?
+    /// resource-and-stonith: application I/O held until the peer is fenced (DRBD's susp_fen).
+    var suspendedIO: SuspendedIO?
+
     // Local I/O.
     var nextToken: UInt64 = 1
     var localIO: [UInt64: LocalIOPurpose] = [:]
@@ -97,8 +103,9 @@ public struct ReplicationMachine: Sendable {
         let crashedJustNow = recovered.superblock.flags.contains(.primaryIndicator)
         self.crashedPrimary = crashedJustNow || recovered.superblock.flags.contains(.crashedPrimary)
         self.disk = Self.diskStateAtAttach(recovered.superblock.flags)
-        if disk == .consistent && settings.fencing == .dontCare {
-            // Without fencing nobody can have outdated us behind our back: trust our last UpToDate state.
+        if disk == .consistent && (settings.fencing == .dontCare || flags.contains(.peerOutdated)) {
+            // Without fencing nobody can have outdated us behind our back, and a peer known to be Outdated cannot
+            // hold newer data: trust our last UpToDate state.
             disk = .upToDate
         }
         uuids.setPrimaryBit(false)
@@ -123,7 +130,8 @@ public struct ReplicationMachine: Sendable {
         ReplicationStatus(
             role: role, disk: disk, connection: connection, peerRole: peer.role, peerDisk: peer.disk, uuids: uuids,
             outOfSyncBytes: bitmap.setCount * SyncBitmap.blockBytes, resync: resync.map(\.figures),
-            verifyMismatches: verify?.mismatchedBlocks ?? lastVerifyMismatchedBlocks, requestsInFlight: requests.count)
+            verifyMismatches: verify?.mismatchedBlocks ?? lastVerifyMismatchedBlocks, requestsInFlight: requests.count,
+            ioSuspendedForFencing: suspendedIO != nil, fencingPeer: peerFence != nil)
     }
 
     /// /proc/drbd's queue depths. Computed on demand (they scan the requests), not with every `status`, which the
@@ -142,9 +150,17 @@ public struct ReplicationMachine: Sendable {
         clock = now
         switch event {
         case .command(let id, let command): run(command, commandID: id, now: now)
-        case .write(let write): submit(write, now: now)
-        case .read(let requestID, let range): read(requestID: requestID, range: range, now: now)
-        case .flush(let requestID): flush(requestID: requestID, now: now)
+        case .write(let write):
+            if suspendedIO != nil { suspendedIO!.requests.append(.write(write)) } else { submit(write, now: now) }
+        case .read(let requestID, let range):
+            if suspendedIO != nil {
+                suspendedIO!.requests.append(.read(requestID: requestID, range: range))
+            } else {
+                read(requestID: requestID, range: range, now: now)
+            }
+        case .flush(let requestID):
+            if suspendedIO != nil { suspendedIO!.requests.append(.flush(requestID: requestID)) } else { flush(requestID: requestID, now: now) }
+        case .fencePeerFinished(let exitStatus): peerFenceFinished(exitStatus: exitStatus, now: now)
         case .transportConnected(let challenge): transportConnected(challenge: challenge, now: now)
         case .transportLost(let reason): transportLost(reason: reason, now: now)
         case .packet(let packet): received(packet, now: now)
@@ -174,7 +190,15 @@ public struct ReplicationMachine: Sendable {
     // MARK: Helpers shared by the extensions
 
     mutating func emit(_ action: ReplicationAction) {
-        if case .submitFlush(let token) = action { diskCache.flushSubmitted(token: token) }
+        switch action {
+        case .submitFlush(let token):
+            diskCache.flushSubmitted(token: token)
+        case .completeWrite, .completeFlush:
+            // Fencing suspends I/O: nothing is acknowledged until the peer can no longer be promoted.
+            if suspendedIO != nil { return suspendedIO!.completions.append(action) }
+        default:
+            break
+        }
         outbox.append(action)
     }
 
@@ -249,6 +273,8 @@ public enum ReplicationEvent: Sendable, Hashable {
     case transportLost(reason: String)
     case packet(Packet)
     case localIOCompleted(token: UInt64, LocalIOResult)
+    /// The fence-peer handler ended with this exit status; nil when it could not be run or exceeded its time limit.
+    case fencePeerFinished(exitStatus: Int32?)
     /// Timers: pings, timeouts and resync pacing. The driver ticks every 100 ms.
     case tick
 }
@@ -265,6 +291,10 @@ public struct ReplicationStatus: Sendable, Hashable {
     public var resync: ResyncFigures?
     public var verifyMismatches: UInt64?
     public var requestsInFlight: Int
+    /// resource-and-stonith: application I/O waits for the peer to be fenced (`suspended:fencing`).
+    public var ioSuspendedForFencing: Bool
+    /// The fence-peer handler is running.
+    public var fencingPeer: Bool
 }
 
 /// What `ReplicationMachine.queueDepths` reports.

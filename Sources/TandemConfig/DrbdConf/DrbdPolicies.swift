@@ -59,6 +59,31 @@ public enum FencingPolicy: String, Sendable, Hashable, CaseIterable {
     case resourceAndStonith = "resource-and-stonith"
 }
 
+/// What a fence-peer handler's exit status says (DRBD's codes; drbd-peer-outdater and `tandem fence-peer` return
+/// them). Any other status means the handler is broken and the peer's state is unknown.
+public enum FencePeerExitCode: Int32, Sendable, Hashable, CaseIterable {
+    /// The peer's disk is Inconsistent (or worse): it cannot be promoted.
+    case peerInconsistent = 3
+    /// The peer marked its disk Outdated.
+    case peerOutdated = 4
+    /// The peer could not be reached. DRBD trusts this only when the local disk is UpToDate.
+    case peerUnreachable = 5
+    /// The peer is Primary: this node must outdate itself.
+    case peerIsPrimary = 6
+    /// The peer was powered off (STONITH).
+    case peerFenced = 7
+
+    public var summary: String {
+        switch self {
+        case .peerInconsistent: "the peer is Inconsistent"
+        case .peerOutdated: "the peer outdated its disk"
+        case .peerUnreachable: "the peer could not be reached"
+        case .peerIsPrimary: "the peer is Primary"
+        case .peerFenced: "the peer was fenced (STONITH)"
+        }
+    }
+}
+
 /// The handler scripts drbd.conf can name, and when DRBD runs them.
 public enum DrbdHandler: String, Sendable, Hashable, CaseIterable {
     case priOnInconDegr = "pri-on-incon-degr"
