@@ -51,7 +51,7 @@ let package = Package(
         // Heartbeat R1's resource ownership: who runs which group, ordered start and stop, standby and takeover.
         .target(name: "ResourceCore", dependencies: ["CoreSupport", "MembershipCore"], swiftSettings: strictSettings),
         // STONITH: a lost peer is fenced before anything it ran is taken over.
-        .target(name: "FencingCore", dependencies: ["CoreSupport", "MembershipCore"], swiftSettings: strictSettings),
+        .target(name: "FencingCore", dependencies: ["CoreSupport", "MembershipCore", "TandemConfig"], swiftSettings: strictSettings),
 
         // Drivers that interpret the cores' actions over small environment protocols.
         .target(
@@ -122,6 +122,7 @@ let package = Package(
                 "DaemonSupport",
                 "DeviceFrontend",
                 "MembershipCore",
+                "ReplicationCore",
                 "ReplicationDaemon",
                 "ResourceCore",
                 "FencingCore",

@@ -1,4 +1,5 @@
 import DaemonSupport
+import FencingCore
 
 /// heartbeatd's control socket: `<run-dir>/heartbeatd.sock`, JSON lines, root only, like replicad's (see
 /// `ControlServer`). `tandem takeover`, `standby`, `cl-status` and `status` use it.
@@ -7,6 +8,9 @@ public enum ClusterControlProtocol {
     public static let socketFileName = "heartbeatd.sock"
     public static let requestBytesMaximum = 4096
     public static let responseBytesMaximum = 1 << 20
+    /// How long `tandem fence-peer` waits for heartbeatd: the peer's answer (`PeerOutdateMachine.answerTimeout`),
+    /// with room to spare.
+    public static let fencePeerAnswerTimeout: Duration = PeerOutdateMachine.answerTimeout + .seconds(10)
 
     public static func socketPath(runDirectory: String) -> String {
         runDirectory.hasSuffix("/") ? runDirectory + socketFileName : runDirectory + "/" + socketFileName
@@ -26,6 +30,9 @@ public enum ClusterControlVerb: String, Codable, Sendable, CaseIterable {
     case standby
     /// hb_takeover: take the `selection` from the peer.
     case takeover
+    /// dopd: ask the peer, over the heartbeat links, to outdate its disk of `resource`. The answer carries DRBD's
+    /// fence-peer code in `exitCode`; it comes when the peer answers (at most `PeerOutdateMachine.answerTimeout`).
+    case fencePeer = "fence-peer"
 }
 
 public struct ClusterControlRequest: Codable, Sendable {
@@ -33,11 +40,14 @@ public struct ClusterControlRequest: Codable, Sendable {
     public var verb: ClusterControlVerb
     /// all, local, foreign or failback.
     public var selection: String?
+    /// The replicated resource, for `fence-peer`.
+    public var resource: String?
 
-    public init(verb: ClusterControlVerb, selection: String? = nil) {
+    public init(verb: ClusterControlVerb, selection: String? = nil, resource: String? = nil) {
         self.version = ClusterControlProtocol.version
         self.verb = verb
         self.selection = selection
+        self.resource = resource
     }
 }
 
@@ -53,12 +63,15 @@ public struct ClusterControlResponse: Codable, Sendable {
     public var result: ClusterControlResult
     public var message: String?
     public var status: ClusterStatusReport?
+    /// `fence-peer`: the fence-peer handler's exit code (DRBD's 3-7, or 1).
+    public var exitCode: Int32?
 
-    public init(_ result: ClusterControlResult, _ message: String? = nil, status: ClusterStatusReport? = nil) {
+    public init(_ result: ClusterControlResult, _ message: String? = nil, status: ClusterStatusReport? = nil, exitCode: Int32? = nil) {
         self.version = ClusterControlProtocol.version
         self.result = result
         self.message = message
         self.status = status
+        self.exitCode = exitCode
     }
 }
 

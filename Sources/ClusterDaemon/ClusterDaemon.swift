@@ -45,6 +45,7 @@ public final class ClusterDaemon: Sendable {
     func start() {
         let environment = DaemonClusterEnvironment(
             links: links, mailbox: mailbox, agents: agents, log: log, groups: plan.groups, fenceDevices: plan.fenceDevices,
+            outdater: LocalOutdater(runDirectory: agents.runDirectory, log: log),
             alerts: AlertRunner(scripts: plan.haConfig.alertScripts.map(\.value), node: plan.localNode, log: log))
         let membership = plan.membershipConfiguration(generation: generation, randomSeed: UInt64.random(in: .min ... .max))
         let resources = plan.resourceConfiguration(initialEpoch: epoch.initial)
@@ -82,8 +83,13 @@ public final class ClusterDaemon: Sendable {
                     case .fenceFinished(let outcome):
                         environment.fenceEnded()
                         node.fenceAgentFinished(outcome, now: now)
+                    case .localOutdateFinished(let requestID, let code, let detail):
+                        environment.localOutdateEnded(requestID)
+                        node.localOutdateFinished(requestID: requestID, code, detail: detail, now: now)
                     case .admin(let request, let reply):
-                        reply(Self.answer(request, node: &node, environment: environment, now: now))
+                        if let response = Self.answer(request, reply: reply, node: &node, environment: environment, now: now) {
+                            reply(response)
+                        }
                     case .shutdown:
                         node.shutdown(now: now)
                     }
@@ -123,11 +129,21 @@ public final class ClusterDaemon: Sendable {
         }
     }
 
+    /// The answer to a control request, or nil when it comes later through `reply` (fence-peer).
     private static func answer(
-        _ request: ClusterControlRequest, node: inout ClusterNode<DaemonClusterEnvironment>,
-        environment: DaemonClusterEnvironment, now: MonotonicInstant
-    ) -> ClusterControlResponse {
+        _ request: ClusterControlRequest, reply: @escaping @Sendable (ClusterControlResponse) -> Void,
+        node: inout ClusterNode<DaemonClusterEnvironment>, environment: DaemonClusterEnvironment, now: MonotonicInstant
+    ) -> ClusterControlResponse? {
         switch request.verb {
+        case .fencePeer:
+            guard let resource = request.resource else { return ClusterControlResponse(.badRequest, "fence-peer needs a resource") }
+            switch node.requestPeerOutdate(resource: resource, now: now) {
+            case .answered(let code, let detail):
+                return ClusterControlResponse(.ok, detail, exitCode: code.rawValue)
+            case .sent(let requestID, _):
+                environment.awaitPeerOutdate(requestID, reply: reply)
+                return nil
+            }
         case .ping:
             return ClusterControlResponse(.ok, "heartbeatd of \(node.membership.configuration.localNode) (pid \(getpid()))")
         case .status:
@@ -198,11 +214,17 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
     private(set) var isSilenced = false
     private var operationThreads: [ResourceOperation: DaemonThread] = [:]
     private var fenceThread: DaemonThread?
+    private let outdater: LocalOutdater
+    /// The peer's outdate requests being carried out here, by request ID.
+    private var outdateThreads: [UInt64: DaemonThread] = [:]
+    /// `tandem fence-peer` clients waiting for the peer's answer, by request ID.
+    private var fencePeerReplies: [UInt64: @Sendable (ClusterControlResponse) -> Void] = [:]
 
     init(
         links: [HeartbeatLink], mailbox: ClusterMailbox, agents: ResourceAgents, log: ClusterLog, groups: [ResourceGroup],
-        fenceDevices: [ClusterPlan.FenceDevice], alerts: AlertRunner
+        fenceDevices: [ClusterPlan.FenceDevice], outdater: LocalOutdater, alerts: AlertRunner
     ) {
+        self.outdater = outdater
         self.alerts = alerts
         self.links = links
         self.mailbox = mailbox
@@ -245,6 +267,27 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
         }
     }
 
+    func outdateLocalResource(_ resource: String, requestID: UInt64) {
+        let outdater = self.outdater
+        let mailbox = self.mailbox
+        outdateThreads[requestID] = DaemonThread.start(name: "hb-outdate") {
+            let (code, detail) = outdater.outdate(resource)
+            mailbox.post(.localOutdateFinished(requestID: requestID, code, detail: detail))
+        }
+    }
+
+    func localOutdateEnded(_ requestID: UInt64) {
+        outdateThreads.removeValue(forKey: requestID)?.join()
+    }
+
+    func awaitPeerOutdate(_ requestID: UInt64, reply: @escaping @Sendable (ClusterControlResponse) -> Void) {
+        fencePeerReplies[requestID] = reply
+    }
+
+    func answerPeerOutdate(requestID: UInt64, _ code: FencePeerExitCode, detail: String) {
+        fencePeerReplies.removeValue(forKey: requestID)?(ClusterControlResponse(.ok, detail, exitCode: code.rawValue))
+    }
+
     func fenceEnded() {
         fenceThread?.join()
         fenceThread = nil
@@ -285,6 +328,10 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
     func finish() {
         for thread in operationThreads.values { thread.join() }
         operationThreads.removeAll()
+        for thread in outdateThreads.values { thread.join() }
+        outdateThreads.removeAll()
+        for reply in fencePeerReplies.values { reply(ClusterControlResponse(.failed, "heartbeatd stopped before the peer answered")) }
+        fencePeerReplies.removeAll()
         fenceEnded()
         alerts.close()
     }
@@ -306,6 +353,7 @@ final class ClusterMailbox: @unchecked Sendable {
         case datagram([UInt8], link: Int)
         case operationFinished(ResourceOperation, OperationOutcome)
         case fenceFinished(FenceOutcome)
+        case localOutdateFinished(requestID: UInt64, FencePeerExitCode, detail: String)
         case pingReply(IPv4Address)
         case admin(ClusterControlRequest, reply: @Sendable (ClusterControlResponse) -> Void)
         case shutdown

@@ -94,6 +94,41 @@ enum ClusterRequest {
     }
 }
 
+/// drbd.conf's fence-peer handler for Tandem clusters, as drbd-peer-outdater was with Heartbeat's dopd:
+/// `handlers { fence-peer "tandem fence-peer"; }` with `fencing resource-only` (or resource-and-stonith).
+struct FencePeerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fence-peer",
+        abstract: "Ask the peer, over the heartbeat links, to outdate its disk (drbd.conf's fence-peer handler).",
+        discussion: """
+        heartbeatd sends the request to the peer's heartbeatd, which outdates the resource there through its         replicad. Exit codes are DRBD's: 3 the peer is Inconsistent, 4 the peer outdated its disk, 5 the peer         could not be reached, 6 the peer is Primary, 1 the peer could not outdate its disk or heartbeatd did not         answer (the fence failed).
+        """)
+    @Argument(help: "The resource (default: $DRBD_RESOURCE, which replicad sets for its handlers).") var resource: String?
+    @OptionGroup var global: GlobalOptions
+
+    func run() throws {
+        guard let name = resource ?? ProcessInfo.processInfo.environment["DRBD_RESOURCE"], !name.isEmpty else {
+            throw ValidationError("name the resource, or run as replicad's handler (which sets DRBD_RESOURCE)")
+        }
+        let response: ClusterControlResponse
+        do {
+            response = try ClusterControlProtocol.client(runDirectory: global.runDirectory).exchange(
+                ClusterControlRequest(verb: .fencePeer, resource: name),
+                answerTimeout: ClusterControlProtocol.fencePeerAnswerTimeout)
+        } catch {
+            // Not 5: "unreachable" counts as success for an UpToDate node, and nobody asked the peer.
+            printToStandardError("tandem fence-peer \(name): \(error.message); the peer was not asked, the fence failed")
+            throw ExitCode(1)
+        }
+        guard response.result == .ok, let code = response.exitCode else {
+            printToStandardError("tandem fence-peer \(name): \(response.result.rawValue): \(response.message ?? ""); the fence failed")
+            throw ExitCode(1)
+        }
+        print("tandem fence-peer \(name): \(response.message ?? "") (exit \(code))")
+        throw ExitCode(code)
+    }
+}
+
 struct TakeoverCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "takeover", abstract: "Take resources over from the peer (Heartbeat's hb_takeover).")

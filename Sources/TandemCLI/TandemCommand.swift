@@ -19,6 +19,7 @@ public struct TandemCommand: AsyncParsableCommand {
             StatusCommand.self,
             TakeoverCommand.self,
             StandbyCommand.self,
+            FencePeerCommand.self,
             ClusterStatusCommand.self,
             LabCommand.self,
         ]

@@ -35,6 +35,12 @@ struct LabConfigFiles {
                 disk {
                     on-io-error detach;
                     resync-rate 400M;
+                    # dopd's recipe: a Primary that loses the replication link has the peer outdate its disk
+                    # over the heartbeat links before it carries on alone.
+                    fencing resource-only;
+                }
+                handlers {
+                    fence-peer "\(executable) fence-peer";
                 }
             }
             resource \(LabLayout.resourceName) {

@@ -80,6 +80,11 @@ struct LabNetwork {
         }
     }
 
+    /// Cuts (or restores) the replication link (eth3) at `node`; the heartbeat links and the service network stay.
+    func setReplicationLink(_ node: LabHost, up: Bool) throws(LabError) {
+        try ip(["-n", layout.namespace(node), "link", "set", "eth3", up ? "up" : "down"])
+    }
+
     /// Makes `node` unable (or able again) to reach the client machine, the lab's ping node, while the client still
     /// reaches the VIP: the client's echo replies to the node's own service address go nowhere.
     func setPingNodeReachable(from node: LabHost, _ reachable: Bool) throws(LabError) {

@@ -14,6 +14,7 @@ public enum LabScenario: String, CaseIterable, Sendable {
     case stopHeartbeat = "stop-heartbeat"
     case cutLinks = "cut-links"
     case cutHeartbeat = "cut-heartbeat"
+    case cutReplication = "cut-replication"
     case losePingNode = "lose-ping-node"
     case losePingNodeStandby = "lose-ping-node-standby"
     case killDatabase = "kill-mysqld"
@@ -23,7 +24,9 @@ public enum LabScenario: String, CaseIterable, Sendable {
 
     /// Whether the service ends on the same node (a restart in place, or the winner of a split) rather than on the
     /// peer.
-    var staysOnTheActiveNode: Bool { self == .killDatabase || self == .cutHeartbeat || self == .losePingNodeStandby }
+    var staysOnTheActiveNode: Bool {
+        self == .killDatabase || self == .cutHeartbeat || self == .cutReplication || self == .losePingNodeStandby
+    }
 
     /// Whether the scenario can run in a lab with or without STONITH. cut-heartbeat needs fencing: without it both
     /// nodes would take the group.
@@ -36,6 +39,7 @@ public enum LabScenario: String, CaseIterable, Sendable {
         case .stopHeartbeat: "heartbeatd stopped cleanly on the active node (it releases the group); started again later"
         case .cutLinks: "every link of the active node cut (heartbeat, replication, service); restored once it stopped serving"
         case .cutHeartbeat: "every heartbeat path between the nodes cut, both nodes up: the node that runs the group fences the other"
+        case .cutReplication: "the replication link cut, heartbeat links up: the Primary has the standby outdate its disk (resource-only fencing) and serves on; the Outdated standby refuses promotion"
         case .losePingNode: "the ping node (the client machine) unreachable from the active node only: ipfail moves the group to the peer"
         case .losePingNodeStandby: "the ping node unreachable from the standby only: nothing moves"
         case .killDatabase: "mariadbd killed on the active node: the monitor notices and restarts it in place"
@@ -99,6 +103,8 @@ extension Lab {
         [
             ("peer declared dead", ": is dead"),
             ("peer fenced (STONITH)", " fenced (STONITH "),
+            ("peer asked to outdate its disk (fence-peer)", "to outdate \(LabLayout.resourceName) (request"),
+            ("peer outdated its disk (fence-peer exit 4)", "answered for \(LabLayout.resourceName): the peer outdated its disk"),
             ("failure noticed by the monitor", "monitor of mysqld failed"),
             ("takeover starts (drbddisk start)", "Running drbddisk::\(LabLayout.resourceName) start"),
             ("Primary (drbddisk start done)", "drbddisk::\(LabLayout.resourceName) start done"),
@@ -180,6 +186,9 @@ extension Lab {
             } catch {
                 report.problems.append(error.message)
             }
+        }
+        if scenario == .cutReplication {
+            checkOutdatedStandby(active.peer, after: faultAt, report: &report)
         }
         if waitForCommit(on: target, after: faultAt, timeout: .seconds(120), workload) == nil { report.problems.append("no commit on \(target.rawValue) within the time allowed after the fault") }
         usleep(useconds_t(clamping: loadAfterRecovery.wholeMilliseconds * 1000))
@@ -291,6 +300,26 @@ extension Lab {
         return report
     }
 
+    /// cut-replication: the standby's disk must be Outdated (the Primary's fence-peer asked for it over the heartbeat
+    /// links), and a promotion of it refused: it holds none of the commits made since the cut.
+    private func checkOutdatedStandby(_ standby: LabHost, after faultAt: Int64, report: inout ScenarioReport) {
+        do throws(LabError) {
+            try waitFor("\(standby.rawValue)'s disk to be Outdated", timeout: .seconds(30)) { () -> Bool in
+                observe(standby).disk == "Outdated"
+            }
+        } catch {
+            return report.problems.append(error.message)
+        }
+        report.timeline.append(("\(standby.rawValue) seen Outdated", Workload.unixMilliseconds() - faultAt))
+        do throws(LabError) {
+            let output = try machines.tandem(standby, ["adm", "primary", LabLayout.resourceName])
+            report.problems.append("the Outdated \(standby.rawValue) was promoted: \(output)")
+        } catch {
+            report.timeline.append(("promotion of the Outdated \(standby.rawValue) refused", Workload.unixMilliseconds() - faultAt))
+            report.notes.append("tandem adm primary on \(standby.rawValue): \(error.message.split(separator: "\n").first ?? "")")
+        }
+    }
+
     /// Whether `node` is off because its peer fenced it after `after` (the peer's log says so).
     private func wasFenced(_ node: LabHost, after: Int64, _ follower: LogFollower) -> Bool {
         !machines.isRunning(node) && follower.first(node.peer, containing: "\(node.rawValue) fenced (STONITH ", after: after) != nil
@@ -326,6 +355,8 @@ extension Lab {
             try network.setLinks(node, up: false)
         case .cutHeartbeat:
             try network.setHeartbeatPaths(cut: true)
+        case .cutReplication:
+            try network.setReplicationLink(node, up: false)
         case .losePingNode:
             try network.setPingNodeReachable(from: node, false)
         case .losePingNodeStandby:
@@ -350,6 +381,8 @@ extension Lab {
             if !fenced.contains(node) { machines.thaw(node) }
         case .cutHeartbeat:
             try network.setHeartbeatPaths(cut: false)
+        case .cutReplication:
+            try network.setReplicationLink(node, up: true)
         case .losePingNode:
             try network.setPingNodeReachable(from: node, true)
         case .losePingNodeStandby:

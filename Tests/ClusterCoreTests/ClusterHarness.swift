@@ -35,6 +35,14 @@ final class ClusterHarness {
             harness.fences.append(PendingFence(due: harness.now + harness.fenceAgentDuration, fencer: name, target: target))
         }
         func shutdownComplete() { isShutDown = true }
+        /// Answers to this node's `requestPeerOutdate`, in order.
+        var outdateAnswers: [(requestID: UInt64, code: FencePeerExitCode, detail: String)] = []
+        func outdateLocalResource(_ resource: String, requestID: UInt64) {
+            harness.outdates.append(PendingOutdate(due: harness.now + harness.operationDelay, node: name, requestID: requestID))
+        }
+        func answerPeerOutdate(requestID: UInt64, _ code: FencePeerExitCode, detail: String) {
+            outdateAnswers.append((requestID, code, detail))
+        }
         var wallClockSeconds: UInt64 { 1_700_000_000 }
         var loadAverage: String? { "0.00 0.00 0.00" }
     }
@@ -52,6 +60,17 @@ final class ClusterHarness {
         var fencer: String
         var target: String
     }
+
+    /// An outdate the peer asked of `node`: at `due` its replicad answers with `outdateCodes[node]`.
+    struct PendingOutdate {
+        var due: MonotonicInstant
+        var node: String
+        var requestID: UInt64
+    }
+
+    var outdates: [PendingOutdate] = []
+    /// What each node's replicad answers to an outdate (`.peerOutdated` when absent).
+    var outdateCodes: [String: FencePeerExitCode] = [:]
 
     static let linkNames = ["eth1", "eth2"]
     static let keys = Authkeys(
@@ -164,6 +183,7 @@ final class ClusterHarness {
         running[name] = []
         pending.removeAll { $0.node == name }
         fences.removeAll { $0.fencer == name }
+        outdates.removeAll { $0.node == name }
     }
 
     /// Nodes whose messages are lost on every link while they still hear the others (a one-way partition).
@@ -199,6 +219,12 @@ final class ClusterHarness {
             }
             while let index = fences.firstIndex(where: { $0.due <= now && !frozen.contains($0.fencer) }) {
                 finishFence(fences.remove(at: index))
+                drain()
+            }
+            while let index = outdates.firstIndex(where: { $0.due <= now && !frozen.contains($0.node) }) {
+                let outdate = outdates.remove(at: index)
+                let code = outdateCodes[outdate.node] ?? .peerOutdated
+                nodes[outdate.node]!.localOutdateFinished(requestID: outdate.requestID, code, detail: "harness", now: clock(outdate.node))
                 drain()
             }
             for name in nodes.keys.sorted() where !crashed.contains(name) && !frozen.contains(name) {

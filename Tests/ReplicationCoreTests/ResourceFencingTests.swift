@@ -72,9 +72,9 @@ struct ResourceFencingTests {
         pair.handle(0, .write(Self.write))
         pair.completeAllDisk(0)
         pair.cutLink()
-        pair.handle(0, .fencePeerFinished(exitStatus: 1))
+        pair.handle(0, .fencePeerFinished(exitStatus: 20))
         #expect(pair.status(0).ioSuspendedForFencing)
-        #expect(pair.logs[0].contains("fence-peer helper broken, returned 1"))
+        #expect(pair.logs[0].contains("fence-peer helper broken, returned 20"))
         #expect(pair.completedWrites[0][1] == nil)
 
         #expect(pair.command(0, .resumeIO) == .done)

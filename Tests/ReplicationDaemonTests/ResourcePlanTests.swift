@@ -33,7 +33,7 @@ struct ResourcePlanTests {
                 on-io-error call-local-io-error; fencing resource-only; disk-flushes no; al-extents 3001;
                 resync-rate 40M; c-plan-ahead 0; c-fill-target 2048; c-delay-target 20; c-max-rate 200M; c-min-rate 4M;
               }
-              handlers { split-brain "/usr/lib/drbd/notify-split-brain.sh root"; }
+              handlers { split-brain "/usr/lib/drbd/notify-split-brain.sh root"; fence-peer "tandem fence-peer"; }
             \(Self.hosts)
             }
             """)
@@ -100,6 +100,8 @@ struct ResourcePlanTests {
         ("resource r0 {\n net { cram-hmac-alg sha1; }\n" + hosts + "\n}", "shared-secret"),
         ("resource r0 {\n net { csums-alg whirlpool; }\n" + hosts + "\n}", "csums-alg whirlpool is not supported"),
         ("resource r0 {\n" + hosts + "\n}", "no 'on gamma' section"),
+        ("resource r0 {\n disk { fencing resource-only; }\n" + hosts + "\n}",
+         "fencing resource-only needs a fence-peer handler"),
     ])
     func refusals(_ text: String, _ expected: String) throws {
         let node = expected.contains("gamma") ? "gamma" : "alpha"

@@ -127,6 +127,10 @@ public enum HeartbeatMessageType: String, Sendable, Hashable, CaseIterable {
     /// addresses.
     case ipRequest = "ip-request"
     case ipRequestResponse = "ip-request-resp"
+    /// dopd's resource-level fencing: "outdate your disk of `drbd_resource`", and the answer with DRBD's fence-peer
+    /// code (`FencingCore.PeerOutdateMessage`).
+    case outdateRequest = "outdate"
+    case outdateReply = "outdate_rpl"
     /// Unsequenced retransmission control: a request for `firstseq..lastseq`, and "those are gone".
     case retransmitRequest = "NS_rexmit"
     case retransmitRefused = "NS_nak_rexmit"

@@ -122,6 +122,7 @@ extension ReplicationMachine {
                 : .failed("returned 5: peer unreachable, doing nothing since disk != UpToDate")
         case .peerIsPrimary: return .peerIsPrimary
         case .peerFenced: return .peerFenced("peer was stonithed")
+        case .refused: return .failed("returned 1: the peer could not outdate its disk")
         case nil: return .failed("broken, returned \(exitStatus)")
         }
     }

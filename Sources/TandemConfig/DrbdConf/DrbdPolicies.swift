@@ -62,6 +62,9 @@ public enum FencingPolicy: String, Sendable, Hashable, CaseIterable {
 /// What a fence-peer handler's exit status says (DRBD's codes; drbd-peer-outdater and `tandem fence-peer` return
 /// them). Any other status means the handler is broken and the peer's state is unknown.
 public enum FencePeerExitCode: Int32, Sendable, Hashable, CaseIterable {
+    /// Tandem's: the peer answered but could not outdate its disk (it still saw the replication connection). The
+    /// fence failed.
+    case refused = 1
     /// The peer's disk is Inconsistent (or worse): it cannot be promoted.
     case peerInconsistent = 3
     /// The peer marked its disk Outdated.
@@ -75,6 +78,7 @@ public enum FencePeerExitCode: Int32, Sendable, Hashable, CaseIterable {
 
     public var summary: String {
         switch self {
+        case .refused: "the peer could not outdate its disk"
         case .peerInconsistent: "the peer is Inconsistent"
         case .peerOutdated: "the peer outdated its disk"
         case .peerUnreachable: "the peer could not be reached"

@@ -20,6 +20,11 @@ public protocol ClusterEnvironment {
     func reannounceAddresses(groups: [Int])
     /// Tell the operator (ha.cf's `alert` scripts). Must not block.
     func alert(_ kind: ClusterAlertKind, _ detail: String)
+    /// The peer asks this node to outdate its disk of `resource` (dopd): run replicad's `outdate`, then call
+    /// `ClusterNode.localOutdateFinished`. Must not block.
+    func outdateLocalResource(_ resource: String, requestID: UInt64)
+    /// The answer to `ClusterNode.requestPeerOutdate`: `tandem fence-peer` exits with `code`.
+    func answerPeerOutdate(requestID: UInt64, _ code: FencePeerExitCode, detail: String)
     /// A resource will not stop: carry out the last resort (stop heartbeats, reboot).
     func lastResort(_ action: StopFailureAction, reason: String)
     /// Every group is released and `shutdone` was sent: the daemon may exit.
@@ -39,6 +44,8 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
     public private(set) var resources: ResourceManagerMachine
     /// STONITH, when ha.cf configures it: the peer's death reaches the resource manager only once it is fenced.
     public private(set) var fencing: PeerFencingMachine?
+    /// Resource-level fencing over the heartbeat links (dopd), when there is a peer.
+    public private(set) var outdater: PeerOutdateMachine?
     /// ha.cf's ping nodes, when there are any: ipfail and the fence race use what this node reaches.
     public private(set) var pingNodes: PingNodeTracker?
     /// The (local, peer) ping counts for which ipfail last gave the groups up: once per change of counts.
@@ -57,6 +64,11 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         pingNodes: PingNodeTracker? = nil
     ) {
         self.pingNodes = pingNodes
+        if let peer = resources.peerNode {
+            // Request IDs start from the generation, so that a late answer to a request of an earlier run of
+            // heartbeatd never matches one of this run's.
+            self.outdater = PeerOutdateMachine(peer: peer, firstRequestID: membership.generation << 32)
+        }
         self.membership = MembershipMachine(configuration: membership)
         self.resources = ResourceManagerMachine(configuration: resources)
         if let peer = resources.peerNode, let stonith {
@@ -78,6 +90,7 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         perform(membership.tick(now: now), now: now)
         if pingNodes != nil { perform(pingNodes!.tick(now: now), now: now) }
         if fencing != nil { perform(fencing!.tick(now: now), now: now) }
+        if outdater != nil { perform(outdater!.tick(now: now), now: now) }
         perform(resources.tick(now: now), now: now)
         if let due = reannounceAt, now >= due {
             reannounceAt = nil
@@ -138,6 +151,23 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         reviewConnectivity(now: now)
     }
 
+    /// `tandem fence-peer`: ask the peer to outdate its disk of `resource`. When sent, the answer comes through the
+    /// environment's `answerPeerOutdate` for the request ID.
+    public mutating func requestPeerOutdate(resource: String, now: MonotonicInstant) -> PeerOutdateRequest {
+        guard outdater != nil, let peer = resources.configuration.peerNode else {
+            return .answered(.peerUnreachable, detail: "this cluster has no peer node")
+        }
+        let status = membership.status(of: peer)
+        let request = outdater!.request(resource: resource, peerReachable: status == .up || status == .active, now: now)
+        if case .sent(_, let actions) = request { perform(actions, now: now) }
+        return request
+    }
+
+    /// The outdate the peer asked for finished here.
+    public mutating func localOutdateFinished(requestID: UInt64, _ code: FencePeerExitCode, detail: String, now: MonotonicInstant) {
+        perform(outdater!.localOutdateFinished(requestID: requestID, code, detail: detail), now: now)
+    }
+
     public mutating func requestStandby(_ selection: ResourceSelection, now: MonotonicInstant) -> AdminOutcome {
         let outcome = resources.requestStandby(selection, now: now)
         perform(outcome.actions, now: now)
@@ -161,7 +191,8 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
 
     /// When `tick` must next run.
     public var nextDeadline: MonotonicInstant? {
-        [membership.nextDeadline, resources.nextDeadline, fencing?.nextDeadline, pingNodes?.nextDeadline, reannounceAt]
+        [membership.nextDeadline, resources.nextDeadline, fencing?.nextDeadline, pingNodes?.nextDeadline,
+         outdater?.nextDeadline, reannounceAt]
             .compactMap { $0 }.min()
     }
 
@@ -175,12 +206,17 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
                 if message.type == .status, let load = environment.loadAverage { message[HeartbeatField.load] = load }
                 environment.transmit(HeartbeatWire.encode(authenticator.sign(message)))
             case .deliver(let message, _):
-                if let typed = ResourceMessage(message) { perform(resources.received(typed, now: now), now: now) }
+                if let typed = ResourceMessage(message) {
+                    perform(resources.received(typed, now: now), now: now)
+                } else if let outdate = PeerOutdateMessage(message), outdater != nil {
+                    perform(outdater!.received(outdate, now: now), now: now)
+                }
             case .nodeStatusChanged(let node, .dead):
                 guard isPeer(node) else { break }
                 let how = membership.hasAnnouncedShutdown(node) ? "shut down"
                     : membership.status(of: node) != .dead ? "restarted (a new generation)" : "is dead (no message for deadtime)"
                 environment.alert(.nodeDead, "\(node) \(how)")
+                if outdater != nil { perform(outdater!.peerLost(), now: now) }
                 peerDeclaredDead(node, now: now)
             case .nodeStatusChanged(let node, let status):
                 guard isPeer(node) else { break }
@@ -277,6 +313,21 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
             case .peerFenced(let peer):
                 environment.alert(.fenced, "\(peer) fenced (STONITH \(fencing?.policy.action.rawValue ?? ""))")
                 perform(resources.peerStatusChanged(.dead, now: now), now: now)
+            case .log(let level, let text):
+                environment.log(level, text)
+            }
+        }
+    }
+
+    private mutating func perform(_ actions: [PeerOutdateAction], now: MonotonicInstant) {
+        for action in actions {
+            switch action {
+            case .send(let message):
+                perform(membership.send(message, now: now), now: now)
+            case .outdateLocally(let resource, let requestID):
+                environment.outdateLocalResource(resource, requestID: requestID)
+            case .answer(let requestID, let code, let detail):
+                environment.answerPeerOutdate(requestID: requestID, code, detail: detail)
             case .log(let level, let text):
                 environment.log(level, text)
             }
