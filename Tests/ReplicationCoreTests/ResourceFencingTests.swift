@@ -101,6 +101,23 @@ struct ResourceFencingTests {
         #expect(!pair.machines[0].flags.contains(.peerOutdated))
     }
 
+    /// Found in the lab (freeze-node): a Primary lost its peer, the peer came back promoted, and the handshake refused
+    /// the connection while the first fence-peer run was still out; the second loss started a second run.
+    @Test("A connection refused while fence-peer runs does not start a second run")
+    func refusedReconnectionDuringTheFence() {
+        var pair = Self.cutPair(.resourceOnly)
+        pair.command(1, .promote(force: false))
+        pair.handle(1, .fencePeerFinished(exitStatus: FencePeerExitCode.peerUnreachable.rawValue))
+        #expect(pair.status(1).role == .primary)
+        pair.completeAllDisk(0)
+        pair.completeAllDisk(1)
+        pair.connectTransports()
+        #expect(!pair.status(0).connection.isEstablished, "two Primaries are refused")
+        #expect(pair.handlersRun[0] == [.fencePeer, .initialSplitBrain, .splitBrain], "one fence-peer run, still out")
+        pair.handle(0, .fencePeerFinished(exitStatus: FencePeerExitCode.peerIsPrimary.rawValue))
+        #expect(pair.status(0).role == .primary, "a Primary whose peer is Primary too stays so: a split brain, for after-sb")
+    }
+
     @Test("A disconnected Secondary is promoted only once fence-peer has fenced the peer", arguments: [
         (FencePeerExitCode.peerInconsistent.rawValue, true), (FencePeerExitCode.peerOutdated.rawValue, true),
         (FencePeerExitCode.peerUnreachable.rawValue, true), (FencePeerExitCode.peerFenced.rawValue, true),

@@ -43,11 +43,13 @@ extension ReplicationMachine {
             suspendedIO = SuspendedIO()
             log("susp-io( no -> fencing ): application I/O suspended until the peer is fenced")
         }
+        // A run started for an earlier loss (the peer came back only to be refused, split brain say) is still out:
+        // its answer, about the peer as it is now, serves this loss too.
+        guard peerFence == nil else { return }
         startPeerFence(.connectionLost)
     }
 
-    /// Starts the fence-peer handler unless a run is already under way (its answer serves both purposes only for
-    /// the connection loss that started it; a promotion waits for a fresh run).
+    /// Starts the fence-peer handler; one run at a time.
     mutating func startPeerFence(_ purpose: PeerFencePurpose) {
         precondition(peerFence == nil, "fence-peer started while a run is under way: \(String(describing: peerFence))")
         peerFence = PeerFenceRun(purpose: purpose, startedAt: clock)
