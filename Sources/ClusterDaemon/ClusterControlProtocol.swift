@@ -113,6 +113,8 @@ public struct ClusterStatusReport: Codable, Sendable {
     public var fencing: String?
     /// The ping nodes this node reaches, and what the peer says it reaches; nil without ping nodes.
     public var pingNodes: String?
+    /// Quorum and the witness's last answer; nil without a witness.
+    public var quorum: String?
     public var generation: UInt64
     public var peers: [Peer]
     public var groups: [Group]

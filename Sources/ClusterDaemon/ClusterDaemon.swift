@@ -22,6 +22,7 @@ public final class ClusterDaemon: Sendable {
     private let mailbox = ClusterMailbox()
     private let links: [HeartbeatLink]
     private let pingProber: PingProber?
+    private let witnessLink: HeartbeatLink?
     private let log: ClusterLog
     private let agents: ResourceAgents
     private let thread: Mutex<DaemonThread?> = Mutex(nil)
@@ -30,9 +31,10 @@ public final class ClusterDaemon: Sendable {
 
     init(
         plan: ClusterPlan, generation: UInt64, epoch: (initial: UInt64, file: StateNumberFile), links: [HeartbeatLink],
-        pingProber: PingProber?, log: ClusterLog, agents: ResourceAgents
+        pingProber: PingProber?, witnessLink: HeartbeatLink?, log: ClusterLog, agents: ResourceAgents
     ) {
         self.pingProber = pingProber
+        self.witnessLink = witnessLink
         self.plan = plan
         self.generation = generation
         self.epoch = epoch
@@ -44,13 +46,15 @@ public final class ClusterDaemon: Sendable {
     /// Starts the cluster thread and the links' receivers.
     func start() {
         let environment = DaemonClusterEnvironment(
-            links: links, mailbox: mailbox, agents: agents, log: log, groups: plan.groups, fenceDevices: plan.fenceDevices,
+            links: links, witnessLink: witnessLink, mailbox: mailbox, agents: agents, log: log, groups: plan.groups,
+            fenceDevices: plan.fenceDevices,
             outdater: LocalOutdater(runDirectory: agents.runDirectory, log: log),
             alerts: AlertRunner(scripts: plan.haConfig.alertScripts.map(\.value), node: plan.localNode, log: log))
         let membership = plan.membershipConfiguration(generation: generation, randomSeed: UInt64.random(in: .min ... .max))
         let resources = plan.resourceConfiguration(initialEpoch: epoch.initial)
         let stonith = plan.stonithPolicy()
         let pingNodes = plan.pingNodeTracker()
+        let witness = plan.witnessClient(randomSeed: UInt64.random(in: .min ... .max))
         let epochFile = epoch.file
         let keys = plan.authkeys
         let mailbox = self.mailbox
@@ -59,12 +63,13 @@ public final class ClusterDaemon: Sendable {
         for (index, link) in links.enumerated() {
             link.startReceiving { datagram in mailbox.post(.datagram(datagram, link: index)) }
         }
+        witnessLink?.startReceiving { datagram in mailbox.post(.witnessDatagram(datagram)) }
         // Heartbeat pings its ping nodes every keepalive.
         pingProber?.start(interval: plan.haConfig.keepalive) { address in mailbox.post(.pingReply(address)) }
         let handle = DaemonThread.start(name: "heartbeatd") {
             var node = ClusterNode(
                 membership: membership, resources: resources, authenticator: MessageAuthenticator(keys: keys),
-                environment: environment, stonith: stonith, pingNodes: pingNodes)
+                environment: environment, stonith: stonith, pingNodes: pingNodes, witness: witness)
             var keysWatcher = AuthkeysWatcher(path: authkeysPath)
             var persistedEpoch = resources.initialEpoch
             node.start(now: DaemonClock.now)
@@ -80,6 +85,8 @@ public final class ClusterDaemon: Sendable {
                         node.operationFinished(operation, outcome: outcome, now: now)
                     case .pingReply(let address):
                         node.pingReplyReceived(from: address, now: now)
+                    case .witnessDatagram(let bytes):
+                        if !environment.isSilenced { node.witnessDatagramReceived(bytes, now: now) }
                     case .fenceFinished(let outcome):
                         environment.fenceEnded()
                         node.fenceAgentFinished(outcome, now: now)
@@ -118,6 +125,7 @@ public final class ClusterDaemon: Sendable {
         let handle = thread.withLock { $0 }
         await DaemonThread.run(name: "hb-join") { handle?.join() }
         for link in links { link.close() }
+        witnessLink?.close()
         pingProber?.close()
         mailbox.close()
     }
@@ -161,6 +169,14 @@ public final class ClusterDaemon: Sendable {
         }
     }
 
+    static func quorumSummary(_ node: ClusterNode<DaemonClusterEnvironment>) -> String? {
+        guard let witness = node.witness else { return nil }
+        let quorum = node.hasQuorum ? "yes" : "NO: this node runs nothing"
+        let grant = witness.holdsGrant(now: DaemonClock.now) ? ", holding the witness's grant" : ""
+        let answer: String = witness.lastAnswer?.reason ?? "no answer yet"
+        return "\(quorum)\(grant); witness: \(answer)"
+    }
+
     static func report(_ node: ClusterNode<DaemonClusterEnvironment>, environment: DaemonClusterEnvironment) -> ClusterStatusReport {
         var counters: [String: UInt64] = [:]
         let sources = [
@@ -181,6 +197,7 @@ public final class ClusterDaemon: Sendable {
                     + (node.resources.configuration.peerNode.flatMap { peer in
                         node.membership.pingReachability(of: peer).map { "; \(peer) reaches \($0)" } } ?? "")
             },
+            quorum: quorumSummary(node),
             generation: node.membership.configuration.generation,
             peers: node.membership.peerReports.map { peer in
                 ClusterStatusReport.Peer(
@@ -203,6 +220,7 @@ public final class ClusterDaemon: Sendable {
 final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
     // @unchecked: the mutable fields are only touched on the cluster thread.
     let links: [HeartbeatLink]
+    let witnessLink: HeartbeatLink?
     let mailbox: ClusterMailbox
     let agents: ResourceAgents
     let log: ClusterLog
@@ -221,9 +239,10 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
     private var fencePeerReplies: [UInt64: @Sendable (ClusterControlResponse) -> Void] = [:]
 
     init(
-        links: [HeartbeatLink], mailbox: ClusterMailbox, agents: ResourceAgents, log: ClusterLog, groups: [ResourceGroup],
-        fenceDevices: [ClusterPlan.FenceDevice], outdater: LocalOutdater, alerts: AlertRunner
+        links: [HeartbeatLink], witnessLink: HeartbeatLink?, mailbox: ClusterMailbox, agents: ResourceAgents, log: ClusterLog,
+        groups: [ResourceGroup], fenceDevices: [ClusterPlan.FenceDevice], outdater: LocalOutdater, alerts: AlertRunner
     ) {
+        self.witnessLink = witnessLink
         self.outdater = outdater
         self.alerts = alerts
         self.links = links
@@ -232,6 +251,13 @@ final class DaemonClusterEnvironment: ClusterEnvironment, @unchecked Sendable {
         self.log = log
         self.groups = groups
         self.fenceDevices = fenceDevices
+    }
+
+    func transmitToWitness(_ datagram: [UInt8]) {
+        guard !isSilenced, let witnessLink else { return }
+        if let error = witnessLink.send(datagram) {
+            log.log(.debug, "sending to the witness failed: \(String(cString: strerror(error)))")
+        }
     }
 
     func transmit(_ datagram: [UInt8]) {
@@ -355,6 +381,7 @@ final class ClusterMailbox: @unchecked Sendable {
         case fenceFinished(FenceOutcome)
         case localOutdateFinished(requestID: UInt64, FencePeerExitCode, detail: String)
         case pingReply(IPv4Address)
+        case witnessDatagram([UInt8])
         case admin(ClusterControlRequest, reply: @Sendable (ClusterControlResponse) -> Void)
         case shutdown
     }
@@ -374,7 +401,7 @@ final class ClusterMailbox: @unchecked Sendable {
         lock.withLock {
             guard !isClosed else { return false }
             switch message {
-            case .datagram, .pingReply:
+            case .datagram, .pingReply, .witnessDatagram:
                 guard datagrams < Self.datagramsMaximum else { return false }
                 datagrams += 1
             case .admin:

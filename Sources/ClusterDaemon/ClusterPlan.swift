@@ -144,6 +144,13 @@ public struct ClusterPlan: Sendable {
             connectivityGrace: hasPingNodes ? haConfig.deadping : .zero)
     }
 
+    /// The witness client, when ha.cf names a witness and there is a peer.
+    func witnessClient(randomSeed: UInt64) -> WitnessClient? {
+        guard haConfig.witness != nil, let peerNode else { return nil }
+        return WitnessClient(
+            node: localNode, peer: peerNode, askInterval: haConfig.keepalive, deadtime: haConfig.deadtime, randomSeed: randomSeed)
+    }
+
     var hasPingNodes: Bool { !haConfig.pingNodes.isEmpty || !haConfig.pingGroups.isEmpty }
 
     /// ha.cf's ping nodes and groups, or nil without any.

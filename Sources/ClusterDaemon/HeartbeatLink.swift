@@ -94,6 +94,28 @@ final class HeartbeatLink: @unchecked Sendable {
         return HeartbeatLink(name: name, descriptor: descriptor, destination: destination)
     }
 
+    /// The socket to the witness (ha.cf `witness`): any interface, an ephemeral local port, since the witness answers
+    /// where each question came from.
+    static func openToWitness(_ witness: WitnessEndpoint) throws(DaemonStartError) -> HeartbeatLink {
+        let descriptor = socket(AF_INET, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var local = sockaddr_in()
+        local.sin_family = sa_family_t(AF_INET)
+        local.sin_addr.s_addr = INADDR_ANY
+        let bound = descriptor >= 0 && withUnsafePointer(to: &local) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        } == 0
+        guard bound else {
+            let message = String(cString: strerror(errno))
+            if descriptor >= 0 { Glibc.close(descriptor) }
+            throw DaemonStartError("cannot open the socket to the witness \(witness): \(message)", exitCode: 20)
+        }
+        var destination = sockaddr_in()
+        destination.sin_family = sa_family_t(AF_INET)
+        destination.sin_port = witness.port.bigEndian
+        destination.sin_addr.s_addr = witness.address.rawValue.bigEndian
+        return HeartbeatLink(name: "witness", descriptor: descriptor, destination: destination)
+    }
+
     private static func failure(_ call: String, _ medium: HeartbeatMedium) -> DaemonStartError {
         DaemonStartError("cannot open heartbeat medium \(medium): \(call): \(String(cString: strerror(errno)))", exitCode: 20)
     }

@@ -52,6 +52,7 @@ public enum HeartbeatdMain {
         let initialEpoch: UInt64
         var links: [HeartbeatLink] = []
         var pingProber: PingProber?
+        var witnessLink: HeartbeatLink?
         do throws(DaemonStartError) {
             let (loaded, warnings) = try ClusterPlan.load(
                 configDirectory: options.configDirectory, nodeName: options.nodeName,
@@ -63,8 +64,10 @@ public enum HeartbeatdMain {
             initialEpoch = try epochFile.read()
             for (name, medium) in plan.links { links.append(try HeartbeatLink.open(name: name, medium: medium)) }
             if let pingNodes = plan.pingNodeTracker() { pingProber = try PingProber.open(addresses: pingNodes.addresses) }
+            if let witness = plan.haConfig.witness?.value { witnessLink = try HeartbeatLink.openToWitness(witness) }
         } catch {
             for link in links { link.close() }
+            pingProber?.close()
             logger.critical("\(error.message)")
             return error.exitCode
         }
@@ -74,12 +77,15 @@ public enum HeartbeatdMain {
         if let pingNodes = plan.pingNodeTracker() {
             log.info("ping nodes: \(pingNodes.targets.map(\.name).joined(separator: ", ")) (deadping \(plan.haConfig.deadping)): the node that reaches fewer gives its resource groups up (ipfail)")
         }
+        if let witness = plan.haConfig.witness?.value {
+            log.info("witness \(witness): without its peer this node runs resources only with the witness's grant")
+        }
         let agents = ResourceAgents(
             configDirectory: options.configDirectory, localNode: plan.localNode, runDirectory: options.runDirectory,
             initDirectory: options.initDirectory, ocfRoot: options.ocfRoot, log: log)
         let daemon = ClusterDaemon(
             plan: plan, generation: generation, epoch: (initialEpoch, epochFile), links: links, pingProber: pingProber,
-            log: log, agents: agents)
+            witnessLink: witnessLink, log: log, agents: agents)
         let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         let code = await serve(daemon: daemon, plan: plan, links: links, log: log, options: options, group: group, logger: logger)
         try? await group.shutdownGracefully()

@@ -238,6 +238,11 @@ public struct MembershipMachine: Sendable {
         peers[Self.key(node)]?.pingReachability
     }
 
+    /// Whether `node`'s last status message said it hears this node. True for a node that does not say (Heartbeat).
+    public func hearsUs(_ node: String) -> Bool {
+        peers[Self.key(node)]?.hearsUs ?? true
+    }
+
     /// Whether `node` sent `shutdone` in its current incarnation: it released everything before it went.
     public func hasAnnouncedShutdown(_ node: String) -> Bool {
         peers[Self.key(node)]?.shutDown == true
@@ -256,6 +261,9 @@ public struct MembershipMachine: Sendable {
         status.setHexadecimal(HeartbeatField.deadtime, UInt64(configuration.deadtime.wholeNanoseconds / 1_000_000))
         status[HeartbeatField.protocolVersion] = "1"
         if let localPingReachability { status[HeartbeatField.pingNodesReachable] = String(localPingReachability) }
+        // Whom this node hears, so that a peer whose messages no longer arrive here (a one-way partition) knows it.
+        status[HeartbeatField.hears] = peers.values.filter { $0.status == .up || $0.status == .active }
+            .map(\.name).sorted().joined(separator: " ")
         transmit(status, into: &actions)
         nextKeepaliveAt = now + configuration.keepalive
     }
@@ -341,6 +349,9 @@ public struct MembershipMachine: Sendable {
         }
         peer.lastStatusAt = now
         peer.pingReachability = message[HeartbeatField.pingNodesReachable].flatMap { Int($0) }.map { min(max($0, 0), 1000) }
+        peer.hearsUs = message[HeartbeatField.hears].map { field in
+            field.split(separator: " ").contains { Self.key(String($0)) == Self.key(configuration.localNode) }
+        }
         let reported = message[HeartbeatField.status].flatMap(NodeStatus.init(rawValue:)) ?? .up
         // A node never reports itself dead or initial; treat such a claim as "up".
         setStatus(&peer, reported == .active ? .active : .up, into: &actions)
@@ -523,6 +534,8 @@ struct PeerState: Sendable {
     var shutDown = false
     /// The `pings` field of its last status message.
     var pingReachability: Int?
+    /// Whether its last status message listed this node in `hears`; nil when it sends no such field.
+    var hearsUs: Bool?
 
     init(name: String, links: [String]) {
         self.name = name

@@ -39,6 +39,8 @@ public struct ResourceManagerMachine: Sendable {
     private var notices: [Notice] = []
     private var isActive = false
     private var warnedAboutUnknownGroups = false
+    /// False while a witness denies this node quorum: it runs nothing and takes nothing.
+    public private(set) var hasQuorum = true
     /// Groups released since the peer's last `resource` message: handed to it (standby, auto_failback, a split
     /// brain it won) or given up. Not taken back as "unheld" before the peer has said what it now holds.
     private var releasedSincePeerSpoke: Set<Int> = []
@@ -133,6 +135,25 @@ public struct ResourceManagerMachine: Sendable {
             }
         case .initial:
             break
+        }
+        reconcile(now: now, into: &actions)
+        return actions
+    }
+
+    /// A witness is configured and this node lost quorum (it does not hear its peer and the witness did not grant
+    /// it the cluster), or has it again. Without quorum every group is stopped and none is taken: the other side of
+    /// the split may be running them.
+    public mutating func quorumChanged(_ quorate: Bool, now: MonotonicInstant) -> [ResourceAction] {
+        guard quorate != hasQuorum, phase != .notStarted, phase != .halted else { return [] }
+        hasQuorum = quorate
+        var actions: [ResourceAction] = []
+        if !quorate {
+            let held = groups.indices.filter { groups[$0].isHeld }
+            if !held.isEmpty { actions.append(.log(.critical, "no quorum: stopping every resource group")) }
+            release(held, reason: "no quorum", into: &actions)
+        } else if phase == .running && peer.isAlive {
+            // Say what we hold (nothing, after the loss): the peer's answer lets the usual rules hand out the rest.
+            notices.append(.announce)
         }
         reconcile(now: now, into: &actions)
         return actions
@@ -587,6 +608,10 @@ public struct ResourceManagerMachine: Sendable {
     /// Wants the groups here; returns how many were not wanted before.
     @discardableResult
     private mutating func acquire(_ indices: [Int], reason: String, into actions: inout [ResourceAction]) -> Int {
+        guard hasQuorum else {
+            if !indices.isEmpty { actions.append(.log(.warning, "not acquiring \(indices.count) resource group(s) (\(reason)): no quorum")) }
+            return 0
+        }
         var count = 0
         // One epoch for the whole batch, above everything seen: a group taken over is newer than the peer's copy.
         let epoch = highestEpochSeen + 1
@@ -808,6 +833,8 @@ public enum ClusterAlertKind: String, Sendable, Hashable, CaseIterable {
     case resourceFailure = "resource-failure"
     /// This node gives its resource groups up because its peer reaches more ping nodes.
     case ipfail
+    /// This node lost quorum (a witness is configured): it stops every resource group.
+    case quorumLost = "quorum-lost"
 }
 
 /// The answer to an operator's standby or takeover.

@@ -245,6 +245,7 @@ enum ClusterStatusText {
         var lines = ["node \(status.node): \(status.status), holds \(status.resourcesHeld) (\(status.phase), generation \(status.generation))"]
         if let exchange = status.exchange { lines.append("  standby exchange: \(exchange)") }
         if let pingNodes = status.pingNodes { lines.append("  ping nodes: \(pingNodes)") }
+        if let quorum = status.quorum { lines.append("  quorum: \(quorum)") }
         lines.append("  stonith: \(status.fencing ?? "none configured (shared data is not protected against a peer that is silent but running)")")
         for peer in status.peers {
             lines.append("node \(peer.name): \(peer.status)")

@@ -20,6 +20,7 @@ public struct TandemCommand: AsyncParsableCommand {
             TakeoverCommand.self,
             StandbyCommand.self,
             FencePeerCommand.self,
+            WitnessCommand.self,
             ClusterStatusCommand.self,
             LabCommand.self,
         ]

@@ -35,9 +35,23 @@ import Testing
     @Test func withStonithNoScheduleEverRunsAResourceTwice() {
         var failures: [String] = []
         for seed in Self.seeds {
-            if let failure = Self.replay(seed: seed, stonith: true) { failures.append("seed \(seed): \(failure)") }
+            if let failure = Self.replay(seed: seed, protection: .stonith) { failures.append("seed \(seed): \(failure)") }
         }
         #expect(failures.isEmpty, "\(failures.count) of \(Self.seeds.count) seeds failed; replay with TANDEM_CLUSTER_SEED=N TANDEM_CLUSTER_STONITH=1:\n\(failures.prefix(5).joined(separator: "\n"))")
+    }
+
+    /// The same schedules with a witness instead of STONITH, where a node that would freeze loses the witness
+    /// instead: the witness decides splits and isolations, not pauses (a hung node wakes up holding what it held
+    /// until the conflict rule makes it release; only STONITH, or resource-and-stonith fencing of the replicated
+    /// disk, stops that). The groups stop within the budget docs/cluster-manager.md sets for a witness (deadtime
+    /// minus two keepalives: a node that lost quorum must be done stopping before its peer may take over). At no
+    /// 10 ms step may two nodes run the same resource. TANDEM_CLUSTER_SEED with TANDEM_CLUSTER_WITNESS=1 replays one.
+    @Test func withAWitnessNoScheduleWithoutPausesEverRunsAResourceTwice() {
+        var failures: [String] = []
+        for seed in Self.seeds {
+            if let failure = Self.replay(seed: seed, protection: .witness) { failures.append("seed \(seed): \(failure)") }
+        }
+        #expect(failures.isEmpty, "\(failures.count) of \(Self.seeds.count) seeds failed; replay with TANDEM_CLUSTER_SEED=N TANDEM_CLUSTER_WITNESS=1:\n\(failures.prefix(5).joined(separator: "\n"))")
     }
 
     /// Without STONITH the same schedules do run resources twice (partitions, hung nodes): the configurations in
@@ -47,31 +61,38 @@ import Testing
         for seed in Self.seeds {
             var logs = ""
             var doubled = false
-            _ = Self.replay(seed: seed, stonith: false, logs: &logs, doubleHolders: &doubled)
+            _ = Self.replay(seed: seed, protection: .none, logs: &logs, doubleHolders: &doubled)
             if doubled { splitBrains += 1 }
         }
         print("cluster fault schedules without STONITH: \(splitBrains) of \(Self.seeds.count) ran a resource on both nodes at some moment")
         #expect(splitBrains > 0)
     }
 
+    /// What guards against two nodes running a resource at once.
+    enum Protection { case none, stonith, witness }
+
     /// Runs one schedule; returns what the checker found wrong, or nil.
-    static func replay(seed: UInt64, stonith: Bool = false) -> String? {
+    static func replay(seed: UInt64, protection: Protection = .none) -> String? {
         var logs = ""
         var doubled = false
-        return replay(seed: seed, stonith: stonith, logs: &logs, doubleHolders: &doubled)
+        return replay(seed: seed, protection: protection, logs: &logs, doubleHolders: &doubled)
     }
 
     static func replay(seed: UInt64, logs: inout String) -> String? {
         var doubled = false
-        let stonith = ProcessInfo.processInfo.environment["TANDEM_CLUSTER_STONITH"] == "1"
-        return replay(seed: seed, stonith: stonith, logs: &logs, doubleHolders: &doubled)
+        let environment = ProcessInfo.processInfo.environment
+        let protection: Protection = environment["TANDEM_CLUSTER_STONITH"] == "1" ? .stonith
+            : environment["TANDEM_CLUSTER_WITNESS"] == "1" ? .witness : .none
+        return replay(seed: seed, protection: protection, logs: &logs, doubleHolders: &doubled)
     }
 
-    static func replay(seed: UInt64, stonith: Bool, logs: inout String, doubleHolders: inout Bool) -> String? {
+    static func replay(seed: UInt64, protection: Protection, logs: inout String, doubleHolders: inout Bool) -> String? {
         var random = SplitMix64(seed: seed)
         let harness = ClusterHarness(
             groups: ClusterScenarioTests.groups, autoFailback: Bool.random(using: &random) ? .on : .off,
-            stonith: stonith ? ClusterFencingTests.stonith : nil)
+            stonith: protection == .stonith ? ClusterFencingTests.stonith : nil, witness: protection == .witness)
+        // The witness's rule: a group (here up to three resources) stops within deadtime minus two keepalives.
+        if protection == .witness { harness.operationDelay = .milliseconds(150) }
         // Clocks that drift apart by up to 3 %.
         for node in ["node1", "node2"] { harness.clockRates[node] = Double.random(in: 0.97...1.03, using: &random) }
         harness.boot("node1")
@@ -90,6 +111,8 @@ import Testing
             case 5:
                 harness.cutLinks = []
                 harness.muted = []
+            case 6 where protection == .witness: harness.witnessUnreachable.insert(node)
+            case 7 where protection == .witness: harness.witnessUnreachable.remove(node)
             case 6: if !harness.crashed.contains(node) { harness.freeze(node) }
             case 7: harness.thaw(node)
             default:
@@ -107,6 +130,7 @@ import Testing
         // Heal everything and let it settle.
         harness.cutLinks = []
         harness.muted = []
+        harness.witnessUnreachable = []
         for node in ["node1", "node2"] { harness.thaw(node) }
         // A node booted while its peer's fence of it is already running is powered off again (stonith_action off):
         // the operator powers it on once more, as often as it takes (at most three times).
@@ -118,7 +142,7 @@ import Testing
         harness.run(for: .seconds(8))
         logs = ["node1", "node2"].map { "--- \($0)\n" + harness.log($0) }.joined(separator: "\n")
         doubleHolders = !harness.doubleHolders.isEmpty
-        if stonith, let (at, resource) = harness.doubleHolders.first {
+        if protection != .none, let (at, resource) = harness.doubleHolders.first {
             return "\(resource) ran on both nodes at \(at) (\(harness.doubleHolders.count) steps in all)"
         }
 

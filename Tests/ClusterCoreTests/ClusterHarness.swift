@@ -22,6 +22,7 @@ final class ClusterHarness {
         }
 
         func transmit(_ datagram: [UInt8]) { harness.transmit(from: name, datagram) }
+        func transmitToWitness(_ datagram: [UInt8]) { harness.askWitness(from: name, datagram) }
         func runOperation(_ operation: ResourceOperation, resource: String, timeout: Duration) {
             harness.schedule(operation, on: name, resource: resource)
         }
@@ -116,10 +117,17 @@ final class ClusterHarness {
     var clockRates: [String: Double] = [:]
     private let start = MonotonicInstant(nanoseconds: 1_000_000_000)
 
+    /// The witness, when the harness has one (every node's ha.cf names it), and the nodes that cannot reach it.
+    var witness: WitnessArbiter?
+    var witnessUnreachable: Set<String> = []
+    /// Answers on their way from the witness to a node.
+    var witnessAnswers: [(String, [UInt8])] = []
+
     init(
         groups: [GroupDefinition], autoFailback: FailbackPolicy = .on, monitor: MonitorPolicy? = nil,
-        stonith: StonithPolicy? = nil, pingNode: IPv4Address? = nil
+        stonith: StonithPolicy? = nil, pingNode: IPv4Address? = nil, witness: Bool = false
     ) {
+        self.witness = witness ? WitnessArbiter(startedAt: MonotonicInstant(nanoseconds: 1_000_000_000)) : nil
         self.pingNode = pingNode
         self.groups = groups
         self.autoFailback = autoFailback
@@ -170,7 +178,10 @@ final class ClusterHarness {
                 stopRetryInterval: .milliseconds(100), stopFailureAction: .stopHeartbeats, exchangeTimeout: .seconds(2),
                 monitor: monitor),
             authenticator: MessageAuthenticator(keys: Self.keys), environment: environment, stonith: stonith,
-            pingNodes: pingNode.map { PingNodeTracker(nodes: [$0], groups: [], deadping: Self.deadping) })
+            pingNodes: pingNode.map { PingNodeTracker(nodes: [$0], groups: [], deadping: Self.deadping) },
+            witness: witness.map { _ in
+                WitnessClient(node: name, peer: peer, askInterval: .milliseconds(200), deadtime: .seconds(1), randomSeed: generations[name]!)
+            })
         node.start(now: clock(name))
         nodes[name] = node
     }
@@ -200,6 +211,18 @@ final class ClusterHarness {
     }
 
     var deliveries: [(String, Int, [UInt8])] = []
+
+    /// The witness answers at once (signed with the cluster's key, as `tandem witness` does); the answer reaches the
+    /// node with the next deliveries.
+    func askWitness(from sender: String, _ datagram: [UInt8]) {
+        guard witness != nil, !crashed.contains(sender), !frozen.contains(sender), !witnessUnreachable.contains(sender),
+            let message = try? HeartbeatWire.decode(datagram), MessageAuthenticator(keys: Self.keys).verify(message) == .authentic,
+            case .ask(let ask)? = WitnessMessage(message)
+        else { return }
+        let answer = witness!.asked(ask, now: now)
+        let reply = MessageAuthenticator(keys: Self.keys).sign(WitnessMessage.answer(answer).encode())
+        witnessAnswers.append((sender, HeartbeatWire.encode(reply)))
+    }
 
     func schedule(_ operation: ResourceOperation, on node: String, resource: String) {
         pending.append(Pending(due: now + operationDelay, node: node, operation: operation, resource: resource))
@@ -244,6 +267,11 @@ final class ClusterHarness {
 
     private func drain() {
         var delivered = 0
+        while !witnessAnswers.isEmpty {
+            let (receiver, datagram) = witnessAnswers.removeFirst()
+            guard !crashed.contains(receiver), !frozen.contains(receiver), !witnessUnreachable.contains(receiver) else { continue }
+            nodes[receiver]!.witnessDatagramReceived(datagram, now: clock(receiver))
+        }
         while !deliveries.isEmpty {
             delivered += 1
             precondition(delivered < Self.deliveriesPerStepMaximum, "message storm at \(now): \(deliveries.count) waiting; last from \(String(decoding: deliveries.last!.2.prefix(200), as: UTF8.self))")

@@ -92,6 +92,8 @@ public enum HeartbeatField {
     /// `pings` (Tandem): in a status message, how many of its ping nodes and groups the sender reaches, decimal;
     /// absent without ping nodes. ipfail compares it with the local count.
     public static let pingNodesReachable = "pings"
+    /// `hears` (Tandem): in status messages, the nodes the sender hears, separated by spaces.
+    public static let hears = "hears"
     /// `ttl`: hops left.
     public static let timeToLive = "ttl"
     /// `auth`: `INDEX HEXDIGEST`, always the last field.
@@ -131,6 +133,9 @@ public enum HeartbeatMessageType: String, Sendable, Hashable, CaseIterable {
     /// code (`FencingCore.PeerOutdateMessage`).
     case outdateRequest = "outdate"
     case outdateReply = "outdate_rpl"
+    /// Tandem's witness: a node's question, sent to the witness only, and its answer (`FencingCore.WitnessMessage`).
+    case witnessAsk = "witness_ask"
+    case witnessAnswer = "witness_answer"
     /// Unsequenced retransmission control: a request for `firstseq..lastseq`, and "those are gone".
     case retransmitRequest = "NS_rexmit"
     case retransmitRefused = "NS_nak_rexmit"

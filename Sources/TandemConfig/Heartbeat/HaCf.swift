@@ -129,6 +129,9 @@ public struct HaConfig: Sendable, Equatable {
     /// `alert PATH` (Tandem) lines: programs run on cluster events (node dead, link down, takeover, fence, fence
     /// failure, resource failure, ipfail), with the event in their environment.
     public var alertScripts: [Located<String>] = []
+    /// `witness ADDRESS[:PORT]` (Tandem): the tiebreaker. A node that does not hear its peer runs resources only with
+    /// the witness's grant.
+    public var witness: Located<WitnessEndpoint>?
     /// `stonith_host FROMHOST AGENT NAME=VALUE...` lines: the fence devices. Their parameters may hold passwords.
     public var stonithHosts: [Located<StonithDevice>] = []
     /// `stonith_action` (Tandem): what fencing does to the peer, off (default) or reboot.
@@ -248,6 +251,19 @@ public struct StonithDevice: Sendable, Hashable {
         self.agent = agent
         self.parameters = parameters
     }
+}
+
+/// Where the witness listens.
+public struct WitnessEndpoint: Sendable, Hashable, CustomStringConvertible {
+    public var address: IPv4Address
+    public var port: UInt16
+
+    public init(address: IPv4Address, port: UInt16) {
+        self.address = address
+        self.port = port
+    }
+
+    public var description: String { "\(address):\(port)" }
 }
 
 /// `stonith_action`: what fencing does to the peer.

@@ -22,6 +22,8 @@ public enum HaCfParser {
     public static let stonithHostsMax = 32
     /// `alert` lines.
     public static let alertScriptsMax = 8
+    /// The witness's UDP port when `witness` names none (`tandem witness --listen` uses it too).
+    public static let witnessDefaultPort: UInt16 = 5695
 
     /// Parses the text of an ha.cf. Throws every error found; warnings come back with the model.
     public static func parse(_ source: SourceFile) throws(ConfigError) -> Parsed<HaConfig> {
@@ -50,13 +52,13 @@ public enum HaCfParser {
         // Tandem's own.
         "resource_start_timeout", "resource_stop_timeout", "stop_failure_action",
         "monitor_interval", "monitor_timeout", "monitor_failures", "monitor_failure_window",
-        "stonith_action", "stonith_delay", "stonith_timeout", "alert",
+        "stonith_action", "stonith_delay", "stonith_timeout", "alert", "witness",
     ]
 
     /// Directives that Heartbeat 3 knows and Tandem does not implement, with a hint where there is an alternative.
     /// They are errors rather than ignored: each changes how the cluster behaves.
     static let unsupportedDirectives: [String: String?] = [
-        "cluster": nil, "quorum_server": nil, "env": nil, "normalpoll": nil, "log_badpack": nil,
+        "cluster": nil, "quorum_server": "Tandem's tiebreaker is 'witness ADDRESS[:PORT]' (tandem witness)", "env": nil, "normalpoll": nil, "log_badpack": nil,
         "use_apphbd": nil, "syslogmsgfmt": nil, "coreroot": nil, "crm_daemon_dir": nil, "crmd_spawns_pengine": nil,
         "failfast": "use 'respawn'; Tandem does not reboot the node when a client dies",
         "stonith": "write the device as 'stonith_host * AGENT name=value ...' with a fence agent (fence_ipmilan, ...)",
@@ -444,6 +446,15 @@ extension HaCfBuilder {
                 throw tooMany("alert lines", HaCfParser.alertScriptsMax, at: path)
             }
             config.alertScripts.append(Located(path.text, at: location(path)))
+        case "witness":
+            let field = try single(directive, expected: "the witness's IPv4 address, optionally with :PORT")
+            let parts = field.text.split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count <= 2, let address = IPv4Address(String(parts[0])),
+                let port = parts.count == 2 ? UInt16(parts[1]) : HaCfParser.witnessDefaultPort, port > 0
+            else {
+                throw error(.hacfBadValue, at: field, "expected the witness as IPV4ADDRESS or IPV4ADDRESS:PORT, got '\(field.text)'")
+            }
+            config.witness = Located(WitnessEndpoint(address: address, port: port), at: location(field))
         case "stonith_action":
             let field = try single(directive, expected: "off or reboot")
             config.stonithAction = try choice(field, StonithAction.self, what: "a STONITH action")

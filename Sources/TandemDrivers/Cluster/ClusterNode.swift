@@ -10,6 +10,8 @@ import TandemConfig
 public protocol ClusterEnvironment {
     /// Send one signed datagram on every heartbeat link.
     func transmit(_ datagram: [UInt8])
+    /// Send one signed datagram to the witness (ha.cf `witness`).
+    func transmitToWitness(_ datagram: [UInt8])
     /// Run one resource operation; the outcome comes back through `ClusterNode.operationFinished`.
     func runOperation(_ operation: ResourceOperation, resource: String, timeout: Duration)
     func log(_ level: LogLevel, _ message: String)
@@ -48,6 +50,14 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
     public private(set) var outdater: PeerOutdateMachine?
     /// ha.cf's ping nodes, when there are any: ipfail and the fence race use what this node reaches.
     public private(set) var pingNodes: PingNodeTracker?
+    /// The witness, when ha.cf names one: a node that does not hear its peer has quorum only with its grant.
+    public private(set) var witness: WitnessClient?
+    /// Whether this node may run resources (always, without a witness).
+    public private(set) var hasQuorum = true
+    /// Since when this node does not hear its peer (with a witness).
+    private var peerUnheardSince: MonotonicInstant?
+    /// Membership declared the peer dead (and when); with a witness, acting on it waits for the grant.
+    private var peerDeathAwaitingGrant: (node: String, declaredAt: MonotonicInstant)?
     /// The (local, peer) ping counts for which ipfail last gave the groups up: once per change of counts.
     private var ipfailGaveUpAt: [Int]?
     /// When to announce the addresses this node kept after a partition healed.
@@ -61,9 +71,10 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
     public init(
         membership: MembershipConfiguration, resources: ResourceManagerConfiguration,
         authenticator: MessageAuthenticator, environment: Environment, stonith: StonithPolicy? = nil,
-        pingNodes: PingNodeTracker? = nil
+        pingNodes: PingNodeTracker? = nil, witness: WitnessClient? = nil
     ) {
         self.pingNodes = pingNodes
+        self.witness = witness
         if let peer = resources.peerNode {
             // Request IDs start from the generation, so that a late answer to a request of an earlier run of
             // heartbeatd never matches one of this run's.
@@ -83,6 +94,10 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         // The peer learns from the first status message that this node has ping nodes and reaches none yet.
         if pingNodes != nil { perform(membership.setLocalPingReachability(0, now: now), now: now) }
         perform(resources.start(now: now), now: now)
+        if witness != nil {
+            peerUnheardSince = now
+            perform(witness!.start(now: now), now: now)
+        }
         reviewConnectivity(now: now)
     }
 
@@ -91,6 +106,7 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         if pingNodes != nil { perform(pingNodes!.tick(now: now), now: now) }
         if fencing != nil { perform(fencing!.tick(now: now), now: now) }
         if outdater != nil { perform(outdater!.tick(now: now), now: now) }
+        if witness != nil { perform(witness!.tick(now: now), now: now) }
         perform(resources.tick(now: now), now: now)
         if let due = reannounceAt, now >= due {
             reannounceAt = nil
@@ -100,6 +116,22 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
                 environment.reannounceAddresses(groups: running)
             }
         }
+        reviewConnectivity(now: now)
+    }
+
+    /// A datagram arrived from the witness. Only a signed answer to one of this node's recent questions counts.
+    public mutating func witnessDatagramReceived(_ datagram: some Collection<UInt8>, now: MonotonicInstant) {
+        guard witness != nil else { return }
+        guard let message = try? HeartbeatWire.decode(datagram), authenticator.verify(message) == .authentic,
+            case .answer(let answer)? = WitnessMessage(message)
+        else {
+            wireCounters.badWitnessAnswers += 1
+            if LogThrottle.shouldLog(occurrence: wireCounters.badWitnessAnswers) {
+                environment.log(.warning, "dropped a datagram from the witness: not a signed witness answer (\(wireCounters.badWitnessAnswers) so far)")
+            }
+            return
+        }
+        perform(witness!.answered(answer, now: now), now: now)
         reviewConnectivity(now: now)
     }
 
@@ -192,7 +224,7 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
     /// When `tick` must next run.
     public var nextDeadline: MonotonicInstant? {
         [membership.nextDeadline, resources.nextDeadline, fencing?.nextDeadline, pingNodes?.nextDeadline,
-         outdater?.nextDeadline, reannounceAt]
+         outdater?.nextDeadline, witness?.nextDeadline, quorumDecisionAt, reannounceAt]
             .compactMap { $0 }.min()
     }
 
@@ -246,6 +278,16 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
     private mutating func peerDeclaredDead(_ node: String, now: MonotonicInstant) {
         let announcedShutdown = membership.hasAnnouncedShutdown(node)
         let restarted = membership.status(of: node) != .dead
+        if let witness, !announcedShutdown, !restarted, !witness.holdsGrant(now: now) {
+            // A silent peer may be running on the other side of a split: only the side the witness grants acts.
+            peerDeathAwaitingGrant = (node, now)
+            environment.log(.warning, "\(node) is dead to this node: asking the witness before taking anything over")
+            return
+        }
+        actOnPeerDeath(node, announcedShutdown: announcedShutdown, restarted: restarted, now: now)
+    }
+
+    private mutating func actOnPeerDeath(_ node: String, announcedShutdown: Bool, restarted: Bool, now: MonotonicInstant) {
         if fencing != nil, !announcedShutdown {
             if restarted {
                 environment.log(.info, "\(node) restarted: not fencing it; its startup exchange settles who runs what")
@@ -271,9 +313,66 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         return FenceStanding(role: role, reachesPingNodes: pingNodes.map { $0.reachableCount > 0 } ?? true)
     }
 
+    /// How long a node that lost its peer waits for the witness's grant before it counts itself without quorum:
+    /// two questions' worth (the witness may first refuse it while the peer's last question says it still hears
+    /// this node). The witness lets the peer take over only after twice its deadtime of silence, which leaves a node
+    /// without quorum deadtime minus this to stop its groups.
+    public var grantWait: Duration { membership.configuration.keepalive * 2 }
+
+    private var quorumDecisionAt: MonotonicInstant? {
+        guard witness != nil else { return nil }
+        let takeover = peerDeathAwaitingGrant.map { $0.declaredAt + membership.configuration.deadtime }
+        let quorumLoss = hasQuorum ? peerUnheardSince.map { $0 + grantWait } : nil
+        return [takeover, quorumLoss].compactMap { $0 }.min()
+    }
+
+    /// With a witness: quorum is hearing the peer, or a peer that announced its shutdown, or the witness's grant.
+    /// A node without quorum stops every group and takes none; one that gets the grant acts on the peer's death.
+    private mutating func reviewQuorum(now: MonotonicInstant) {
+        guard witness != nil, let peer = resources.configuration.peerNode else { return }
+        let status = membership.status(of: peer)
+        // Both ways: a peer that no longer hears this node (a one-way partition) may be taking over.
+        let hearsPeer = (status == .up || status == .active) && membership.hearsUs(peer)
+        perform(witness!.update(seesPeer: hearsPeer, runsGroups: resources.holdsAnyGroup, now: now), now: now)
+        if hearsPeer {
+            peerUnheardSince = nil
+            peerDeathAwaitingGrant = nil
+            return setQuorum(true, because: "\(peer) and this node hear each other", now: now)
+        }
+        if peerUnheardSince == nil { peerUnheardSince = now }
+        if membership.hasAnnouncedShutdown(peer) { return setQuorum(true, because: "\(peer) shut down cleanly", now: now) }
+        if witness!.holdsGrant(now: now) {
+            setQuorum(true, because: "the witness granted it", now: now)
+            // The peer, alive on the other side of a split, may still be stopping what it ran: its groups are taken
+            // once the witness says it runs nothing (or has been silent long enough), and no sooner than a deadtime
+            // after it was declared dead, which is the peer's time to notice that it lost quorum and stop.
+            if let (node, declaredAt) = peerDeathAwaitingGrant, witness!.peerClear,
+                now - declaredAt >= membership.configuration.deadtime
+            {
+                peerDeathAwaitingGrant = nil
+                environment.log(.warning, "the witness granted this node the cluster and \(node) runs nothing: acting on \(node)'s death")
+                actOnPeerDeath(node, announcedShutdown: false, restarted: false, now: now)
+            }
+            return
+        }
+        if now - peerUnheardSince! >= grantWait {
+            let reason = witness!.lastAnswer.map { "the witness says: \($0.reason)" } ?? "the witness does not answer"
+            setQuorum(false, because: "\(peer) and this node do not hear each other and \(reason)", now: now)
+        }
+    }
+
+    private mutating func setQuorum(_ quorate: Bool, because reason: String, now: MonotonicInstant) {
+        guard quorate != hasQuorum else { return }
+        hasQuorum = quorate
+        environment.log(quorate ? .notice : .critical, quorate ? "quorum regained: \(reason)" : "quorum lost: \(reason); this node runs nothing")
+        if !quorate { environment.alert(.quorumLost, reason) }
+        perform(resources.quorumChanged(quorate, now: now), now: now)
+    }
+
     /// After every event: the fence race hears of what changed (a group acquired or released, ping nodes lost),
     /// and ipfail gives the groups to the peer when it reaches more ping nodes than this node.
     private mutating func reviewConnectivity(now: MonotonicInstant) {
+        reviewQuorum(now: now)
         if fencing != nil { perform(fencing!.standingChanged(fenceStanding, now: now), now: now) }
         guard let pingNodes, let peer = resources.configuration.peerNode,
             membership.status(of: peer) == .active, let peerCount = membership.pingReachability(of: peer),
@@ -313,6 +412,18 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
             case .peerFenced(let peer):
                 environment.alert(.fenced, "\(peer) fenced (STONITH \(fencing?.policy.action.rawValue ?? ""))")
                 perform(resources.peerStatusChanged(.dead, now: now), now: now)
+            case .log(let level, let text):
+                environment.log(level, text)
+            }
+        }
+    }
+
+    private mutating func perform(_ actions: [WitnessAction], now: MonotonicInstant) {
+        for action in actions {
+            switch action {
+            case .send(var message):
+                message[HeartbeatField.timestamp] = String(environment.wallClockSeconds, radix: 16)
+                environment.transmitToWitness(HeartbeatWire.encode(authenticator.sign(message)))
             case .log(let level, let text):
                 environment.log(level, text)
             }
@@ -365,6 +476,8 @@ public struct WireCounters: Sendable, Hashable, Codable {
     public var malformed: UInt64 = 0
     public var oversized: UInt64 = 0
     public var badAuthentication: UInt64 = 0
+    /// Datagrams from the witness's address that were not a signed witness answer.
+    public var badWitnessAnswers: UInt64 = 0
 
     public init() {}
 }
