@@ -60,11 +60,13 @@ struct LabCommand: ParsableCommand {
         @Flag(name: .customLong("no-replica"), help: "Leave out the replica machine.") var noReplica = false
         @Flag(help: "Fence through the lab's power switch (stonith_host in ha.cf): a silent node is powered off before the other takes over.")
         var stonith = false
+        @Flag(help: "Run a witness (tandem witness) on the client machine and name it in ha.cf: on a split only the side it grants runs the group.")
+        var witness = false
         @OptionGroup var options: Options
         func run() throws {
             let lab = options.lab
             try LabCommand.perform { () throws(LabError) in
-                try lab.exclusively { () throws(LabError) in try lab.up(withReplica: !noReplica, stonith: stonith) }
+                try lab.exclusively { () throws(LabError) in try lab.up(withReplica: !noReplica, stonith: stonith, witness: witness) }
                 for line in try lab.statusLines() { emit(line) }
                 emit("""
 

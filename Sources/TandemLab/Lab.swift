@@ -19,6 +19,8 @@ struct LabState: Codable {
     var withReplica: Bool
     /// The nodes fence each other through the lab's power switch (nil in a state file from before STONITH).
     var stonith: Bool?
+    /// A witness runs on the client machine and the nodes' ha.cf names it (nil in older state files).
+    var witness: Bool?
 }
 
 /// The lab: the seeds' two-node MariaDB cluster, for real, on this machine.
@@ -68,7 +70,7 @@ public struct Lab: Sendable {
 
     /// Builds the whole lab and starts the cluster; prints each step. When a step fails, everything made so far is
     /// removed again (after the logs that explain it are shown), so that a failed `up` leaves nothing behind.
-    public func up(withReplica: Bool, stonith: Bool = false) throws(LabError) {
+    public func up(withReplica: Bool, stonith: Bool = false, witness: Bool = false) throws(LabError) {
         if let problem = layout.rootProblem { throw LabError(.refused, problem) }
         try LabTool.checkInstalled()
         for device in ["/dev/fuse", "/dev/loop-control"] where !FileManager.default.fileExists(atPath: device) {
@@ -91,7 +93,7 @@ public struct Lab: Sendable {
         let secretBytes = (0..<12).map { _ in UInt8.random(in: 0...255) }
         var state = LabState(
             secret: secretBytes.map { String(format: "%02x", $0) }.joined(), createdDataDirectory: false, withReplica: withReplica,
-            stonith: stonith)
+            stonith: stonith, witness: witness)
         if !FileManager.default.fileExists(atPath: "/data") {
             guard mkdir("/data", 0o755) == 0 else { throw LabError(.failed, "cannot create /data: \(String(cString: strerror(errno)))") }
             state.createdDataDirectory = true
@@ -111,7 +113,9 @@ public struct Lab: Sendable {
     }
 
     private func build(_ state: LabState) throws(LabError) {
-        let files = LabConfigFiles(layout: layout, secret: state.secret, stonith: state.stonith == true, executable: executable)
+        let files = LabConfigFiles(
+            layout: layout, secret: state.secret, stonith: state.stonith == true, witness: state.witness == true,
+            executable: executable)
         step("network: namespaces \(network.allNamespaces.joined(separator: ", "))")
         try network.create()
         say("    eth1 service \(layout.serviceAddress(.node1))/24 (node1), \(layout.serviceAddress(.node2)) (node2), "
@@ -137,6 +141,7 @@ public struct Lab: Sendable {
             try startPowerSwitch()
         }
         if state.withReplica { try writeFile(layout.etcUpper(.replica) + "/mysql/my.cnf", LabConfigFiles.replicaMyCnf) }
+        if state.witness == true { try writeFile(layout.etcUpper(.client) + "/tandem/authkeys", files.authkeys, mode: 0o600) }
         say("    haresources: \(files.haresources.trimmingCharacters(in: .newlines))")
 
         step("machines: node1, node2 and client" + (state.withReplica ? " and replica" : "") + " boot")
@@ -171,6 +176,10 @@ public struct Lab: Sendable {
         try machines.check(.node1, ["umount", LabLayout.mountPoint])
         try machines.tandem(.node1, ["adm", "secondary", LabLayout.resourceName])
 
+        if state.witness == true {
+            step("witness: tandem witness on the client machine, \(layout.serviceAddress(.client)):\(LabConfigFiles.witnessPort)")
+            try machines.tandem(.client, ["witness", "--listen", "\(layout.serviceAddress(.client)):\(LabConfigFiles.witnessPort)"])
+        }
         step("cluster: heartbeatd on both nodes; node1 starts the group")
         for node in LabHost.nodes { try startHeartbeatd(node) }
         try waitFor("the group running on node1", timeout: .seconds(120)) { () -> Bool in

@@ -8,6 +8,9 @@ struct LabConfigFiles {
     let secret: String
     /// STONITH through the lab's power switch (`lab up --stonith`).
     let stonith: Bool
+    /// A witness on the client machine (`lab up --witness`).
+    let witness: Bool
+    static let witnessPort = 5695
     /// The `tandem` executable, which the fence agent script runs.
     let executable: String
 
@@ -90,6 +93,10 @@ struct LabConfigFiles {
             monitor_failure_window 20
 
             """
+        if witness {
+            // The client machine is the third site: both nodes reach it over the service network.
+            text += "witness \(layout.serviceAddress(.client)):\(Self.witnessPort)\n"
+        }
         if stonith {
             // The node that runs the group fences at once; the other waits a second, far longer than the switch
             // takes to power a node off.

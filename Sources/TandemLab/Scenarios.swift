@@ -28,9 +28,9 @@ public enum LabScenario: String, CaseIterable, Sendable {
         self == .killDatabase || self == .cutHeartbeat || self == .cutReplication || self == .losePingNodeStandby
     }
 
-    /// Whether the scenario can run in a lab with or without STONITH. cut-heartbeat needs fencing: without it both
-    /// nodes would take the group.
-    func applies(stonith: Bool) -> Bool { self != .cutHeartbeat || stonith }
+    /// Whether the scenario can run in a lab with or without STONITH or a witness. cut-heartbeat needs one of them:
+    /// without, both nodes would take the group.
+    func applies(stonith: Bool, witness: Bool) -> Bool { self != .cutHeartbeat || stonith || witness }
 
     public var summary: String {
         switch self {
@@ -38,7 +38,7 @@ public enum LabScenario: String, CaseIterable, Sendable {
         case .freezeNode: "a hung active node: SIGSTOP to all its processes; thawed once the peer took over"
         case .stopHeartbeat: "heartbeatd stopped cleanly on the active node (it releases the group); started again later"
         case .cutLinks: "every link of the active node cut (heartbeat, replication, service); restored once it stopped serving"
-        case .cutHeartbeat: "every heartbeat path between the nodes cut, both nodes up: the node that runs the group fences the other"
+        case .cutHeartbeat: "every heartbeat path between the nodes cut, both nodes up: the node that runs the group fences the other, or holds the witness's grant"
         case .cutReplication: "the replication link cut, heartbeat links up: the Primary has the standby outdate its disk (resource-only fencing) and serves on; the Outdated standby refuses promotion"
         case .losePingNode: "the ping node (the client machine) unreachable from the active node only: ipfail moves the group to the peer"
         case .losePingNodeStandby: "the ping node unreachable from the standby only: nothing moves"
@@ -94,8 +94,8 @@ extension String {
 extension Lab {
     /// The scenarios that apply to this lab (with or without STONITH), in order: what `scenario all` runs.
     public func applicableScenarios() throws(LabError) -> [LabScenario] {
-        let stonith = try loadState().stonith == true
-        return LabScenario.allCases.filter { $0.applies(stonith: stonith) }
+        let state = try loadState()
+        return LabScenario.allCases.filter { $0.applies(stonith: state.stonith == true, witness: state.witness == true) }
     }
 
     /// The steps a takeover goes through on the new node, as its ha-log shows them: (label, text of the line).
@@ -120,8 +120,9 @@ extension Lab {
     public func run(_ scenario: LabScenario, loadAfterRecovery: Duration) throws(LabError) -> ScenarioReport {
         let state = try loadState()
         let stonith = state.stonith == true
-        guard scenario.applies(stonith: stonith) else {
-            throw LabError(.refused, "\(scenario.rawValue) needs a lab whose nodes fence each other (tandem lab up --stonith)")
+        let witness = state.witness == true
+        guard scenario.applies(stonith: stonith, witness: witness) else {
+            throw LabError(.refused, "\(scenario.rawValue) needs a lab whose nodes fence each other or have a witness (tandem lab up --stonith, or --witness)")
         }
         var active = try waitForHealthy(timeout: .seconds(180))
         if scenario == .failback && active == .node1 {
@@ -177,7 +178,19 @@ extension Lab {
                 try inject(scenario, on: active)
             }
         }
-        if scenario == .cutHeartbeat {
+        if scenario == .cutHeartbeat && !stonith {
+            // Both nodes lose each other; the witness grants the one that runs the group, and the other, without
+            // quorum, starts nothing.
+            do throws(LabError) {
+                try waitFor("\(active.peer.rawValue) to lose quorum", timeout: .seconds(30)) { () -> Bool in
+                    follower.first(active.peer, containing: "quorum lost: ", after: faultAt) != nil
+                }
+                report.timeline.append(("\(active.peer.rawValue) lost quorum (the witness granted \(active.rawValue))", Workload.unixMilliseconds() - faultAt))
+            } catch {
+                report.problems.append(error.message)
+            }
+        }
+        if scenario == .cutHeartbeat && stonith {
             // Both nodes lose each other; the one that runs the group fences the other at once, and serves on.
             do throws(LabError) {
                 try waitFor("\(active.rawValue) to fence \(active.peer.rawValue)", timeout: .seconds(60)) { () -> Bool in
@@ -272,7 +285,8 @@ extension Lab {
         samplerStopped = true
         report.exclusivity = exclusivity.summary
         if exclusivity.overlaps > 0 {
-            if stonith {
+            // A witness decides splits (cut-heartbeat), not pauses or isolations whose loser stops slowly.
+            if stonith || (witness && scenario == .cutHeartbeat) {
                 report.problems.append("two nodes held the service at once despite STONITH: \(exclusivity.summary)")
             } else {
                 report.notes.append("without fencing both nodes held the service for a while (lab up --stonith prevents it)")

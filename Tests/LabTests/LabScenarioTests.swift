@@ -84,7 +84,8 @@ import Testing
         #expect(status.standardOutput.contains("service: node1 serves MariaDB"), "\(status.standardOutput)")
 
         let scenarios = try await blocking { () throws(LabError) in try lab.applicableScenarios() }
-        #expect(!scenarios.contains(.cutHeartbeat))  // needs STONITH: the next test
+        #expect(!scenarios.contains(.cutHeartbeat))  // needs STONITH or a witness: the next tests
+        #expect(scenarios.contains(.cutReplication))
         for scenario in scenarios {
             do {
                 let report = try await blocking { () throws(LabError) in
@@ -99,6 +100,14 @@ import Testing
                 #expect(report.replica?.contains("identical to the primary's") == true, "\(report.replica ?? "no replica report")")
                 #expect(report.faultToFirstCommitMilliseconds != nil, "no commit on \(report.to.rawValue) after the fault")
                 #expect(report.cluster.filter { $0.contains("holds VIP, /data/mysql, mariadbd") }.count == 1, "\(report.cluster)")
+                if scenario == .cutReplication {
+                    // Resource-level fencing over the heartbeat links: the standby was outdated by the serving node's
+                    // fence-peer, and refused to become Primary while it was.
+                    let standby = report.from.peer.rawValue
+                    #expect(report.timeline.contains { $0.label == "peer outdated its disk (fence-peer exit 4)" }, "\(report.lines())")
+                    #expect(report.timeline.contains { $0.label == "promotion of the Outdated \(standby) refused" }, "\(report.lines())")
+                    #expect(report.notes.contains { $0.contains("local disk is Outdated") }, "\(report.notes)")
+                }
                 if !report.passed {
                     lab.showLogs()
                     Issue.record("logs after \(scenario.rawValue):\n\(transcript.text)")
@@ -125,6 +134,50 @@ import Testing
         let noLab = try await tandem(["status"])
         #expect(noLab.status == 10)
         #expect(noLab.standardError.contains("no lab is up"), "\(noLab.standardError)")
+    }
+
+    /// With a witness (`lab up --witness`: `tandem witness` on the client machine): when the heartbeat paths are cut
+    /// with both nodes up, the witness grants the node that runs the group, and the other, without quorum, starts
+    /// nothing; a power loss is taken over once the witness has not heard from the dead node for twice its deadtime.
+    /// Every 50 ms at most one node holds the VIP and the mounted file system, and no acknowledged commit is lost.
+    @Test func withAWitnessOnlyTheGrantedSideServes() async throws {
+        let transcript = Transcript()
+        let lab = makeLab(transcript)
+        let loopsBefore = Self.attachedLoopDevices()
+        do {
+            try await blocking { () throws(LabError) in try lab.up(withReplica: false, witness: true) }
+        } catch {
+            _ = try? await blocking { lab.down() }
+            Issue.record("lab up --witness failed: \(error)\n\(transcript.text)")
+            return
+        }
+        for scenario in [LabScenario.cutHeartbeat, .killNode] {
+            do {
+                let report = try await blocking { () throws(LabError) in
+                    try lab.run(scenario, loadAfterRecovery: .seconds(1))
+                }
+                let text = report.lines().joined(separator: "\n")
+                print(text)
+                #expect(report.passed, "\(text)")
+                #expect(report.verdict?.lost.isEmpty == true && report.verdict?.phantom.isEmpty == true, "\(text)")
+                #expect(report.exclusivity?.contains("at most one node held the VIP and the mounted file system in every sample") == true, "\(text)")
+                if scenario == .cutHeartbeat {
+                    #expect(report.timeline.contains { $0.label == "node2 lost quorum (the witness granted node1)" }, "\(text)")
+                    #expect(!report.timeline.contains { $0.label == "takeover starts (drbddisk start)" }, "\(text)")
+                }
+                #expect(report.cluster.filter { $0.contains("holds VIP, /data/mysql, mariadbd") }.count == 1, "\(report.cluster)")
+                if !report.passed { lab.showLogs() }
+            } catch {
+                lab.showLogs()
+                Issue.record("scenario \(scenario.rawValue): \(error)\n\(transcript.text)")
+                break
+            }
+        }
+        let problems = try await blocking { lab.down() }
+        #expect(problems.isEmpty, "\(problems)")
+        #expect(!FileManager.default.fileExists(atPath: layout.root))
+        let leftBehind = Self.attachedLoopDevices().subtracting(loopsBefore)
+        #expect(leftBehind.isEmpty, "loop devices left attached: \(leftBehind.sorted())")
     }
 
     /// With STONITH (`lab up --stonith`: the lab's power switch and fence agent): when the heartbeat paths are cut

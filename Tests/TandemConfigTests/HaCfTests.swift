@@ -358,6 +358,18 @@ import Testing
         #expect(error.errors[0].message.contains("absolute path"))
     }
 
+    @Test func theWitnessIsAnAddressWithAnOptionalPort() throws {
+        #expect(try Self.parseMinimal(adding: "witness 10.0.0.3").model.witness?.value.description == "10.0.0.3:5695")
+        #expect(try Self.parseMinimal(adding: "witness 10.0.0.3:7000").model.witness?.value.description == "10.0.0.3:7000")
+        for bad in ["witness.example.com", "10.0.0.3:0", "10.0.0.3:70000", "10.0.0.3:7:8"] {
+            let error = try #require(Self.rejection(Self.minimal + "witness \(bad)\n"), "\(bad)")
+            #expect(error.errors.map(\.code) == [.hacfBadValue], "\(bad)")
+            #expect(error.errors[0].message.contains("IPV4ADDRESS:PORT"), "\(bad)")
+        }
+        let quorumServer = try #require(Self.rejection(Self.minimal + "quorum_server 10.0.0.3\n"))
+        #expect(quorumServer.errors[0].hint?.contains("witness ADDRESS") == true)
+    }
+
     @Test func heartbeatsStonithDirectiveIsRefusedWithTheStonithHostForm() throws {
         let error = try #require(Self.rejection(Self.minimal + "stonith baytech /etc/ha.d/conf/stonith.baytech\n"))
         #expect(error.errors.map(\.code) == [.hacfUnsupportedDirective])
