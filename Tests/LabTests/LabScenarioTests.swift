@@ -141,43 +141,12 @@ import Testing
     /// nothing; a power loss is taken over once the witness has not heard from the dead node for twice its deadtime.
     /// Every 50 ms at most one node holds the VIP and the mounted file system, and no acknowledged commit is lost.
     @Test func withAWitnessOnlyTheGrantedSideServes() async throws {
-        let transcript = Transcript()
-        let lab = makeLab(transcript)
-        let loopsBefore = Self.attachedLoopDevices()
-        do {
-            try await blocking { () throws(LabError) in try lab.up(withReplica: false, witness: true) }
-        } catch {
-            _ = try? await blocking { lab.down() }
-            Issue.record("lab up --witness failed: \(error)\n\(transcript.text)")
-            return
-        }
-        for scenario in [LabScenario.cutHeartbeat, .killNode] {
-            do {
-                let report = try await blocking { () throws(LabError) in
-                    try lab.run(scenario, loadAfterRecovery: .seconds(1))
-                }
-                let text = report.lines().joined(separator: "\n")
-                print(text)
-                #expect(report.passed, "\(text)")
-                #expect(report.verdict?.lost.isEmpty == true && report.verdict?.phantom.isEmpty == true, "\(text)")
-                #expect(report.exclusivity?.contains("at most one node held the VIP and the mounted file system in every sample") == true, "\(text)")
-                if scenario == .cutHeartbeat {
-                    #expect(report.timeline.contains { $0.label == "node2 lost quorum (the witness granted node1)" }, "\(text)")
-                    #expect(!report.timeline.contains { $0.label == "takeover starts (drbddisk start)" }, "\(text)")
-                }
-                #expect(report.cluster.filter { $0.contains("holds VIP, /data/mysql, mariadbd") }.count == 1, "\(report.cluster)")
-                if !report.passed { lab.showLogs() }
-            } catch {
-                lab.showLogs()
-                Issue.record("scenario \(scenario.rawValue): \(error)\n\(transcript.text)")
-                break
+        try await runProtectedLab(stonith: false, witness: true, [.cutHeartbeat, .killNode]) { scenario, report, text in
+            if scenario == .cutHeartbeat {
+                #expect(report.timeline.contains { $0.label == "node2 lost quorum (the witness granted node1)" }, "\(text)")
+                #expect(!report.timeline.contains { $0.label == "takeover starts (drbddisk start)" }, "\(text)")
             }
         }
-        let problems = try await blocking { lab.down() }
-        #expect(problems.isEmpty, "\(problems)")
-        #expect(!FileManager.default.fileExists(atPath: layout.root))
-        let leftBehind = Self.attachedLoopDevices().subtracting(loopsBefore)
-        #expect(leftBehind.isEmpty, "loop devices left attached: \(leftBehind.sorted())")
     }
 
     /// With STONITH (`lab up --stonith`: the lab's power switch and fence agent): when the heartbeat paths are cut
@@ -187,22 +156,40 @@ import Testing
     /// race to the standby that clients can still reach. Every 50 ms at most one node holds the VIP and the mounted file system, and
     /// no acknowledged commit is lost.
     @Test func withStonithTheSilentNodeIsFencedBeforeAnythingMoves() async throws {
+        // cut-links: the active node loses its peer and its ping node (the client) at once, so it loses the fence
+        // race although it runs the group.
+        let fenced: [LabScenario: LabHost] = [.cutHeartbeat: .node2, .freezeNode: .node1, .killNode: .node2, .cutLinks: .node1]
+        try await runProtectedLab(stonith: true, witness: false, [.cutHeartbeat, .freezeNode, .killNode, .cutLinks]) { scenario, report, text in
+            #expect(report.notes.contains { $0.hasPrefix("\(fenced[scenario]!.rawValue) was fenced") }, "\(text)")
+            #expect(report.timeline.contains { $0.label == "peer fenced (STONITH)" }, "\(text)")
+        }
+        #expect(!FileManager.default.fileExists(atPath: layout.powerSwitchSocket))
+        let switches = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { entry in
+            guard Int32(entry) != nil, let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { return false }
+            let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            return arguments.contains("power-switch") && arguments.contains(layout.root)
+        }
+        #expect(switches.isEmpty, "power switch processes left running: \(switches)")
+    }
+
+    /// Builds a lab with STONITH or a witness, runs `scenarios` in it with the checks every protected lab must pass
+    /// (no acknowledged commit lost, at most one holder in every sample, one node serving at the end) and
+    /// `checks`, then takes it down and checks that nothing is left.
+    private func runProtectedLab(
+        stonith: Bool, witness: Bool, _ scenarios: [LabScenario],
+        checks: (LabScenario, ScenarioReport, String) -> Void
+    ) async throws {
         let transcript = Transcript()
         let lab = makeLab(transcript)
         let loopsBefore = Self.attachedLoopDevices()
         do {
-            try await blocking { () throws(LabError) in try lab.up(withReplica: false, stonith: true) }
+            try await blocking { () throws(LabError) in try lab.up(withReplica: false, stonith: stonith, witness: witness) }
         } catch {
             _ = try? await blocking { lab.down() }
-            Issue.record("lab up --stonith failed: \(error)\n\(transcript.text)")
+            Issue.record("lab up (stonith \(stonith), witness \(witness)) failed: \(error)\n\(transcript.text)")
             return
         }
-        // cut-links: the active node loses its peer and its ping node (the client) at once, so it loses the fence
-        // race although it runs the group.
-        let expectations: [(LabScenario, fenced: LabHost)] = [
-            (.cutHeartbeat, .node2), (.freezeNode, .node1), (.killNode, .node2), (.cutLinks, .node1),
-        ]
-        for (scenario, fenced) in expectations {
+        for scenario in scenarios {
             do {
                 let report = try await blocking { () throws(LabError) in
                     try lab.run(scenario, loadAfterRecovery: .seconds(1))
@@ -212,10 +199,9 @@ import Testing
                 #expect(report.passed, "\(text)")
                 #expect(report.verdict?.lost.isEmpty == true && report.verdict?.phantom.isEmpty == true, "\(text)")
                 #expect(report.exclusivity?.contains("at most one node held the VIP and the mounted file system in every sample") == true, "\(text)")
-                #expect(report.notes.contains { $0.hasPrefix("\(fenced.rawValue) was fenced") }, "\(text)")
-                #expect(report.timeline.contains { $0.label == "peer fenced (STONITH)" }, "\(text)")
-                // The fenced node came back as a Secondary: nothing it held survived the fence.
+                // Whoever was fenced or lost quorum came back as a Secondary: one node serves.
                 #expect(report.cluster.filter { $0.contains("holds VIP, /data/mysql, mariadbd") }.count == 1, "\(report.cluster)")
+                checks(scenario, report, text)
                 if !report.passed { lab.showLogs() }
             } catch {
                 lab.showLogs()
@@ -223,17 +209,9 @@ import Testing
                 break
             }
         }
-
         let problems = try await blocking { lab.down() }
         #expect(problems.isEmpty, "\(problems)")
         #expect(!FileManager.default.fileExists(atPath: layout.root))
-        #expect(!FileManager.default.fileExists(atPath: layout.powerSwitchSocket))
-        let switches = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).filter { entry in
-            guard Int32(entry) != nil, let data = FileManager.default.contents(atPath: "/proc/\(entry)/cmdline") else { return false }
-            let arguments = data.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
-            return arguments.contains("power-switch") && arguments.contains(layout.root)
-        }
-        #expect(switches.isEmpty, "power switch processes left running: \(switches)")
         let leftBehind = Self.attachedLoopDevices().subtracting(loopsBefore)
         #expect(leftBehind.isEmpty, "loop devices left attached: \(leftBehind.sorted())")
     }

@@ -38,7 +38,8 @@ extension ReplicationMachine {
     /// A Primary lost a peer that might be promoted: fence it. Called before the lost requests complete, so that
     /// with resource-and-stonith their completions are held.
     mutating func fencePeerAfterConnectionLoss(peerDiskBeforeLoss: DiskState) {
-        guard fencingEnabled, role == .primary, peerDiskBeforeLoss > .outdated else { return }
+        // Only a Primary with its own UpToDate data fences: a Diskless one would outdate the only good copy.
+        guard fencingEnabled, role == .primary, disk == .upToDate, peerDiskBeforeLoss > .outdated else { return }
         if settings.fencing == .resourceAndStonith && suspendedIO == nil {
             suspendedIO = SuspendedIO()
             log("susp-io( no -> fencing ): application I/O suspended until the peer is fenced")

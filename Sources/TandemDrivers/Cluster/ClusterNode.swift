@@ -56,6 +56,8 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
     public private(set) var hasQuorum = true
     /// Since when this node does not hear its peer (with a witness).
     private var peerUnheardSince: MonotonicInstant?
+    /// When `reviewQuorum` last ran.
+    private var quorumReviewedAt: MonotonicInstant?
     /// Membership declared the peer dead (and when); with a witness, acting on it waits for the grant.
     private var peerDeathAwaitingGrant: (node: String, declaredAt: MonotonicInstant)?
     /// The (local, peer) ping counts for which ipfail last gave the groups up: once per change of counts.
@@ -278,8 +280,9 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
     private mutating func peerDeclaredDead(_ node: String, now: MonotonicInstant) {
         let announcedShutdown = membership.hasAnnouncedShutdown(node)
         let restarted = membership.status(of: node) != .dead
-        if let witness, !announcedShutdown, !restarted, !witness.holdsGrant(now: now) {
-            // A silent peer may be running on the other side of a split: only the side the witness grants acts.
+        if witness != nil, !announcedShutdown, !restarted {
+            // A silent peer may be running on the other side of a split: only the side the witness grants acts, and
+            // only once the peer runs nothing (`reviewQuorum` decides, after every event).
             peerDeathAwaitingGrant = (node, now)
             environment.log(.warning, "\(node) is dead to this node: asking the witness before taking anything over")
             return
@@ -319,17 +322,20 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
     /// without quorum deadtime minus this to stop its groups.
     public var grantWait: Duration { membership.configuration.keepalive * 2 }
 
+    /// The next moment `reviewQuorum` may decide something by time alone (after the last review, never before: a
+    /// deadline in the past would make the daemon's loop spin).
     private var quorumDecisionAt: MonotonicInstant? {
-        guard witness != nil else { return nil }
+        guard witness != nil, let reviewedAt = quorumReviewedAt else { return nil }
         let takeover = peerDeathAwaitingGrant.map { $0.declaredAt + membership.configuration.deadtime }
         let quorumLoss = hasQuorum ? peerUnheardSince.map { $0 + grantWait } : nil
-        return [takeover, quorumLoss].compactMap { $0 }.min()
+        return [takeover, quorumLoss].compactMap { $0 }.filter { $0 > reviewedAt }.min()
     }
 
     /// With a witness: quorum is hearing the peer, or a peer that announced its shutdown, or the witness's grant.
     /// A node without quorum stops every group and takes none; one that gets the grant acts on the peer's death.
     private mutating func reviewQuorum(now: MonotonicInstant) {
         guard witness != nil, let peer = resources.configuration.peerNode else { return }
+        quorumReviewedAt = now
         let status = membership.status(of: peer)
         // Both ways: a peer that no longer hears this node (a one-way partition) may be taking over.
         let hearsPeer = (status == .up || status == .active) && membership.hearsUs(peer)
