@@ -151,9 +151,14 @@ public struct ResourceManagerMachine: Sendable {
             let held = groups.indices.filter { groups[$0].isHeld }
             if !held.isEmpty { actions.append(.log(.critical, "no quorum: stopping every resource group")) }
             release(held, reason: "no quorum", into: &actions)
-        } else if phase == .running && peer.isAlive {
-            // Say what we hold (nothing, after the loss): the peer's answer lets the usual rules hand out the rest.
-            notices.append(.announce)
+            // Stopped, not handed to the peer: this node's own groups are its to take again with quorum.
+            releasedSincePeerSpoke.subtract(held)
+        } else if phase == .running && peer.isAlive && exchange == nil {
+            // What the peer held before may be stale (it may have taken groups over meanwhile): no unheld group is
+            // taken before it answers with what it holds now. (A standby exchange under way brings fresh holdings by
+            // itself, and a question in its middle would get an answer from before its acquisitions.)
+            peer.isStable = false
+            actions.append(.send(.answerWanted(holdingsMessage, stable: isSettled)))
         }
         reconcile(now: now, into: &actions)
         return actions
@@ -193,7 +198,8 @@ public struct ResourceManagerMachine: Sendable {
                 }
             }
             actions.append(.send(.holdings(holdingsMessage, stable: isSettled && phase == .running)))
-        case .holdings(let holdings, let stable), .conflictAnswer(let holdings, let stable):
+        case .holdings(let holdings, let stable), .conflictAnswer(let holdings, let stable),
+            .answerWanted(let holdings, let stable):
             peer.held = resolve(holdings)
             peer.isStable = stable
             let failedKeys = Set(holdings.failedGroupKeys ?? [])
@@ -204,8 +210,13 @@ public struct ResourceManagerMachine: Sendable {
                 epochs[groups[index].definition.key].map { (index, $0) }
             })
             highestEpochSeen = max(highestEpochSeen, epochs.values.max() ?? 0)
-            let isAnswer = if case .conflictAnswer = message { true } else { false }
-            settleConflicts(answering: !isAnswer, into: &actions)
+            switch message {
+            case .conflictAnswer: settleConflicts(answering: false, into: &actions)
+            case .answerWanted:
+                settleConflicts(answering: false, into: &actions)
+                actions.append(.send(.conflictAnswer(holdingsMessage, stable: isSettled)))
+            default: settleConflicts(answering: true, into: &actions)
+            }
             if phase == .waitingForPeer {
                 phase = .running
                 let unheld = groups.indices.filter { !peer.held.contains($0) && !groups[$0].failedHere }
@@ -467,7 +478,8 @@ public struct ResourceManagerMachine: Sendable {
     private mutating func warnAboutUnknownGroups(in message: ResourceMessage, into actions: inout [ResourceAction]) {
         let keys: [String]
         switch message {
-        case .holdings(let holdings, _), .conflictAnswer(let holdings, _), .standby(_, let holdings, _):
+        case .holdings(let holdings, _), .conflictAnswer(let holdings, _), .answerWanted(let holdings, _),
+            .standby(_, let holdings, _):
             keys = holdings.groupKeys ?? []
         default: return
         }
@@ -663,7 +675,7 @@ public struct ResourceManagerMachine: Sendable {
         guard phase == .running || phase == .shuttingDown else { return }
         // Settled, with a live and stable peer: the groups nobody holds that are ours to take (see
         // `unheldGroupsToTake`), whether the peer just said so or said so while we were busy.
-        if phase == .running, exchange == nil, peer.isAlive, peer.isStable {
+        if phase == .running, exchange == nil, peer.isAlive, peer.isStable, hasQuorum {
             let unheld = unheldGroupsToTake()
             if !unheld.isEmpty, acquire(unheld, reason: "\(configuration.peerNode ?? "the peer") does not hold it", into: &actions) > 0 {
                 notices.append(.announce)

@@ -13,6 +13,10 @@ public enum ResourceMessage: Sendable, Hashable {
     /// The same, sent to answer holdings that showed a group both nodes hold (Tandem's `reply=conflict`). It is never
     /// itself answered, so that two nodes cannot answer each other forever.
     case conflictAnswer(Holdings, stable: Bool)
+    /// The same, asking the peer to answer with what it holds (Tandem's `reply=wanted`): a node that regained quorum
+    /// must hear what its peer holds now before it takes any group nobody seemed to hold. The answer is a
+    /// `conflictAnswer`, which is never answered in turn.
+    case answerWanted(Holdings, stable: Bool)
     /// The standby exchange: the sender offers `groups` (`info=me`), accepts an offer (`other`), refuses one
     /// (`refused`, Tandem's addition, with the reason), or has released what it offered (`done`).
     case standby(StandbyPhase, Holdings, reason: String?)
@@ -65,11 +69,13 @@ public enum ResourceMessage: Sendable, Hashable {
         switch self {
         case .starting:
             return HeartbeatMessage(type: .starting)
-        case .holdings(let holdings, let stable), .conflictAnswer(let holdings, let stable):
+        case .holdings(let holdings, let stable), .conflictAnswer(let holdings, let stable),
+            .answerWanted(let holdings, let stable):
             var message = HeartbeatMessage(type: .resource)
             Self.put(holdings, into: &message)
             message[HeartbeatField.isStable] = stable ? "1" : "0"
             if case .conflictAnswer = self { message[Self.replyField] = Self.conflictReply }
+            if case .answerWanted = self { message[Self.replyField] = Self.answerWantedReply }
             return message
         case .standby(let phase, let holdings, let reason):
             var message = HeartbeatMessage(type: .askResources)
@@ -94,8 +100,11 @@ public enum ResourceMessage: Sendable, Hashable {
         case .resource?:
             guard let holdings = Self.holdings(in: message) else { return nil }
             let stable = message[HeartbeatField.isStable] == "1"
-            self = message[Self.replyField] == Self.conflictReply
-                ? .conflictAnswer(holdings, stable: stable) : .holdings(holdings, stable: stable)
+            switch message[Self.replyField] {
+            case Self.conflictReply?: self = .conflictAnswer(holdings, stable: stable)
+            case Self.answerWantedReply?: self = .answerWanted(holdings, stable: stable)
+            default: self = .holdings(holdings, stable: stable)
+            }
         case .askResources?:
             guard let phase = message[HeartbeatField.info].flatMap(StandbyPhase.init(rawValue:)),
                 let holdings = Self.holdings(in: message)
@@ -118,6 +127,7 @@ public enum ResourceMessage: Sendable, Hashable {
     static let failedField = "failed"
     static let replyField = "reply"
     static let conflictReply = "conflict"
+    static let answerWantedReply = "wanted"
 
     private static func put(_ holdings: Holdings, into message: inout HeartbeatMessage) {
         message[HeartbeatField.resourcesHeld] = holdings.selection.rawValue

@@ -28,17 +28,13 @@ public enum LabScenario: String, CaseIterable, Sendable {
         self == .killDatabase || self == .cutHeartbeat || self == .cutReplication || self == .losePingNodeStandby
     }
 
-    /// Whether the scenario can run in a lab with or without STONITH or a witness. cut-heartbeat needs one of them:
-    /// without, both nodes would take the group.
-    func applies(stonith: Bool, witness: Bool) -> Bool { self != .cutHeartbeat || stonith || witness }
-
     public var summary: String {
         switch self {
         case .killNode: "power loss of the active node: SIGKILL to all its processes at once, its links down; it boots again later"
         case .freezeNode: "a hung active node: SIGSTOP to all its processes; thawed once the peer took over"
         case .stopHeartbeat: "heartbeatd stopped cleanly on the active node (it releases the group); started again later"
         case .cutLinks: "every link of the active node cut (heartbeat, replication, service); restored once it stopped serving"
-        case .cutHeartbeat: "every heartbeat path between the nodes cut, both nodes up: the node that runs the group fences the other, or holds the witness's grant"
+        case .cutHeartbeat: "every heartbeat path between the nodes cut, both nodes up: the node that runs the group fences the other, or holds the witness's grant, or (neither) refuses the other's promotion over the replication link"
         case .cutReplication: "the replication link cut, heartbeat links up: the Primary has the standby outdate its disk (resource-only fencing) and serves on; the Outdated standby refuses promotion"
         case .losePingNode: "the ping node (the client machine) unreachable from the active node only: ipfail moves the group to the peer"
         case .losePingNodeStandby: "the ping node unreachable from the standby only: nothing moves"
@@ -92,12 +88,6 @@ extension String {
 }
 
 extension Lab {
-    /// The scenarios that apply to this lab (with or without STONITH), in order: what `scenario all` runs.
-    public func applicableScenarios() throws(LabError) -> [LabScenario] {
-        let state = try loadState()
-        return LabScenario.allCases.filter { $0.applies(stonith: state.stonith == true, witness: state.witness == true) }
-    }
-
     /// The steps a takeover goes through on the new node, as its ha-log shows them: (label, text of the line).
     private var takeoverSteps: [(label: String, fragment: String)] {
         [
@@ -121,9 +111,6 @@ extension Lab {
         let state = try loadState()
         let stonith = state.stonith == true
         let witness = state.witness == true
-        guard scenario.applies(stonith: stonith, witness: witness) else {
-            throw LabError(.refused, "\(scenario.rawValue) needs a lab whose nodes fence each other or have a witness (tandem lab up --stonith, or --witness)")
-        }
         var active = try waitForHealthy(timeout: .seconds(180))
         if scenario == .failback && active == .node1 {
             say("failback needs the service away from node1: switching over to node2 first")
@@ -178,7 +165,20 @@ extension Lab {
                 try inject(scenario, on: active)
             }
         }
-        if scenario == .cutHeartbeat && !stonith {
+        if scenario == .cutHeartbeat && !stonith && !witness {
+            // Neither fencing nor a witness: the standby believes the active node dead and starts the group, but its
+            // promotion is refused by the Primary it is still connected to over the replication link (single
+            // Primary), so it mounts nothing and takes no address.
+            do throws(LabError) {
+                try waitFor("\(active.peer.rawValue)'s takeover to fail at the promotion", timeout: .seconds(60)) { () -> Bool in
+                    follower.first(active.peer, containing: "drbddisk::\(LabLayout.resourceName) start failed", after: faultAt) != nil
+                }
+                report.timeline.append(("\(active.peer.rawValue)'s promotion refused (\(active.rawValue) is Primary)", Workload.unixMilliseconds() - faultAt))
+            } catch {
+                report.problems.append(error.message)
+            }
+        }
+        if scenario == .cutHeartbeat && witness && !stonith {
             // Both nodes lose each other; the witness grants the one that runs the group, and the other, without
             // quorum, starts nothing.
             do throws(LabError) {
@@ -285,8 +285,9 @@ extension Lab {
         samplerStopped = true
         report.exclusivity = exclusivity.summary
         if exclusivity.overlaps > 0 {
-            // A witness decides splits (cut-heartbeat), not pauses or isolations whose loser stops slowly.
-            if stonith || (witness && scenario == .cutHeartbeat) {
+            // A witness, or the replication link's single Primary, decides a split of the heartbeat links
+            // (cut-heartbeat); pauses and isolations need STONITH.
+            if stonith || scenario == .cutHeartbeat {
                 report.problems.append("two nodes held the service at once despite STONITH: \(exclusivity.summary)")
             } else {
                 report.notes.append("without fencing both nodes held the service for a while (lab up --stonith prevents it)")
