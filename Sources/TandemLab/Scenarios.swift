@@ -396,6 +396,13 @@ extension Lab {
             if !fenced.contains(node) { machines.thaw(node) }
         case .cutHeartbeat:
             try network.setHeartbeatPaths(cut: false)
+            if observe(node.peer).groupFailedHere {
+                // The standby's takeover failed at the promotion, and a group that failed on a node is not its again
+                // until an operator says so: restarting its heartbeatd is that step.
+                report.notes.append("\(node.peer.rawValue)'s failed takeover cleared by restarting its heartbeatd (the operator's step)")
+                machines.stopDaemons("heartbeatd", on: [node.peer], within: .seconds(60))
+                try startHeartbeatd(node.peer)
+            }
         case .cutReplication:
             try network.setReplicationLink(node, up: true)
         case .losePingNode:
