@@ -22,10 +22,7 @@ struct WitnessCommand: AsyncParsableCommand {
     @OptionGroup var global: GlobalOptions
 
     func run() async throws {
-        let parts = listen.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count <= 2, let address = IPv4Address(String(parts[0])),
-            let port = parts.count == 2 ? UInt16(parts[1]) : HaCfParser.witnessDefaultPort, port > 0
-        else {
+        guard let endpoint = WitnessEndpoint(parsing: listen, defaultPort: HaCfParser.witnessDefaultPort) else {
             throw ValidationError("--listen takes an IPv4 address, optionally with :PORT; got '\(listen)'")
         }
         let configDirectory = URL(fileURLWithPath: global.configDirectory).standardizedFileURL.path
@@ -47,7 +44,7 @@ struct WitnessCommand: AsyncParsableCommand {
             return handler
         }
         let code = await WitnessMain.run(
-            options: WitnessMain.Options(configDirectory: configDirectory, listen: WitnessEndpoint(address: address, port: port)),
+            options: WitnessMain.Options(configDirectory: configDirectory, listen: endpoint),
             logger: Logger(label: "tandem.witness"))
         if code != 0 { throw ExitCode(code) }
     }

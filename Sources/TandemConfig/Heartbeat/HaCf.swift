@@ -263,6 +263,15 @@ public struct WitnessEndpoint: Sendable, Hashable, CustomStringConvertible {
         self.port = port
     }
 
+    /// `ADDRESS` or `ADDRESS:PORT` (ha.cf's `witness`, `tandem witness --listen`); nil when it is neither.
+    public init?(parsing text: String, defaultPort: UInt16) {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false)
+        guard parts.count <= 2, let address = IPv4Address(String(parts[0])),
+            let port = parts.count == 2 ? UInt16(parts[1]) : defaultPort, port > 0
+        else { return nil }
+        self.init(address: address, port: port)
+    }
+
     public var description: String { "\(address):\(port)" }
 }
 

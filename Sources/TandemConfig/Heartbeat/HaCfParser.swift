@@ -448,13 +448,10 @@ extension HaCfBuilder {
             config.alertScripts.append(Located(path.text, at: location(path)))
         case "witness":
             let field = try single(directive, expected: "the witness's IPv4 address, optionally with :PORT")
-            let parts = field.text.split(separator: ":", omittingEmptySubsequences: false)
-            guard parts.count <= 2, let address = IPv4Address(String(parts[0])),
-                let port = parts.count == 2 ? UInt16(parts[1]) : HaCfParser.witnessDefaultPort, port > 0
-            else {
+            guard let endpoint = WitnessEndpoint(parsing: field.text, defaultPort: HaCfParser.witnessDefaultPort) else {
                 throw error(.hacfBadValue, at: field, "expected the witness as IPV4ADDRESS or IPV4ADDRESS:PORT, got '\(field.text)'")
             }
-            config.witness = Located(WitnessEndpoint(address: address, port: port), at: location(field))
+            config.witness = Located(endpoint, at: location(field))
         case "stonith_action":
             let field = try single(directive, expected: "off or reboot")
             config.stonithAction = try choice(field, StonithAction.self, what: "a STONITH action")
