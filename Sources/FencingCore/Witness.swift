@@ -9,8 +9,10 @@ import MembershipCore
 //   it. The witness gives it to a node that has lost its peer when the other node is silent at the witness too, or
 //   has lost its peer as well and loses the tie-break: the node that runs resource groups wins, then the name that
 //   sorts first.
-// - The holder takes over what the peer ran only once the witness says the peer is clear: silent for twice its
-//   deadtime, or saying it runs nothing (having lost quorum, it stopped its groups and takes none).
+// - The holder takes over what the peer ran only once the witness says the peer is clear: at once when the peer
+//   says it runs nothing (having lost quorum, it stopped its groups and takes none); when the peer is only silent
+//   (for twice its deadtime), two deadtimes after the holder declared it dead, since the peer may have learned of
+//   the split up to a deadtime later (a one-way partition hides it) and then needs time to stop.
 // - Losing the witness changes nothing while the peer is heard. Losing both: no quorum, every group is stopped.
 // - Startup (wait_for_all): a node that never heard its peer needs the grant like any other, and a witness that
 //   has just started grants nothing until it has listened for `silenceBeforeGrant`, so that it has heard from
@@ -48,7 +50,7 @@ public enum WitnessMessage: Sendable, Hashable {
             message[Self.grantedField] = answer.granted ? "1" : "0"
             message.setHexadecimal(Self.leaseField, UInt64(answer.lease.wholeMilliseconds))
             if let holder = answer.holder { message[Self.holderField] = holder }
-            message[Self.peerClearField] = answer.peerClear ? "1" : "0"
+            message[Self.peerClearField] = answer.peerClear.rawValue
             message[HeartbeatField.comment] = answer.reason
             return message
         }
@@ -74,7 +76,8 @@ public enum WitnessMessage: Sendable, Hashable {
             else { return nil }
             self = .answer(WitnessAnswer(
                 node: node, nonce: nonce, granted: granted == "1", lease: .milliseconds(Int64(lease)),
-                holder: message[Self.holderField], peerClear: message[Self.peerClearField] == "1",
+                holder: message[Self.holderField],
+                peerClear: message[Self.peerClearField].flatMap(WitnessPeerClearance.init(rawValue:)) ?? .notClear,
                 reason: message[HeartbeatField.comment] ?? ""))
         default:
             return nil
@@ -103,6 +106,16 @@ public struct WitnessAsk: Sendable, Hashable {
     }
 }
 
+/// What the witness knows of the asker's peer (`peerclear`).
+public enum WitnessPeerClearance: String, Sendable, Hashable {
+    /// The peer may be running groups.
+    case notClear = "0"
+    /// The peer's last question said it runs nothing and does not hear its own peer: it lost quorum and stopped.
+    case runsNothing = "idle"
+    /// The peer has not asked for twice its deadtime: dead, or cut off and (by now) stopped.
+    case silent
+}
+
 public struct WitnessAnswer: Sendable, Hashable {
     public var node: String
     public var nonce: UInt64
@@ -111,13 +124,14 @@ public struct WitnessAnswer: Sendable, Hashable {
     public var lease: Duration
     /// Who holds the grant now, if anyone.
     public var holder: String?
-    /// The asker's peer runs nothing: it is silent at the witness for twice its deadtime, or says it runs no group.
-    /// Only then may the holder take over what the peer ran.
-    public var peerClear: Bool
+    /// Whether the asker's peer may still run anything: it says it runs no group, or it has been silent at the
+    /// witness for twice its deadtime. Only then may the holder take over what the peer ran.
+    public var peerClear: WitnessPeerClearance
     public var reason: String
 
     public init(
-        node: String, nonce: UInt64, granted: Bool, lease: Duration, holder: String?, peerClear: Bool = false,
+        node: String, nonce: UInt64, granted: Bool, lease: Duration, holder: String?,
+        peerClear: WitnessPeerClearance = .notClear,
         reason: String
     ) {
         self.node = node
@@ -176,14 +190,18 @@ public struct WitnessArbiter: Sendable {
         let silence = Self.silenceBeforeGrant(deadtime: ask.deadtime)
         var cluster = clusters[key] ?? Cluster()
         defer { clusters[key] = cluster }
-        func peerClear(_ cluster: Cluster) -> Bool {
-            guard let other = cluster.nodes[peer] else { return now - startedAt >= silence }
-            return now - other.lastAskedAt >= silence || (!other.runsGroups && !other.seesPeer)
+        func peerClear(_ cluster: Cluster) -> WitnessPeerClearance {
+            guard let other = cluster.nodes[peer] else { return now - startedAt >= silence ? .silent : .notClear }
+            let quiet = now - other.lastAskedAt
+            // "Runs nothing" only from a recent question: a node silent since may have heard its peer again (and
+            // so regained quorum) without the witness knowing.
+            if !other.runsGroups && !other.seesPeer && quiet < ask.deadtime { return .runsNothing }
+            return quiet >= silence ? .silent : .notClear
         }
         func answer(_ granted: Bool, _ reason: String, holder: String?) -> WitnessAnswer {
             WitnessAnswer(
                 node: ask.node, nonce: ask.nonce, granted: granted, lease: ask.deadtime, holder: holder,
-                peerClear: granted && peerClear(cluster), reason: reason)
+                peerClear: granted ? peerClear(cluster) : .notClear, reason: reason)
         }
         func grant(_ cluster: inout Cluster) -> WitnessAnswer {
             cluster.holder = node
@@ -242,8 +260,8 @@ public struct WitnessClient: Sendable {
     public private(set) var seesPeer = true
     public private(set) var runsGroups = false
     public private(set) var grantEnds: MonotonicInstant?
-    /// The witness's last grant said the peer runs nothing: this node may take over what it ran.
-    public private(set) var peerClear = false
+    /// What the witness's last grant said of the peer.
+    public private(set) var peerClear: WitnessPeerClearance = .notClear
     /// The witness's last reason, for status and the log.
     public private(set) var lastAnswer: WitnessAnswer?
     public private(set) var lastAnswerAt: MonotonicInstant?
@@ -276,7 +294,7 @@ public struct WitnessClient: Sendable {
         self.runsGroups = runsGroups
         if seesPeer {
             grantEnds = nil
-            peerClear = false
+            peerClear = .notClear
         }
         return lostPeer || seesPeer ? ask(now: now) : []
     }
@@ -297,7 +315,7 @@ public struct WitnessClient: Sendable {
             peerClear = answer.peerClear
         } else if !answer.granted {
             grantEnds = nil
-            peerClear = false
+            peerClear = .notClear
         }
         if changed { actions.append(.log(answer.granted ? .warning : .info, "witness: \(answer.reason)")) }
         return actions

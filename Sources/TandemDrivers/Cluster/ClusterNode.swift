@@ -324,9 +324,12 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
 
     /// The next moment `reviewQuorum` may decide something by time alone (after the last review, never before: a
     /// deadline in the past would make the daemon's loop spin).
+    /// How long after declaring a silent peer dead its groups are taken over (with a witness).
+    private var silentPeerTakeoverDelay: Duration { membership.configuration.deadtime * 2 }
+
     private var quorumDecisionAt: MonotonicInstant? {
         guard witness != nil, let reviewedAt = quorumReviewedAt else { return nil }
-        let takeover = peerDeathAwaitingGrant.map { $0.declaredAt + membership.configuration.deadtime }
+        let takeover = peerDeathAwaitingGrant.map { $0.declaredAt + silentPeerTakeoverDelay }
         let quorumLoss = hasQuorum ? peerUnheardSince.map { $0 + grantWait } : nil
         return [takeover, quorumLoss].compactMap { $0 }.filter { $0 > reviewedAt }.min()
     }
@@ -337,6 +340,8 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         guard witness != nil, let peer = resources.configuration.peerNode else { return }
         quorumReviewedAt = now
         let status = membership.status(of: peer)
+        // A peer heard at all is not dead: its death, if it comes again, is declared anew.
+        if status == .up || status == .active { peerDeathAwaitingGrant = nil }
         // Both ways: a peer that no longer hears this node (a one-way partition) may be taking over.
         let hearsPeer = (status == .up || status == .active) && membership.hearsUs(peer)
         perform(witness!.update(seesPeer: hearsPeer, runsGroups: resources.holdsAnyGroup, now: now), now: now)
@@ -350,10 +355,10 @@ public struct ClusterNode<Environment: ClusterEnvironment> {
         if witness!.holdsGrant(now: now) {
             setQuorum(true, because: "the witness granted it", now: now)
             // The peer, alive on the other side of a split, may still be stopping what it ran: its groups are taken
-            // once the witness says it runs nothing (or has been silent long enough), and no sooner than a deadtime
-            // after it was declared dead, which is the peer's time to notice that it lost quorum and stop.
-            if let (node, declaredAt) = peerDeathAwaitingGrant, witness!.peerClear,
-                now - declaredAt >= membership.configuration.deadtime
+            // once the witness says it runs nothing, or, when it is only silent, two deadtimes after it was declared
+            // dead here (it may learn of the split a deadtime later than this node, then stops).
+            if let (node, declaredAt) = peerDeathAwaitingGrant, witness!.peerClear == .runsNothing
+                || (witness!.peerClear == .silent && now - declaredAt >= silentPeerTakeoverDelay)
             {
                 peerDeathAwaitingGrant = nil
                 environment.log(.warning, "the witness granted this node the cluster and \(node) runs nothing: acting on \(node)'s death")
