@@ -46,9 +46,6 @@ public struct PeerOutdateMachine: Sendable {
         self.nextRequestID = firstRequestID
     }
 
-    /// The peer's outdate requests being carried out here.
-    public var localOutdatesRunning: Int { incoming.count }
-
     /// `tandem fence-peer` asks to outdate `resource` on the peer. `peerReachable` is membership's view: a peer that
     /// is dead or was never heard cannot answer, and waiting would only delay the handler.
     public mutating func request(resource: String, peerReachable: Bool, now: MonotonicInstant) -> PeerOutdateRequest {

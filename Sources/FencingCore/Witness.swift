@@ -153,7 +153,6 @@ public struct WitnessArbiter: Sendable {
         var lastAskedAt: MonotonicInstant
         var seesPeer: Bool
         var runsGroups: Bool
-        var deadtime: Duration
     }
 
     struct Cluster: Sendable {
@@ -210,7 +209,7 @@ public struct WitnessArbiter: Sendable {
                 node: ask.node, nonce: ask.nonce, granted: true, lease: ask.deadtime, holder: node,
                 peerClear: peerClear(cluster), reason: "granted to \(ask.node)")
         }
-        cluster.nodes[node] = NodeRecord(lastAskedAt: now, seesPeer: ask.seesPeer, runsGroups: ask.runsGroups, deadtime: ask.deadtime)
+        cluster.nodes[node] = NodeRecord(lastAskedAt: now, seesPeer: ask.seesPeer, runsGroups: ask.runsGroups)
         if cluster.holder != nil && now >= cluster.holderLeaseEnds { cluster.holder = nil }
 
         if ask.seesPeer {
@@ -264,7 +263,6 @@ public struct WitnessClient: Sendable {
     public private(set) var peerClear: WitnessPeerClearance = .notClear
     /// The witness's last reason, for status and the log.
     public private(set) var lastAnswer: WitnessAnswer?
-    public private(set) var lastAnswerAt: MonotonicInstant?
 
     static let questionsRemembered = 8
 
@@ -307,7 +305,6 @@ public struct WitnessClient: Sendable {
         asked.remove(at: index)
         let changed = lastAnswer?.granted != answer.granted || lastAnswer?.reason != answer.reason
         lastAnswer = answer
-        lastAnswerAt = now
         var actions: [WitnessAction] = []
         if answer.granted && !seesPeer {
             // From when the question left: the witness started its lease later, so this node's view ends first.

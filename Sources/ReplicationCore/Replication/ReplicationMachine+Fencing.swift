@@ -53,14 +53,14 @@ extension ReplicationMachine {
     /// Starts the fence-peer handler; one run at a time.
     mutating func startPeerFence(_ purpose: PeerFencePurpose) {
         precondition(peerFence == nil, "fence-peer started while a run is under way: \(String(describing: peerFence))")
-        peerFence = PeerFenceRun(purpose: purpose, startedAt: clock)
+        peerFence = purpose
         log("helper command: fence-peer")
         emit(.runHandler(.fencePeer))
     }
 
     /// The fence-peer handler ended. `exitStatus` is nil when it could not be run or was killed at its time limit.
     mutating func peerFenceFinished(exitStatus: Int32?, now: MonotonicInstant) {
-        guard let run = peerFence else {
+        guard let purpose = peerFence else {
             return log("fence-peer helper returned \(exitStatus.map(String.init) ?? "nothing") after its reason had gone; ignored")
         }
         peerFence = nil
@@ -83,7 +83,7 @@ extension ReplicationMachine {
         case .failed(let reason):
             log("fence-peer helper \(reason)")
         }
-        switch run.purpose {
+        switch purpose {
         case .connectionLost:
             if case .peerFenced = verdict {
                 resumeSuspendedIO(reason: "the peer is fenced")
@@ -132,7 +132,7 @@ extension ReplicationMachine {
 
     /// The peer is connected again, or the operator said it is down (`resume-io`): the reason to fence is gone.
     mutating func fencingResolvedByConnection() {
-        if let run = peerFence, case .promotion(let commandID, _) = run.purpose {
+        if case .promotion(let commandID, _)? = peerFence {
             peerFence = nil
             emit(.commandCompleted(commandID: commandID, .refused("the peer connected while it was being fenced; retry")))
         } else if peerFence != nil {
@@ -163,12 +163,6 @@ extension ReplicationMachine {
             }
         }
     }
-}
-
-/// A fence-peer handler run that has not reported back.
-struct PeerFenceRun: Sendable {
-    var purpose: ReplicationMachine.PeerFencePurpose
-    var startedAt: MonotonicInstant
 }
 
 /// Application I/O held while the peer is being fenced (resource-and-stonith): completions not yet given to the

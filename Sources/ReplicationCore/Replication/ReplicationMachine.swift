@@ -74,8 +74,8 @@ public struct ReplicationMachine: Sendable {
     var resyncPausedByUser = false
 
     // Resource-level fencing (+Fencing).
-    /// The fence-peer handler runs and has not reported back.
-    var peerFence: PeerFenceRun?
+    /// Why the fence-peer handler runs, while it has not reported back.
+    var peerFence: PeerFencePurpose?
     /// resource-and-stonith: application I/O held until the peer is fenced (DRBD's susp_fen).
     var suspendedIO: SuspendedIO?
 
