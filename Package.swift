@@ -59,12 +59,14 @@ let package = Package(
             dependencies: ["ReplicationCore", "MembershipCore", "ResourceCore", "FencingCore", "TandemConfig"],
             swiftSettings: optimisedSettings
         ),
-        // Production transports (SwiftNIO) for replication and heartbeats.
+        // Production transports: replication over TCP (paired on SwiftNIO, carried by threads of its own once
+        // established) and heartbeats over UDP (SwiftNIO).
         .target(
             name: "TandemTransport",
             dependencies: [
                 "TandemDrivers",
                 "ReplicationCore",
+                "DaemonSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -23,6 +23,8 @@ struct IPAddressAgent {
     /// A held address is announced again this often (one round, from its check), so that a switch or client that
     /// lost the mapping (a reboot, an ARP cache flushed, a partition healed) finds it without asking.
     static let reannounceInterval: Duration = .seconds(60)
+    /// How late an announcement round may come before it is dropped as stale (see `announce`).
+    static let staleRoundSlack: Duration = .milliseconds(500)
     /// When each address was last announced.
     private static let lastAnnounced = Mutex<[IPv4Address: MonotonicInstant]>([:])
 
@@ -84,16 +86,29 @@ struct IPAddressAgent {
 
     /// Sends the gratuitous ARPs on a detached thread (they take a few seconds and must not delay the next
     /// resource): one unsolicited request and one reply a second, `announcements` times, and only while the address
-    /// is still here and its link has a carrier. An address removed meanwhile (the group stopped, or moved on) is not announced again: a late
-    /// announcement would draw clients to a node that no longer serves.
+    /// is still here and its link has a carrier. An address removed meanwhile (the group stopped, or moved on) is
+    /// not announced again: a late announcement would draw clients to a node that no longer serves.
+    ///
+    /// Nor is a round that comes `staleRoundSlack` after its time (a second after the previous round ended): the
+    /// process was stalled (frozen, or starved), and the world moved on without it. A node thawed after its peer
+    /// took over still has the address for the moment it takes to hear the peer and release it; a round sent in
+    /// that moment sent clients to it, and their commits were then discarded with its side of the split brain.
     func announce(interface: String, rounds: Int = Self.announcements) {
         let agent = self
-        Self.lastAnnounced.withLock { $0[address.address] = DaemonClock.now }
+        let started = DaemonClock.now
+        Self.lastAnnounced.withLock { $0[address.address] = started }
         DaemonThread.detach(name: "garp") {
             let address = String(describing: agent.address.address)
             var sent = 0
+            var due = started
             for round in 0..<rounds {
-                if round > 0 { sleep(1) }
+                if round > 0 { usleep(useconds_t(clamping: max(.zero, due - DaemonClock.now).wholeNanoseconds / 1000)) }
+                let lateness = DaemonClock.now - due
+                if lateness > Self.staleRoundSlack {
+                    agent.log.warning(
+                        "gratuitous ARP for \(address): round \(round + 1) came \(lateness.wholeNanoseconds / 1_000_000) ms late (was this node stalled?); not announcing")
+                    break
+                }
                 let deadline = DaemonClock.now + .seconds(5)
                 guard agent.isPresent(on: interface, deadline: deadline), agent.hasCarrier(interface, deadline: deadline) else { break }
                 for mode in ["-U", "-A"] {
@@ -101,6 +116,7 @@ struct IPAddressAgent {
                     if case .failure(let error) = result { agent.log.error("gratuitous ARP for \(address): \(error)") }
                 }
                 sent += 1
+                due = DaemonClock.now + .seconds(1)
             }
             agent.log.info("gratuitous ARP for \(address) sent on \(interface) (\(sent) of \(rounds) rounds)")
         }

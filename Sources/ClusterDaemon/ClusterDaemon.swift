@@ -59,6 +59,7 @@ public final class ClusterDaemon: Sendable {
         let keys = plan.authkeys
         let mailbox = self.mailbox
         let authkeysPath = plan.authkeysPath
+        let haConfig = plan.haConfig
         let log = self.log
         for (index, link) in links.enumerated() {
             link.startReceiving { datagram in mailbox.post(.datagram(datagram, link: index)) }
@@ -73,9 +74,15 @@ public final class ClusterDaemon: Sendable {
             var keysWatcher = AuthkeysWatcher(path: authkeysPath)
             var persistedEpoch = resources.initialEpoch
             node.start(now: DaemonClock.now)
+            var stall = StallGuard(haConfig: haConfig)
             while !environment.isFinished {
-                let deadline = min(node.nextDeadline ?? DaemonClock.now + .seconds(1), DaemonClock.now + .seconds(1))
-                for message in mailbox.take(until: deadline) {
+                var deadline = min(node.nextDeadline ?? DaemonClock.now + .seconds(1), DaemonClock.now + .seconds(1))
+                if let held = stall.ticksHeldUntil { deadline = max(deadline, held) }
+                let taken = mailbox.take(until: deadline)
+                if let stalled = stall.awoke(at: DaemonClock.now) {
+                    log.warning("heartbeatd did not run for \(stalled.wholeNanoseconds / 1_000_000) ms (was this node frozen or starved?): reading what arrived meanwhile before judging any peer dead")
+                }
+                for message in taken {
                     let now = DaemonClock.now
                     switch message {
                     case .datagram(let bytes, let link):
@@ -102,7 +109,7 @@ public final class ClusterDaemon: Sendable {
                     }
                 }
                 if let keys = keysWatcher.changedKeys(log: log) { node.replaceKeys(MessageAuthenticator(keys: keys)) }
-                node.tick(now: DaemonClock.now)
+                if stall.mayTick(at: DaemonClock.now) { node.tick(now: DaemonClock.now) }
                 // A small synced write on this thread, only when the epoch grew (an acquisition, or a peer's).
                 if node.resources.highestEpochSeen != persistedEpoch {
                     do throws(DaemonStartError) {
@@ -469,5 +476,42 @@ struct AuthkeysWatcher {
         var status = stat()
         guard stat(path, &status) == 0 else { return nil }
         return [status.st_mtim.tv_sec, status.st_mtim.tv_nsec, status.st_ctim.tv_sec, status.st_ctim.tv_nsec, Int(status.st_ino)]
+    }
+}
+
+/// Notices that the daemon's own thread did not run for a while (the node was frozen, SIGSTOPped, or starved of
+/// CPU) and holds the next tick back for a moment, so that the heartbeats that arrived meanwhile are read before
+/// the peers' silence is judged. Without it a node thawed after a freeze declared its live peer dead (its messages
+/// were still in the socket buffer), took the group over again, and announced the address to clients before it
+/// heard the peer: their commits then went to the side of the split brain that is discarded.
+///
+/// The loop wakes at least every keepalive (the next status message is due), so a gap of half a deadtime (and of
+/// two keepalives) is a stall.
+struct StallGuard {
+    private let stallThreshold: Duration
+    private let grace: Duration
+    private var lastAwake: MonotonicInstant?
+    /// The end of the grace after a stall, while it lasts.
+    private(set) var ticksHeldUntil: MonotonicInstant?
+
+    init(haConfig: HaConfig) {
+        stallThreshold = max(haConfig.deadtime / 2, haConfig.keepalive * 2, .milliseconds(200))
+        grace = min(max(haConfig.keepalive, .milliseconds(100)), .seconds(1))
+    }
+
+    /// The loop woke at `now`; returns how long it did not run when that was a stall.
+    mutating func awoke(at now: MonotonicInstant) -> Duration? {
+        defer { lastAwake = now }
+        guard let lastAwake, now - lastAwake > stallThreshold else { return nil }
+        ticksHeldUntil = now + grace
+        return now - lastAwake
+    }
+
+    /// Whether the machines may be ticked now: not during the grace after a stall.
+    mutating func mayTick(at now: MonotonicInstant) -> Bool {
+        guard let until = ticksHeldUntil else { return true }
+        if now < until { return false }
+        ticksHeldUntil = nil
+        return true
     }
 }

@@ -98,7 +98,7 @@ final class BlockDeviceAttachment: Sendable {
         paths: BlockDevicePaths, sizeBytes: UInt64, backend: any BlockFileBackend, requireDirectIO: Bool
     ) throws(BlockDeviceError) -> BlockDeviceAttachment {
         // What a replicad that died left behind was cleared at `up` (clearLeftovers).
-        try checkLinksAreFree(paths.links, tag: paths.loopTag)
+        try checkLinksAreFree(paths)
         do {
             try FileManager.default.createDirectory(
                 atPath: paths.fuseMountpoint, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -181,7 +181,12 @@ final class BlockDeviceAttachment: Sendable {
     /// loop devices. Nothing to clear is the normal case. Returns the loop devices it detached.
     @discardableResult
     static func clearLeftovers(_ paths: BlockDevicePaths) throws(BlockDeviceError) -> [LoopDevice] {
-        let stale = LoopDevice.attached(taggedWith: paths.loopTag)
+        var stale = LoopDevice.attached(taggedWith: paths.loopTag)
+        // A device whose FUSE server died long ago hides its tag; the links it left still name it.
+        for device in paths.links.compactMap(linkedLoopDevice)
+        where !stale.contains(where: { $0.number == device.number }) && isOurs(device, paths) {
+            stale.append(device)
+        }
         for loop in stale {
             if let number = loop.deviceNumber {
                 let holders = DeviceHolders.find(devicePath: loop.path, deviceNumber: number)
@@ -208,33 +213,49 @@ final class BlockDeviceAttachment: Sendable {
                     .failed, "cannot unmount the stale FUSE mount at \(paths.fuseMountpoint): \(String(cString: strerror(errno)))")
             }
         }
-        for link in paths.links where Self.isReplaceable(link: link, tag: paths.loopTag) { unlink(link) }
+        for link in paths.links where Self.isReplaceable(link: link, paths: paths) { unlink(link) }
         return stale
     }
 
     // MARK: Links
 
     /// Every link path must be free or replaceable.
-    static func checkLinksAreFree(_ links: [String], tag: String) throws(BlockDeviceError) {
-        for link in links {
+    static func checkLinksAreFree(_ paths: BlockDevicePaths) throws(BlockDeviceError) {
+        for link in paths.links {
             var info = stat()
-            guard lstat(link, &info) == 0, !isReplaceable(link: link, tag: tag) else { continue }
+            guard lstat(link, &info) == 0, !isReplaceable(link: link, paths: paths) else { continue }
             throw BlockDeviceError(
                 .unavailable,
                 "\(link) exists and is not a link of this resource's; choose another 'device' in drbd.conf or remove it")
         }
     }
 
-    /// A link may be replaced when it points at a loop device that is detached or carries this resource's tag (left
+    /// A link may be replaced when it points at a loop device that is detached or is this resource's (`isOurs`: left
     /// by a replicad that stopped); a link to another live loop device is someone else's (another resource, or the
     /// other node of a lab on this machine), and anything else is not Tandem's at all.
-    static func isReplaceable(link: String, tag: String) -> Bool {
+    static func isReplaceable(link: String, paths: BlockDevicePaths) -> Bool {
+        guard let device = linkedLoopDevice(link) else { return false }
+        return device.backingFile == nil || isOurs(device, paths)
+    }
+
+    /// The loop device `link` points to, if it is a symbolic link to one.
+    static func linkedLoopDevice(_ link: String) -> LoopDevice? {
         var info = stat()
         guard lstat(link, &info) == 0, info.st_mode & S_IFMT == S_IFLNK, let target = linkTarget(link),
             target.hasPrefix("/dev/loop"), let number = Int32(target.dropFirst("/dev/loop".count))
-        else { return false }
-        let device = LoopDevice(number: number)
-        return device.backingFile == nil || device.tag == tag
+        else { return nil }
+        return LoopDevice(number: number)
+    }
+
+    /// Whether `device` is this resource's: it carries the resource's tag or, when a dead FUSE server hides the tag,
+    /// its backing file is this resource's FUSE file (the caller found it through this resource's own link).
+    static func isOurs(_ device: LoopDevice, _ paths: BlockDevicePaths) -> Bool {
+        switch device.recordedTag {
+        case .tag(let tag): tag == paths.loopTag
+        case .backingFileServerGone:
+            device.backingFile.map { ($0 as NSString).lastPathComponent == paths.fileName } ?? false
+        case .none: false
+        }
     }
 
     private func makeLinks() throws(BlockDeviceError) {

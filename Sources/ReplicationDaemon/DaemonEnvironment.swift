@@ -82,8 +82,19 @@ struct DaemonTransport: ReplicationTransport {
 final class DaemonBlockStore: BlockStore {
     let store: FileBlockStore
     let counters: TrafficCounters
-    /// Submitted, completion not yet handled by the resource's thread.
+    /// Submitted, completion not yet handled by the node.
     private(set) var outstanding = 0
+
+    /// While a helper holds the resource (`ResourceProcessor`), the first disk request the node issues is kept for
+    /// the helper to carry out itself; the others go to the I/O threads, so that requests issued together still run
+    /// in parallel.
+    private enum HelperSlot {
+        case none
+        case open
+        case taken(FileBlockStore.Request)
+    }
+
+    private var helperSlot = HelperSlot.none
 
     init(store: FileBlockStore, counters: TrafficCounters) {
         self.store = store
@@ -93,26 +104,46 @@ final class DaemonBlockStore: BlockStore {
     func submitWrite(token: UInt64, range: BlockRange, payload: [UInt8], forceUnitAccess: Bool) {
         outstanding += 1
         counters.diskWrittenBytes += UInt64(payload.count)
-        store.submitWrite(token: token, range: range, payload: payload, forceUnitAccess: forceUnitAccess)
+        dispatch(store.writeRequest(token: token, range: range, payload: payload, forceUnitAccess: forceUnitAccess))
     }
 
     func submitRead(token: UInt64, range: BlockRange) {
         outstanding += 1
         counters.diskReadBytes += UInt64(range.sizeBytes)
-        store.submitRead(token: token, range: range)
+        dispatch(store.readRequest(token: token, range: range))
     }
 
     func submitFlush(token: UInt64) {
         outstanding += 1
         counters.diskFlushes += 1
-        store.submitFlush(token: token)
+        dispatch(store.flushRequest(token: token))
     }
 
     func submitZeroes(token: UInt64, range: BlockRange, forceUnitAccess: Bool) {
         outstanding += 1
         // /proc/drbd's dw counts discards too: the range is written, if not with data.
         counters.diskWrittenBytes += UInt64(range.sizeBytes)
-        store.submitZeroes(token: token, range: range, forceUnitAccess: forceUnitAccess)
+        dispatch(store.zeroesRequest(token: token, range: range, forceUnitAccess: forceUnitAccess))
+    }
+
+    private func dispatch(_ request: FileBlockStore.Request) {
+        if case .open = helperSlot {
+            helperSlot = .taken(request)
+        } else {
+            store.submit(request)
+        }
+    }
+
+    /// A helper holds the resource: keep the next request for it.
+    func openHelperSlot() {
+        helperSlot = .open
+    }
+
+    /// The helper releases the resource: the request kept for it, if any.
+    func closeHelperSlot() -> FileBlockStore.Request? {
+        defer { helperSlot = .none }
+        if case .taken(let request) = helperSlot { return request }
+        return nil
     }
 
     /// The resource's thread is about to hand a completion to the node.

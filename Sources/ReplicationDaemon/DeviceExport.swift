@@ -163,9 +163,10 @@ final class ReplicatedDeviceBackend: NBDBackend {
 /// thread and the replication engine. fsync and flush on the file (the loop device's flushes) are replication
 /// flushes: with protocol C, both disks are durable before the reply.
 final class ReplicatedBlockFile: BlockFileBackend {
-    private let mailbox: Mailbox
+    /// FUSE workers may block, so they process the resource themselves when nobody else does.
+    private let processor: ResourceProcessor
 
-    init(mailbox: Mailbox) { self.mailbox = mailbox }
+    init(processor: ResourceProcessor) { self.processor = processor }
 
     func read(offset: UInt64, length: UInt32, completion: @escaping @Sendable (Int32, [UInt8]) -> Void) {
         submit(.read(offsetBytes: offset, lengthBytes: length)) { errno, data in completion(errno, data) }
@@ -191,7 +192,7 @@ final class ReplicatedBlockFile: BlockFileBackend {
             case .failure(let failure): completion(Self.errno(failure), [])
             }
         }
-        if !mailbox.post(request) { request.completion(.unavailable) }
+        if !processor.deliver(.device(request)) { request.completion(.unavailable) }
     }
 
     /// The errno a file system sees for each refusal.

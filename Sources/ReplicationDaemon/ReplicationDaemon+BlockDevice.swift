@@ -163,7 +163,7 @@ extension ReplicationDaemon {
             return .failure(BlockDeviceError(.failed, "\(name): the device size is unknown"))
         }
         let paths = resource.blockDevicePaths
-        let backend = ReplicatedBlockFile(mailbox: resource.mailbox)
+        let backend = ReplicatedBlockFile(processor: resource.runner.processor)
         let requireDirectIO = !options.allowBufferedLoop
         return await DaemonThread.run(name: "tandem-attach") {
             do throws(BlockDeviceError) {

@@ -363,6 +363,8 @@ public final class ReplicationDaemon: Sendable {
         let pause = ReceivePause()
         mailbox.setPressureHandler { pause.setByMailbox($0) }
         let transportLogger = resourceLogger
+        let runner = ResourceRunner(plan: plan, mailbox: mailbox)
+        let processor = runner.processor
         let transport: TCPReplicationTransport
         do {
             transport = try TCPReplicationTransport(
@@ -376,6 +378,13 @@ public final class ReplicationDaemon: Sendable {
                 eventSink: { event in
                     if case .transportConnected = event { pause.connectionEstablished() }
                     mailbox.post(event)
+                },
+                // On the connection's receiver threads, which may block: a packet is processed by the thread that
+                // read it when nobody else holds the resource. The data receiver writes the peer's data to disk
+                // itself; the meta receiver leaves disk work to the I/O threads, so that it is always back reading
+                // pings and acknowledgements at once, as DRBD's ack receiver is.
+                packetSink: { packet in
+                    _ = processor.deliver(.event(.packet(packet)), mayRunDiskRequest: packet.channel == .data)
                 })
             pause.attach(transport)
             try await transport.start()
@@ -383,7 +392,6 @@ public final class ReplicationDaemon: Sendable {
             return .failure(ResponseError(
                 .failed, "\(plan.resourceName): cannot listen on \(plan.localAddress.endpoint): \(error)"))
         }
-        let runner = ResourceRunner(plan: plan, mailbox: mailbox)
         let handlerTimeout = options.handlerTimeout
         let response = await withCheckedContinuation { continuation in
             runner.start(

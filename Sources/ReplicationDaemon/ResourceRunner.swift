@@ -12,11 +12,13 @@ typealias DaemonNode = ReplicationNode<DaemonTransport, DaemonBlockStore, Daemon
 
 /// One resource (volume 0) on this node: the production `ReplicationNode` on a dedicated thread.
 ///
-/// The thread owns the node and everything the node touches synchronously (the metadata store, whose writes are
-/// durable and blocking: allowed here, since this thread is neither an event loop nor the cooperative pool). It takes
-/// messages from its `Mailbox` in arrival order: transport events (from the event loop), block-store completions
-/// (from the I/O threads) and control requests (from the control socket). It ticks the node every 100 ms on the
-/// monotonic clock, and expires control requests that waited too long.
+/// The node and everything it touches synchronously (the metadata store, whose writes are durable and blocking) are
+/// used by one thread at a time: the resource's thread, or a helper that may block too (a FUSE worker or an I/O
+/// thread, never an event loop or the cooperative pool; see `Mailbox` and `ResourceProcessor`). Messages are
+/// processed in arrival order: transport events (from the event loop), block-store completions (from the I/O
+/// threads), device requests (FUSE, NBD) and control requests (from the control socket). The resource's thread ticks
+/// the node every 100 ms on the monotonic clock, expires control requests that waited too long, and runs the stop
+/// sequence.
 ///
 /// Life cycle: `start` opens the disks, recovers the metadata (a crash leaves it unclean; the machine replays the
 /// activity log) and starts the node; a `stop` request drains it and writes the metadata clean; then the thread
@@ -26,6 +28,8 @@ final class ResourceRunner: Sendable {
 
     let plan: ResourcePlan
     let mailbox: Mailbox
+    /// How threads that may block deliver messages (the FUSE file, the block store's completions).
+    let processor: ResourceProcessor
     /// The role and the device's holders, shared with the device frontends.
     let exportState = DeviceExportState()
     private let thread = Mutex<DaemonThread?>(nil)
@@ -33,6 +37,7 @@ final class ResourceRunner: Sendable {
     init(plan: ResourcePlan, mailbox: Mailbox) {
         self.plan = plan
         self.mailbox = mailbox
+        self.processor = ResourceProcessor(mailbox: mailbox)
     }
 
     /// Starts the thread. `started` is called once, from the thread: `ok` once the node runs, or `failed` with the
@@ -43,15 +48,17 @@ final class ResourceRunner: Sendable {
     ) {
         let plan = plan
         let mailbox = mailbox
+        let processor = processor
         let exportState = exportState
         let handle = DaemonThread.start(name: "tandem-\(plan.resourceName)") {
-            switch RunnerLoop.open(plan: plan, mailbox: mailbox, exportState: exportState, transport: transport,
+            switch RunnerLoop.open(plan: plan, processor: processor, exportState: exportState, transport: transport,
                 pause: pause, logger: logger, handlerTimeout: handlerTimeout)
             {
             case .failure(let failure):
                 RunnerLoop.refuseAll(mailbox.close(), "\(plan.resourceName) is not up")
                 started(ControlResponse(.failed, failure.message))
             case .success(let loop):
+                processor.attach(loop)
                 started(ControlResponse(.ok))
                 loop.run()
             }
@@ -77,7 +84,59 @@ final class ResourceRunner: Sendable {
     }
 }
 
-/// The resource thread's state. Created and used only on that thread.
+/// Delivers messages from threads that may block (FUSE workers, the block store's I/O threads, the replication
+/// connection's receiver threads) and, when nobody holds the resource, processes them on the calling thread instead
+/// of waking the resource's thread: see `Mailbox`.
+///
+/// A helper that holds the resource may also keep one disk request the node issued and carry it out itself once it
+/// has released the resource, then deliver that request's completion the same way. So a FUSE write on a
+/// StandAlone or protocol A resource goes from the FUSE worker to the disk and back to the kernel on one thread; with
+/// the pool alone it took four hand-overs (worker to resource thread to I/O thread and back twice).
+///
+/// Never call `deliver` from an event loop or Swift's cooperative pool: it may write metadata or data synchronously.
+final class ResourceProcessor: @unchecked Sendable {
+    // @unchecked: `loop` and `store` are written once, by the resource's thread in `attach`, before helpers are
+    // allowed; a helper reads them only after `postHolding` handed it the resource, which the mailbox's lock orders
+    // after that write. The loop itself is touched only by whoever holds the resource.
+    let mailbox: Mailbox
+    private var loop: RunnerLoop?
+    private var store: FileBlockStore?
+
+    init(mailbox: Mailbox) { self.mailbox = mailbox }
+
+    /// The resource is open: helpers may hold it from now on.
+    func attach(_ loop: RunnerLoop) {
+        self.loop = loop
+        self.store = loop.blocks.store
+        mailbox.allowHelpers()
+    }
+
+    /// Posts `message`, and processes the resource here if nobody holds it. False when the resource is gone (the
+    /// message was not taken; a request must then be answered by the caller). Without `mayRunDiskRequest` the disk
+    /// requests of the turn all go to the I/O threads: for a thread that must stay responsive, as the meta socket's
+    /// receiver must (a ping answered late is a connection lost).
+    func deliver(_ message: Mailbox.Message, mayRunDiskRequest: Bool = true) -> Bool {
+        var next = message
+        var accepted: Bool?
+        while true {
+            let delivery = mailbox.postHolding(next)
+            if accepted == nil {
+                if case .refused = delivery { accepted = false } else { accepted = true }
+            }
+            guard case .held(let batch) = delivery else { break }
+            guard let loop, let store else {
+                preconditionFailure("a helper held the resource before attach allowed helpers")
+            }
+            guard let request = loop.processAsHelper(batch, keepingDiskRequest: mayRunDiskRequest) else { break }
+            // Outside the hold: other threads process the resource while this one waits for the disk.
+            next = .event(store.runHere(request))
+        }
+        return accepted ?? false
+    }
+}
+
+/// The resource's state. Created on the resource's thread, then used only by whoever holds the resource (the
+/// resource's thread or a helper; see `Mailbox`). The stop sequence and the ticks run only on the resource's thread.
 final class RunnerLoop {
     struct OpenFailure: Error {
         var message: String
@@ -133,9 +192,10 @@ final class RunnerLoop {
 
     /// Opens the metadata and recovers it, opens the backing device, builds the machine and starts the node.
     static func open(
-        plan: ResourcePlan, mailbox: Mailbox, exportState: DeviceExportState, transport: TCPReplicationTransport,
-        pause: ReceivePause, logger: Logger, handlerTimeout: Duration
+        plan: ResourcePlan, processor: ResourceProcessor, exportState: DeviceExportState,
+        transport: TCPReplicationTransport, pause: ReceivePause, logger: Logger, handlerTimeout: Duration
     ) -> Result<RunnerLoop, OpenFailure> {
+        let mailbox = processor.mailbox
         for line in plan.notApplied { logger.warning("\(line)") }
         let metadata: FileMetadataStore
         let recovered: RecoveredMetadata
@@ -152,7 +212,7 @@ final class RunnerLoop {
         do {
             store = try FileBlockStore(
                 path: plan.backingDisk, options: FileBlockStore.Options(dataSizeBytes: metadata.dataSizeBytes),
-                log: { line in logger.warning("\(line)") }, completions: { mailbox.post($0) })
+                log: { line in logger.warning("\(line)") }, completions: { _ = processor.deliver(.event($0)) })
         } catch {
             metadata.close()
             logger.error("attach failed: \(error)")
@@ -194,38 +254,68 @@ final class RunnerLoop {
 
     // MARK: The loop
 
+    /// The resource's thread: holds the resource whenever something is queued that no helper took, and every tick.
     func run() {
         var nextTick = DaemonClock.now + ResourceRunner.tickInterval
         while !finished {
-            for message in mailbox.take(until: nextTick) {
-                switch message {
-                case .event(let event):
-                    if !finished { handle(event) }
-                case .request(let request):
-                    if finished {
-                        request.reply(ControlResponse(.refused, "\(plan.resourceName) went down"))
-                    } else {
-                        handle(request)
-                    }
-                case .device(let request):
-                    if finished || stop != nil {
-                        request.completion(.unavailable)
-                    } else {
-                        handle(request)
-                    }
+            process(mailbox.hold(until: nextTick))
+            if !finished {
+                let now = DaemonClock.now
+                if now >= nextTick {
+                    node.handle(.tick, now: now)
+                    observer.expire(now: now)
+                    exportState.publish(role: node.machine.role)
+                    nextTick = nextTick + ResourceRunner.tickInterval
+                    if nextTick < now { nextTick = now + ResourceRunner.tickInterval }
+                }
+                advanceStop(now: now)
+            }
+            mailbox.release()
+        }
+    }
+
+    /// A helper's turn (see `ResourceProcessor`): processes `first` and whatever arrives meanwhile, for at most
+    /// `helperRoundsMaximum` batches (a helper has its own work: a FUSE worker its queue, an I/O thread the pool's),
+    /// then releases the resource. Returns the one disk request left for the helper to carry out itself, if any.
+    func processAsHelper(_ first: [Mailbox.Message], keepingDiskRequest: Bool = true) -> FileBlockStore.Request? {
+        if keepingDiskRequest { blocks.openHelperSlot() }
+        var batch = first
+        var rounds = 1
+        while true {
+            process(batch)
+            guard rounds < Self.helperRoundsMaximum else { break }
+            batch = mailbox.takeMore()
+            if batch.isEmpty { break }
+            rounds += 1
+        }
+        let request = blocks.closeHelperSlot()
+        // Only the resource's thread advances a stop (it closes the block store, which an I/O thread cannot do).
+        mailbox.release(wantResourceThread: stop != nil)
+        return request
+    }
+
+    static let helperRoundsMaximum = 16
+
+    private func process(_ batch: [Mailbox.Message]) {
+        for message in batch {
+            switch message {
+            case .event(let event):
+                if !finished { handle(event) }
+            case .request(let request):
+                if finished {
+                    request.reply(ControlResponse(.refused, "\(plan.resourceName) went down"))
+                } else {
+                    handle(request)
+                }
+            case .device(let request):
+                if finished || stop != nil {
+                    request.completion(.unavailable)
+                } else {
+                    handle(request)
                 }
             }
-            guard !finished else { break }
-            exportState.publish(role: node.machine.role)
-            let now = DaemonClock.now
-            if now >= nextTick {
-                node.handle(.tick, now: now)
-                observer.expire(now: now)
-                nextTick = nextTick + ResourceRunner.tickInterval
-                if nextTick < now { nextTick = now + ResourceRunner.tickInterval }
-            }
-            advanceStop(now: now)
         }
+        if !finished { exportState.publish(role: node.machine.role) }
     }
 
     private func handle(_ event: ReplicationEvent) {

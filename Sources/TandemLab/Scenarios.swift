@@ -154,13 +154,32 @@ extension Lab {
         sampler.start()
         var samplerStopped = false
         defer { if !samplerStopped { _ = sampler.stop() } }
+        var killed = Set(machines.processes(active, named: "mariadbd"))
         try inject(scenario, on: active)
         if scenario == .killDatabaseRepeatedly {
             // Failures within the window are restarted in place until the configured count moves the group (earlier
-            // failures within the window, such as kill-mysqld's, count too): kill again after each restart.
+            // failures within the window, such as kill-mysqld's, count too): kill again after each restart. A restart
+            // is a mariadbd other than the ones killed, and a commit after it appeared: a commit acknowledged just
+            // after the kill may have been made by the process just killed.
             for round in 1..<LabConfigFiles.monitorFailures {
-                guard waitForCommit(after: faultAt, timeout: .seconds(60), workload) == active else { break }
+                // Or the group moved already (the failures before this scenario's counted): nothing to kill again.
+                let since = faultAt
+                let movedAway = { () -> Bool in
+                    workload.snapshot.contains {
+                        $0.outcome == .acknowledged && $0.unixMilliseconds >= since && $0.node != active.rawValue
+                    }
+                }
+                do throws(LabError) {
+                    try waitFor("mariadbd restarted in place on \(active.rawValue)", timeout: .seconds(60)) { () -> Bool in
+                        movedAway() || !Set(machines.processes(active, named: "mariadbd")).subtracting(killed).isEmpty
+                    }
+                } catch {
+                    break
+                }
+                if movedAway() { break }
+                guard waitForCommit(after: Workload.unixMilliseconds(), timeout: .seconds(60), workload) == active else { break }
                 say("    failure \(round) restarted in place on \(active.rawValue); killing mariadbd again")
+                killed = Set(machines.processes(active, named: "mariadbd"))
                 faultAt = Workload.unixMilliseconds()
                 try inject(scenario, on: active)
             }

@@ -163,6 +163,8 @@ public struct WorkloadVerdict: Sendable {
     public var failed = 0
     /// Acknowledged operations whose row is missing: lost commits.
     public var lost: [Int64] = []
+    /// The lost operations with the node that acknowledged each and when (Unix milliseconds), for the report.
+    public var lostDescriptions: [String] = []
     /// Operations whose row is there more than once.
     public var duplicated: [Int64] = []
     /// Failed operations whose row is there anyway, and rows of operations never attempted.
@@ -182,7 +184,11 @@ public struct WorkloadVerdict: Sendable {
             switch operation.outcome {
             case .acknowledged:
                 acknowledged += 1
-                if rows == 0 { lost.append(operation.id) }
+                if rows == 0 {
+                    lost.append(operation.id)
+                    lostDescriptions.append(
+                        "\(operation.id) (acknowledged by \(operation.node ?? "an unknown node") at \(operation.unixMilliseconds))")
+                }
             case .failed:
                 failed += 1
                 if rows > 0 { phantom.append(operation.id) }
@@ -198,7 +204,7 @@ public struct WorkloadVerdict: Sendable {
         var text = "\(acknowledged) acknowledged commits, \(lost.count) lost; \(inDoubt) in doubt (\(inDoubtCommitted) committed), \(failed) failed"
         if !duplicated.isEmpty { text += "; DUPLICATED rows for operations \(duplicated.prefix(10).map(String.init).joined(separator: ", "))" }
         if !phantom.isEmpty { text += "; rows that must not exist for operations \(phantom.prefix(10).map(String.init).joined(separator: ", "))" }
-        if !lost.isEmpty { text += "; LOST operations \(lost.prefix(10).map(String.init).joined(separator: ", "))" }
+        if !lost.isEmpty { text += "; LOST operations \(lostDescriptions.prefix(10).joined(separator: ", "))" }
         return text
     }
 }

@@ -83,16 +83,21 @@ public final class FileBlockStore: BlockStore, Sendable {
         /// Only the first `dataSizeBytes` bytes of the device hold data (internal metadata follows them: pass
         /// `FileMetadataStore.dataSizeBytes`); nil for the whole device rounded down to 4 KiB.
         public var dataSizeBytes: UInt64?
+        /// Direct I/O's bounce buffers, each `requestBytesMaximum` bytes, allocated at open (`AlignedBufferPool`):
+        /// enough for the I/O threads and the threads that run requests themselves (replicad's FUSE workers).
+        public var preallocatedBuffers: Int
 
         public init(
             directIO: DirectIOPolicy = .preferred, threadCount: Int = 4, queueDepthMaximum: Int = 1024,
-            requestBytesMaximum: Int = ReplicationMachine.requestBytesMaximum, dataSizeBytes: UInt64? = nil
+            requestBytesMaximum: Int = ReplicationMachine.requestBytesMaximum, dataSizeBytes: UInt64? = nil,
+            preallocatedBuffers: Int = 12
         ) {
             self.directIO = directIO
             self.threadCount = threadCount
             self.queueDepthMaximum = queueDepthMaximum
             self.requestBytesMaximum = requestBytesMaximum
             self.dataSizeBytes = dataSizeBytes
+            self.preallocatedBuffers = preallocatedBuffers
         }
 
         func problem() -> String? {
@@ -104,6 +109,11 @@ public final class FileBlockStore: BlockStore, Sendable {
             }
             guard Self.requestBytesRange.contains(requestBytesMaximum), requestBytesMaximum % 512 == 0 else {
                 return "request size limit \(requestBytesMaximum) is not a multiple of 512 in \(Self.requestBytesRange)"
+            }
+            guard preallocatedBuffers >= 0, preallocatedBuffers * requestBytesMaximum <= AlignedBufferPool.bytesMaximum
+            else {
+                return "\(preallocatedBuffers) preallocated buffers of \(requestBytesMaximum) bytes exceed "
+                    + "\(AlignedBufferPool.bytesMaximum >> 20) MiB"
             }
             return nil
         }
@@ -121,14 +131,16 @@ public final class FileBlockStore: BlockStore, Sendable {
     private let context: IOContext
     private let pool: IOThreadPool
     private let completions: @Sendable (ReplicationEvent) -> Void
-    private let isClosed = Mutex(false)
+    /// Closed, and how many requests run on callers' threads (`runHere`): `close` waits for them.
+    private let closing = Mutex<(isClosed: Bool, runningHere: Int)>((false, 0))
 
     /// Opens `path` for reading and writing and starts the I/O threads.
     ///
     /// - `faults`: injected failures, shared with whoever sets them (the control socket, a test).
     /// - `log`: one line per failed request or notable decision (the fallback to buffered I/O), from any thread.
     /// - `completions`: receives every `.localIOCompleted`, from an I/O thread (or from the caller's thread for a
-    ///   request submitted after `close()`). It must not block for long: it holds up an I/O thread.
+    ///   request submitted after `close()`). It runs on that I/O thread, which it holds up meanwhile: it may do
+    ///   blocking work (replicad processes the resource there), but it must not call `close()`.
     ///
     /// Throws `openFailed`, `unsupportedDevice`, `directIOUnsupported` (policy `.required`) or `invalidArgument`
     /// (options out of range, `dataSizeBytes` beyond the device).
@@ -165,9 +177,21 @@ public final class FileBlockStore: BlockStore, Sendable {
         self.ioMode = opened.mode
         self.faults = faults
         self.completions = completions
+        let buffers: AlignedBufferPool
+        do {
+            // Buffered mode copies through the page cache and needs no bounce buffers.
+            let alignment: Int
+            if case .direct(let bytes) = opened.mode { alignment = max(Int(bytes), 4096) } else { alignment = 4096 }
+            buffers = try AlignedBufferPool(
+                count: opened.mode.isDirect ? options.preallocatedBuffers : 0,
+                bufferBytes: options.requestBytesMaximum, alignmentBytes: alignment)
+        } catch {
+            opened.descriptors.close()
+            throw error.storageError(.ioFailed, "Free memory, or lower the preallocated buffers")
+        }
         self.context = IOContext(
             path: path, descriptors: opened.descriptors, mode: opened.mode, sizeBytes: dataSize,
-            requestBytesMaximum: options.requestBytesMaximum, faults: faults, log: log)
+            requestBytesMaximum: options.requestBytesMaximum, buffers: buffers, faults: faults, log: log)
         self.pool = IOThreadPool(
             name: "tandem-io", threadCount: options.threadCount, queueDepthMaximum: options.queueDepthMaximum)
     }
@@ -177,54 +201,103 @@ public final class FileBlockStore: BlockStore, Sendable {
     /// Requests carried out through the buffered descriptor because they were not aligned for direct I/O.
     public var unalignedRequestCount: UInt64 { context.unalignedRequests.load(ordering: .relaxed) }
 
+    /// Direct requests that found every preallocated buffer in use and allocated their own.
+    public var bufferOverflowCount: UInt64 { context.buffers.overflows }
+
     public func submitWrite(token: UInt64, range: BlockRange, payload: [UInt8], forceUnitAccess: Bool) {
+        submit(writeRequest(token: token, range: range, payload: payload, forceUnitAccess: forceUnitAccess))
+    }
+
+    public func submitRead(token: UInt64, range: BlockRange) { submit(readRequest(token: token, range: range)) }
+
+    public func submitFlush(token: UInt64) { submit(flushRequest(token: token)) }
+
+    public func submitZeroes(token: UInt64, range: BlockRange, forceUnitAccess: Bool) {
+        submit(zeroesRequest(token: token, range: range, forceUnitAccess: forceUnitAccess))
+    }
+
+    /// One disk request, made but not yet carried out: `submit` hands it to the I/O threads, `runHere` carries it
+    /// out on the calling thread.
+    public struct Request: Sendable {
+        public let token: UInt64
+        /// "write", "read", "zeroing" or "flush", and the range: described only if the request is refused.
+        fileprivate let kind: StaticString
+        fileprivate let range: BlockRange?
+        fileprivate let work: @Sendable () -> LocalIOResult
+
+        fileprivate var what: String { range.map { "\(kind) of \(describe($0))" } ?? "\(kind)" }
+    }
+
+    public func writeRequest(token: UInt64, range: BlockRange, payload: [UInt8], forceUnitAccess: Bool) -> Request {
         precondition(
             payload.count == Int(range.sizeBytes),
             "write \(token) of \(describe(range)) carries \(payload.count) bytes")
         let context = context
-        enqueue(token: token, what: "write of \(describe(range))") {
+        return Request(token: token, kind: "write", range: range) {
             context.write(range: range, payload: payload, forceUnitAccess: forceUnitAccess)
         }
     }
 
-    public func submitRead(token: UInt64, range: BlockRange) {
+    public func readRequest(token: UInt64, range: BlockRange) -> Request {
         let context = context
-        enqueue(token: token, what: "read of \(describe(range))") { context.read(range: range) }
+        return Request(token: token, kind: "read", range: range) { context.read(range: range) }
     }
 
-    public func submitFlush(token: UInt64) {
+    public func flushRequest(token: UInt64) -> Request {
         let context = context
-        enqueue(token: token, what: "flush") { context.flush() }
+        return Request(token: token, kind: "flush", range: nil) { context.flush() }
     }
 
-    public func submitZeroes(token: UInt64, range: BlockRange, forceUnitAccess: Bool) {
+    public func zeroesRequest(token: UInt64, range: BlockRange, forceUnitAccess: Bool) -> Request {
         let context = context
         let isBlockDevice = isBlockDevice
-        enqueue(token: token, what: "zeroing of \(describe(range))") {
+        return Request(token: token, kind: "zeroing", range: range) {
             context.zero(range: range, isBlockDevice: isBlockDevice, forceUnitAccess: forceUnitAccess)
         }
     }
 
-    /// Stops taking requests, waits for those already queued to complete (their completions are delivered), and
-    /// closes the device. Later submissions complete as `.failed` at once. Idempotent; must not be called from the
-    /// completion sink (it runs on an I/O thread, which cannot wait for itself).
+    /// Queues `request` for the I/O threads; its completion goes to the `completions` sink.
+    public func submit(_ request: Request) {
+        let sink = completions
+        let accepted = !closing.withLock { $0.isClosed } && pool.submit {
+            sink(.localIOCompleted(token: request.token, request.work()))
+        }
+        if !accepted { sink(refused(request)) }
+    }
+
+    /// Carries out `request` on the calling thread, which must be allowed to block (never an event loop or the
+    /// cooperative pool), and returns its completion instead of sending it to the sink: the caller delivers it.
+    /// Saves the two thread hand-offs of the pool when the caller would only wait for the answer anyway.
+    public func runHere(_ request: Request) -> ReplicationEvent {
+        let admitted = closing.withLock { state -> Bool in
+            guard !state.isClosed else { return false }
+            state.runningHere += 1
+            return true
+        }
+        guard admitted else { return refused(request) }
+        defer { closing.withLock { $0.runningHere -= 1 } }
+        return .localIOCompleted(token: request.token, request.work())
+    }
+
+    private func refused(_ request: Request) -> ReplicationEvent {
+        context.log("\(path): \(request.what) refused: the block store is closed")
+        return .localIOCompleted(token: request.token, .failed)
+    }
+
+    /// Stops taking requests, waits for those already queued or running on a caller's thread to complete (their
+    /// completions are delivered), and closes the device. Later submissions complete as `.failed` at once.
+    /// Idempotent; must not be called from the completion sink (it runs on an I/O thread, which cannot wait for
+    /// itself).
     public func close() {
-        let wasClosed = isClosed.withLock { closed in
-            defer { closed = true }
-            return closed
+        let wasClosed = closing.withLock { state in
+            defer { state.isClosed = true }
+            return state.isClosed
         }
         guard !wasClosed else { return }
         pool.shutdown()
+        // A request run on a caller's thread still uses the descriptors; it is one system call, so this is short.
+        while closing.withLock({ $0.runningHere }) > 0 { usleep(1000) }
         context.descriptors.close()
-    }
-
-    private func enqueue(token: UInt64, what: @autoclosure () -> String, _ work: @escaping @Sendable () -> LocalIOResult) {
-        let sink = completions
-        let accepted = !isClosed.withLock { $0 } && pool.submit { sink(.localIOCompleted(token: token, work())) }
-        if !accepted {
-            context.log("\(path): \(what()) refused: the block store is closed")
-            sink(.localIOCompleted(token: token, .failed))
-        }
     }
 }
 
@@ -415,11 +488,14 @@ final class IOContext: Sendable {
     let faults: StorageFaults
     let log: @Sendable (String) -> Void
     let unalignedRequests = Atomic<UInt64>(0)
+    let buffers: AlignedBufferPool
 
     init(
         path: String, descriptors: DeviceDescriptors, mode: FileBlockStore.IOMode, sizeBytes: UInt64,
-        requestBytesMaximum: Int, faults: StorageFaults, log: @escaping @Sendable (String) -> Void
+        requestBytesMaximum: Int, buffers: AlignedBufferPool, faults: StorageFaults,
+        log: @escaping @Sendable (String) -> Void
     ) {
+        self.buffers = buffers
         self.path = path
         self.descriptors = descriptors
         self.mode = mode
@@ -455,8 +531,6 @@ final class IOContext: Sendable {
         return (sync ? descriptors.bufferedSync! : descriptors.buffered!, false)
     }
 
-    private var bufferAlignment: Int { max(Int(alignmentBytes), 4096) }
-
     func write(range: BlockRange, payload: [UInt8], forceUnitAccess: Bool) -> LocalIOResult {
         if let problem = problem(range) {
             log("\(path): write of \(describe(range)) refused: \(problem)")
@@ -469,7 +543,7 @@ final class IOContext: Sendable {
         let (fd, direct) = descriptor(for: range, sync: forceUnitAccess)
         do throws(IOFailure) {
             if direct {
-                try Posix.withAlignedBuffer(count: payload.count, alignment: bufferAlignment) {
+                try buffers.withBuffer(count: payload.count) {
                     buffer throws(IOFailure) in
                     payload.withUnsafeBytes { buffer.copyMemory(from: $0) }
                     try Posix.writeFully(fd, from: UnsafeRawBufferPointer(buffer), offsetBytes: range.offsetBytes)
@@ -497,7 +571,7 @@ final class IOContext: Sendable {
         let count = Int(range.sizeBytes)
         do throws(IOFailure) {
             guard direct else { return .read(try Posix.readFully(fd, count: count, offsetBytes: range.offsetBytes)) }
-            let data = try Posix.withAlignedBuffer(count: count, alignment: bufferAlignment) {
+            let data = try buffers.withBuffer(count: count) {
                 buffer throws(IOFailure) in
                 try Posix.readFully(fd, into: buffer, offsetBytes: range.offsetBytes)
                 return [UInt8](UnsafeRawBufferPointer(buffer))

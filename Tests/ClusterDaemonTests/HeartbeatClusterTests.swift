@@ -49,10 +49,13 @@ struct HeartbeatClusterTests {
         try await bothUp(lab)
         await lab.crash(lab.node1)
         #expect(await eventually(timeout: patience) { lab.answeringNode() == "node2" }, "\(lab.describe())")
+        // The address answers as soon as it is up; heartbeatd logs the takeover's end after its last resource.
+        #expect(await eventually(timeout: patience) {
+            lab.haLog(lab.node2).contains("mach_down takeover complete for node node1.")
+        }, "\(lab.haLog(lab.node2))")
         let log = lab.haLog(lab.node2)
         #expect(log.contains("node node1: is dead"))
         #expect(log.contains("Resources being acquired from node1."))
-        #expect(log.contains("mach_down takeover complete for node node1."))
 
         // auto_failback off: node1 comes back and the group stays where it is.
         try lab.powerOn(lab.node1)
@@ -112,8 +115,9 @@ struct HeartbeatClusterTests {
         #expect(back.accepted, "\(back.lastError)")
         #expect(await eventually(timeout: patience) { lab.answeringNode() == "node1" }, "\(lab.describe())")
 
-        // Nothing to take: refused with exit 10 and a reason.
-        #expect(await eventually(timeout: patience) { lab.status(lab.node1)?.exchange == nil })
+        // Nothing to take: refused with exit 10 and a reason. The address answers before the group's last resource has
+        // started; until then the refusal is "still starting", so wait for node1 to be settled holding its group.
+        #expect(await eventually(timeout: patience) { lab.status(lab.node1)?.resourcesHeld == "local" }, "\(lab.describe())")
         let refused = try lab.tandem(lab.node1, ["takeover"])
         #expect(refused.status == 10)
         #expect(refused.standardError.contains("holds no all resource group"))

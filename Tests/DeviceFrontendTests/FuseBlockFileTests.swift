@@ -148,6 +148,37 @@ struct FuseBlockFileTests {
         }
     }
 
+    @Test("LoopDevice on a file whose FUSE server died, once the attribute cache expired: the tag is hidden (backingFileServerGone) but the device is still attached, its backing file named, and it detaches")
+    func loopDeviceOnDeadServer() throws {
+        var template = Array("/tmp/tandem-fuse-XXXXXX".utf8CString)
+        guard let directory = mkdtemp(&template) else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        let mountpoint = String(cString: directory)
+        defer { rmdir(mountpoint) }
+        var options = FuseBlockFileServer.Options(mountpoint: mountpoint, fileName: "r0", sizeBytes: UInt64(Self.sizeBytes))
+        options.attributeCacheSeconds = 0
+        let server = try FuseBlockFileServer(options: options, backend: MemoryBlockFile(sizeBytes: Self.sizeBytes))
+        try server.start()
+        let tag = "tandem:test-dead:\(getpid())"
+        let loop: LoopDevice
+        do {
+            loop = try LoopDevice.attach(filePath: server.filePath, tag: tag)
+        } catch {
+            server.stop()
+            throw error
+        }
+        defer { try? loop.detach() }
+        #expect(loop.recordedTag == .tag(tag))
+        // What a replicad killed with SIGKILL leaves: the connection aborted, the loop device still on the file.
+        server.stop()
+        #expect(loop.recordedTag == .backingFileServerGone)
+        #expect(loop.tag == nil)
+        #expect(LoopDevice.attached(taggedWith: tag).isEmpty, "the tag cannot find it: the daemon's links must")
+        #expect(loop.backingFile.map { ($0 as NSString).lastPathComponent } == "r0")
+        try loop.detach()
+        #expect(loop.backingFile == nil)
+        #expect(loop.recordedTag == .none)
+    }
+
     @Test("LoopDevice: attached with direct I/O and its tag; a detach while held is refused and leaves no autoclear; holders name the process; detached for real once let go")
     func loopDeviceAttachDetach() async throws {
         try await withServer { server, _ in

@@ -25,7 +25,8 @@ struct DaemonPartsTests {
             mailbox.post(.packet(.data(data)))
         }
         #expect(pressure.withLock { $0 } == [true])
-        let batch = mailbox.take(until: DaemonClock.now)
+        let batch = mailbox.hold(until: DaemonClock.now)
+        mailbox.release()
         #expect(batch.count == packetCount)
         let order = batch.compactMap { message -> UInt64? in
             if case .event(.packet(.data(let data))) = message { return data.requestID }
@@ -34,12 +35,83 @@ struct DaemonPartsTests {
         #expect(order == (0..<UInt64(packetCount)).map { $0 })
         #expect(pressure.withLock { $0 } == [true, false], "taking the batch lets the data connection read again")
 
-        #expect(mailbox.take(until: DaemonClock.now + .milliseconds(20)).isEmpty, "nothing queued: the wait ends")
+        #expect(mailbox.hold(until: DaemonClock.now + .milliseconds(20)).isEmpty, "nothing queued: the wait ends")
+        mailbox.release()
         let answered = Mutex<ControlResponse?>(nil)
         #expect(mailbox.post(RunnerRequest(kind: .status) { response in answered.withLock { $0 = response } }))
         let left = mailbox.close()
         #expect(left.count == 1, "the queued request is handed back to be answered")
         #expect(!mailbox.post(RunnerRequest(kind: .status) { _ in }), "a closed mailbox takes no request")
+    }
+
+    @Test("one thread at a time holds the resource: a helper holds it only when it is free and the resource's thread is not waiting for it")
+    func mailboxHolding() throws {
+        let mailbox = Mailbox()
+        func event(_ token: UInt64) -> Mailbox.Message { .event(.localIOCompleted(token: token, .flushed)) }
+        @Sendable func tokens(_ batch: [Mailbox.Message]) -> [UInt64] {
+            batch.compactMap { message in
+                if case .event(.localIOCompleted(let token, _)) = message { return token }
+                return nil
+            }
+        }
+        guard case .queued = mailbox.postHolding(event(1)) else {
+            Issue.record("helpers are not allowed before the resource is open")
+            return
+        }
+        mailbox.allowHelpers()
+        guard case .held(let first) = mailbox.postHolding(event(2)) else {
+            Issue.record("a free resource goes to the helper")
+            return
+        }
+        #expect(tokens(first) == [1, 2], "the helper takes everything queued, its own message last")
+        guard case .queued = mailbox.postHolding(event(3)) else {
+            Issue.record("a held resource is not handed out twice")
+            return
+        }
+        #expect(tokens(mailbox.takeMore()) == [3], "the holder takes what arrived meanwhile")
+
+        // The resource's thread has something to do while the helper holds the resource: it waits for the release,
+        // and helpers step aside until it has had its turn.
+        mailbox.post(.localIOCompleted(token: 4, .flushed))
+        let taken = Mutex<[UInt64]?>(nil)
+        let resourceThread = Thread {
+            let batch = mailbox.hold(until: DaemonClock.now + .seconds(60))
+            taken.withLock { $0 = tokens(batch) }
+            mailbox.release()
+        }
+        resourceThread.start()
+        try waitUntil("the resource's thread waits for its turn") { mailbox.resourceThreadIsWaiting }
+        guard case .queued = mailbox.postHolding(event(5)) else {
+            Issue.record("a helper must not take the resource's thread's turn")
+            return
+        }
+        mailbox.release()
+        try waitUntil("the resource's thread had its turn") { taken.withLock { $0 } != nil }
+        #expect(taken.withLock { $0 } == [4, 5])
+        guard case .held(let after) = mailbox.postHolding(event(6)) else {
+            Issue.record("after the resource's thread released it, a helper may hold it again")
+            return
+        }
+        #expect(tokens(after) == [6])
+        mailbox.release()
+        _ = mailbox.close()
+        guard case .refused = mailbox.postHolding(event(7)) else {
+            Issue.record("a closed mailbox takes nothing")
+            return
+        }
+    }
+
+    /// Polls `condition` (bounded: 60 s, a guard against a hung test, not a timing assertion).
+    private func waitUntil(_ what: String, _ condition: () -> Bool) throws {
+        for _ in 0..<6000 {
+            if condition() { return }
+            usleep(10_000)
+        }
+        throw GaveUp(what: what)
+    }
+
+    struct GaveUp: Error {
+        var what: String
     }
 
     @Test("the mailbox refuses control requests beyond its limit")
@@ -49,7 +121,8 @@ struct DaemonPartsTests {
             #expect(mailbox.post(RunnerRequest(kind: .status) { _ in }))
         }
         #expect(!mailbox.post(RunnerRequest(kind: .status) { _ in }))
-        _ = mailbox.take(until: DaemonClock.now)
+        _ = mailbox.hold(until: DaemonClock.now)
+        mailbox.release()
         #expect(mailbox.post(RunnerRequest(kind: .status) { _ in }))
     }
 

@@ -72,6 +72,28 @@ struct FileBlockStoreTests {
         }
     }
 
+    @Test("a request run on the caller's thread returns its completion instead of sending it; after close it is refused")
+    func runHere() throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let recorder = CompletionRecorder()
+        let store = try makeStore(directory, recorder: recorder)
+        let payload = pattern(sizeBytes: 4096, seed: 5)
+        let write = store.writeRequest(
+            token: 1, range: range(offsetBytes: 8192, sizeBytes: 4096), payload: payload, forceUnitAccess: false)
+        #expect(store.runHere(write) == .localIOCompleted(token: 1, .written))
+        #expect(store.runHere(store.flushRequest(token: 2)) == .localIOCompleted(token: 2, .flushed))
+        let read = store.runHere(store.readRequest(token: 3, range: range(offsetBytes: 8192, sizeBytes: 4096)))
+        #expect(read == .localIOCompleted(token: 3, .read(payload)))
+        // The same request kind through the pool still goes to the sink: the two paths mix.
+        store.submitRead(token: 4, range: range(offsetBytes: 8192, sizeBytes: 4096))
+        #expect(try recorder.wait(for: 4) == .read(payload))
+        #expect(try RawFile.read(directory.file("data"), offsetBytes: 8192, count: 4096) == payload)
+        store.close()
+        let late = store.runHere(store.readRequest(token: 5, range: range(offsetBytes: 0, sizeBytes: 4096)))
+        #expect(late == .localIOCompleted(token: 5, .failed), "a closed store runs nothing, and says so")
+    }
+
     @Test("a FUA write completes as written and its data is there; flushes complete as flushed")
     func forceUnitAccessAndFlush() throws {
         let directory = try TemporaryDirectory()
@@ -344,5 +366,71 @@ struct FileBlockStoreTests {
         store.submitRead(token: 3, range: range(offsetBytes: 0, sizeBytes: alignmentBytes * 2))
         #expect(try recorder.wait(for: 3) == .read(Array(repeating: 0, count: 512) + small + Array(repeating: 0, count: Int(alignmentBytes) - 1024) + aligned))
         #expect(store.unalignedRequestCount == 1)
+    }
+}
+
+@Suite("AlignedBufferPool")
+struct AlignedBufferPoolTests {
+    @Test("pooled buffers are aligned, distinct while held and reused once given back; a burst beyond the pool, or a larger request, gets its own buffer and is counted")
+    func handOutAndOverflow() throws {
+        let pool = try AlignedBufferPool(count: 2, bufferBytes: 8192, alignmentBytes: 4096)
+        var seen: [UnsafeMutableRawPointer] = []
+        try pool.withBuffer(count: 4096) { first throws(IOFailure) in
+            try pool.withBuffer(count: 8192) { second throws(IOFailure) in
+                #expect(Int(bitPattern: first.baseAddress!) % 4096 == 0)
+                #expect(Int(bitPattern: second.baseAddress!) % 4096 == 0)
+                #expect(first.baseAddress != second.baseAddress)
+                #expect(first.count == 4096 && second.count == 8192)
+                seen = [first.baseAddress!, second.baseAddress!]
+                try pool.withBuffer(count: 512) { third throws(IOFailure) in
+                    #expect(!seen.contains(third.baseAddress!), "both pooled buffers are held: the third is its own")
+                    #expect(Int(bitPattern: third.baseAddress!) % 4096 == 0)
+                }
+            }
+        }
+        #expect(pool.overflows == 1)
+        try pool.withBuffer(count: 16384) { large throws(IOFailure) in
+            #expect(large.count == 16384)
+            #expect(!seen.contains(large.baseAddress!))
+        }
+        #expect(pool.overflows == 2, "a request larger than the pool's buffers is counted too")
+        try pool.withBuffer(count: 4096) { again throws(IOFailure) in
+            #expect(seen.contains(again.baseAddress!), "a buffer given back is handed out again")
+        }
+        #expect(pool.overflows == 2)
+    }
+
+    @Test("a direct-I/O store with one preallocated buffer carries many concurrent writes and reads correctly")
+    func directStoreWithOneBuffer() throws {
+        let directory = try TemporaryDirectory()
+        defer { directory.remove() }
+        let recorder = CompletionRecorder()
+        let path = try directory.makeFile("data", sizeBytes: FileBlockStoreTests.deviceBytes)
+        let store = try FileBlockStore(
+            path: path, options: .init(directIO: .required, threadCount: 4, preallocatedBuffers: 1),
+            log: LogRecorder().sink, completions: recorder.sink)
+        defer { store.close() }
+        let count = 64
+        for index in 0..<count {
+            store.submitWrite(
+                token: UInt64(index), range: range(offsetBytes: UInt64(index) * 16384, sizeBytes: 16384),
+                payload: pattern(sizeBytes: 16384, seed: UInt8(index)), forceUnitAccess: false)
+        }
+        #expect(try recorder.wait(for: (0..<count).map(UInt64.init)).values.allSatisfy { $0 == .written })
+        for index in 0..<count {
+            store.submitRead(token: UInt64(1000 + index), range: range(offsetBytes: UInt64(index) * 16384, sizeBytes: 16384))
+        }
+        let reads = try recorder.wait(for: (0..<count).map { UInt64(1000 + $0) })
+        for index in 0..<count {
+            #expect(reads[UInt64(1000 + index)] == .read(pattern(sizeBytes: 16384, seed: UInt8(index))))
+        }
+    }
+
+    @Test("preallocated buffers beyond the pool's limit are refused as an option problem")
+    func limit() {
+        var options = FileBlockStore.Options(preallocatedBuffers: 1000)
+        #expect(options.problem()?.contains("preallocated buffers") == true)
+        options.preallocatedBuffers = 12
+        #expect(options.problem() == nil)
     }
 }

@@ -30,9 +30,11 @@ public struct FuseError: Error, Sendable, CustomStringConvertible {
 /// One block device's data served as one regular file in a private FUSE mount (libfuse3, low-level API), for a
 /// loop device to sit on. The mount holds exactly two inodes: the root directory and the file.
 ///
-/// Requests are answered asynchronously: a libfuse worker hands the request to the backend and returns; the
-/// backend's completion replies from whatever thread it runs on (fuse_reply_* is thread-safe). So the workers
-/// never wait on replication, and the queue depth is the kernel's `max_background`, not the worker count.
+/// Requests are answered asynchronously: a libfuse worker hands the request to the backend, and the backend's
+/// completion replies from whatever thread it runs on (fuse_reply_* is thread-safe). So no worker waits for a reply
+/// (with replication, for the peer), and the kernel's `max_background` bounds the requests in flight. A backend may
+/// still do blocking work on the worker before returning (replicad writes the local copy there), so the workers
+/// also bound the requests at the disk from this file.
 ///
 /// Durability: FSYNC and FLUSH both become a backend flush. The file must never answer them with ENOSYS: the
 /// kernel would then remember fsync as unsupported and complete every later fsync without asking, silently.
@@ -46,8 +48,12 @@ public final class FuseBlockFileServer: Sendable {
         public var requestBytesMaximum: UInt32 = 1 << 20
         /// Requests the kernel keeps in flight (FUSE's max_background; the kernel default is 12).
         public var backgroundRequestsMaximum: UInt32 = 64
-        /// libfuse worker threads. Workers only hand requests over, so a few suffice.
+        /// libfuse worker threads. Each may process the resource and write to the disk itself (replicad), so they
+        /// bound the requests at the disk from this file.
         public var workerThreadsMaximum: Int32 = 8
+        /// How long the kernel caches the file's attributes and entry (its size changes only across a remount).
+        /// While the cache lasts, a loop device on a file whose server died can still report its status.
+        public var attributeCacheSeconds: Double = 60
 
         public init(mountpoint: String, fileName: String, sizeBytes: UInt64) {
             self.mountpoint = mountpoint
@@ -66,6 +72,7 @@ public final class FuseBlockFileServer: Sendable {
             }
             if !(1...4096).contains(backgroundRequestsMaximum) { return "max_background must be 1...4096" }
             if !(1...256).contains(workerThreadsMaximum) { return "worker threads must be 1...256" }
+            if !(0...3600).contains(attributeCacheSeconds) { return "the attribute cache must be 0...3600 seconds" }
             return nil
         }
     }
@@ -330,9 +337,6 @@ struct FuseRequest: @unchecked Sendable {
 /// The low-level operation table. Every callback answers (at once, or later through the backend); an operation
 /// the file does not support answers a definite error, never ENOSYS for fsync or flush.
 enum FuseFileOperations {
-    /// Attribute and entry timeouts: the file's size changes only across a remount.
-    static let cacheSeconds = 60.0
-
     static var table: fuse_lowlevel_ops {
         var operations = fuse_lowlevel_ops()
         operations.`init` = { userdata, connection in
@@ -354,22 +358,21 @@ enum FuseFileOperations {
             var entry = fuse_entry_param()
             entry.ino = FuseFileContext.fileInode
             entry.attr = attributes
-            entry.attr_timeout = FuseFileOperations.cacheSeconds
-            entry.entry_timeout = FuseFileOperations.cacheSeconds
+            entry.attr_timeout = context.options.attributeCacheSeconds
+            entry.entry_timeout = context.options.attributeCacheSeconds
             fuse_reply_entry(request, &entry)
         }
         operations.getattr = { request, inode, _ in
-            guard var attributes = FuseFileContext.of(request).attributes(inode) else {
-                return FuseRequest(raw: request).replyError(ENOENT)
-            }
-            fuse_reply_attr(request, &attributes, FuseFileOperations.cacheSeconds)
+            let context = FuseFileContext.of(request)
+            guard var attributes = context.attributes(inode) else { return FuseRequest(raw: request).replyError(ENOENT) }
+            fuse_reply_attr(request, &attributes, context.options.attributeCacheSeconds)
         }
         operations.setattr = { request, inode, _, toSet, _ in
             let context = FuseFileContext.of(request)
             // The size is the device's: truncation would change what the loop device sees underneath a filesystem.
             if toSet & FUSE_SET_ATTR_SIZE != 0 { return FuseRequest(raw: request).replyError(EPERM) }
             guard var attributes = context.attributes(inode) else { return FuseRequest(raw: request).replyError(ENOENT) }
-            fuse_reply_attr(request, &attributes, FuseFileOperations.cacheSeconds)
+            fuse_reply_attr(request, &attributes, context.options.attributeCacheSeconds)
         }
         operations.open = { request, inode, info in
             guard inode == FuseFileContext.fileInode else {

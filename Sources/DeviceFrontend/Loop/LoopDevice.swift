@@ -124,17 +124,35 @@ public struct LoopDevice: Sendable, Hashable, CustomStringConvertible {
     /// How often (10 ms apart) a detach looks for the device to be gone before calling it busy.
     static let detachGraceChecks = 50
 
-    /// The tag recorded when the device was attached, or nil when nothing is attached or it cannot be read.
-    public var tag: String? {
+    /// What the device's status says about the tag recorded when it was attached.
+    public enum RecordedTag: Sendable, Equatable {
+        case tag(String)
+        /// The status cannot be read because the backing file's FUSE server is gone (ENOTCONN): the kernel asks the
+        /// file for its attributes first, and a dead FUSE connection answers only while its 60 s attribute cache
+        /// lasts. The device is still attached; only its tag is hidden.
+        case backingFileServerGone
+        /// Nothing attached, no tag recorded, or the device cannot be opened.
+        case none
+    }
+
+    public var recordedTag: RecordedTag {
         // A plain open: reading a tag (of every loop device, when looking for ours) must not make nodes for
         // devices that are not ours in a /dev without udev.
         let fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK)  // See detach(): a dead backing file must not hide it.
-        guard fd >= 0 else { return nil }
+        guard fd >= 0 else { return .none }
         defer { close(fd) }
         var name = [CChar](repeating: 0, count: 64)
-        guard ctandem_loop_recorded_name(fd, &name) == 0 else { return nil }
+        let status = ctandem_loop_recorded_name(fd, &name)
+        if status == ENOTCONN { return .backingFileServerGone }
+        guard status == 0 else { return .none }
         let tag = String(decoding: name.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        return tag.isEmpty ? nil : tag
+        return tag.isEmpty ? .none : .tag(tag)
+    }
+
+    /// The tag recorded when the device was attached, or nil when nothing is attached or it cannot be read.
+    public var tag: String? {
+        if case .tag(let tag) = recordedTag { return tag }
+        return nil
     }
 
     /// The attached loop devices whose recorded tag is `tag`.

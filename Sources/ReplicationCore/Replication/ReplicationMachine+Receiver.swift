@@ -150,7 +150,7 @@ extension ReplicationMachine {
 
     /// max-buffers: stop reading replicated data while too many writes are buffered or in flight.
     private mutating func updateReceiveThrottle() {
-        let held = receivedEpochs.reduce(0) { $0 + $1.buffered.count + $1.outstanding }
+        let held = receivedEpochs.heldWrites
         if !receivingThrottled && held >= settings.maxBuffers && connection.isEstablished {
             receivingThrottled = true
             emit(.throttleReceiving(true))

@@ -59,7 +59,7 @@ public struct ReplicationMachine: Sendable {
     var readsFromPeer: [UInt64: UInt64] = [:]
 
     // Receiver side.
-    var receivedEpochs: [ReceivedEpoch] = []
+    var receivedEpochs = ReceivedEpochQueue()
     var receivingThrottled = false
 
     // Resync and verify.
@@ -139,7 +139,7 @@ public struct ReplicationMachine: Sendable {
     public var queueDepths: ReplicationQueueDepths {
         ReplicationQueueDepths(
             peerPendingWrites: requests.values.reduce(0) { $0 + ($1.network == .awaitingAck ? 1 : 0) },
-            receivedWritesUnacknowledged: receivedEpochs.reduce(0) { $0 + $1.outstanding + $1.buffered.count },
+            receivedWritesUnacknowledged: receivedEpochs.heldWrites,
             epochsInFlight: max(1, transferLog.count))
     }
 
@@ -353,6 +353,8 @@ struct ReceivedEpoch: Sendable {
     var number: UInt32
     var buffered: [DataPacket] = []
     var outstanding = 0
+    /// The writes this epoch holds: received and not yet written (buffered, or on the disk now).
+    var heldWrites: Int { buffered.count + outstanding }
     var writeCount: UInt32 = 0
     /// Writes of this epoch our disk completed, which only the epoch's flush makes stable (at most max-epoch-size).
     var storedRanges: [BlockRange] = []
@@ -392,6 +394,6 @@ extension ReplicationMachine {
         requests.keys.sorted().prefix(8).map { id in
             let request = requests[id]!
             return "#\(id) e\(request.epoch) \(request.local) \(request.network) up:\(request.completedUpward) tl:\(request.inTransferLog)"
-        }.joined(separator: ", ") + " tl-epochs:\(transferLog.map { "\($0.epoch)/\($0.requestIDs.count)" }) epoch:\(currentEpoch)/\(writesInCurrentEpoch) recv:\(receivedEpochs.map { "\($0.number)/\($0.outstanding)/\($0.buffered.count)/\($0.closed)" })"
+        }.joined(separator: ", ") + " tl-epochs:\(transferLog.map { "\($0.epoch)/\($0.requestIDs.count)" }) epoch:\(currentEpoch)/\(writesInCurrentEpoch) recv:\(receivedEpochs.epochs.map { "\($0.number)/\($0.outstanding)/\($0.buffered.count)/\($0.closed)" })"
     }
 }

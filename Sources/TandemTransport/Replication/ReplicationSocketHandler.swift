@@ -1,13 +1,15 @@
 import NIOCore
 import ReplicationCore
 
-/// The one handler on every replication socket: turns bytes into a hello, then into packets, and hands both to the
-/// `TransportCore`. It decides nothing: which sockets to keep is the pairing machine's business, what a packet means
-/// the replication machine's. Confined to the transport's event loop, like the core it reports to.
+/// The one handler on every replication socket while its connection is being made: turns bytes into a hello, then
+/// into packets, and hands both to the `TransportCore`. It decides nothing: which sockets to keep is the pairing
+/// machine's business, what a packet means the replication machine's. Confined to the transport's event loop, like
+/// the core it reports to.
 ///
 /// Phases: `hello` collects the first `ChannelHello.encodedBytes`; `pending` (hello exchanged, connection not yet
 /// established) decodes frames eagerly, so garbage is refused at once, but holds at most `pendingPacketsMax`
-/// packets; `active` delivers packets as they are decoded, unless paused (max-buffers back-pressure).
+/// packets; `handedOver`: the connection is established and the core gave the socket to an `EstablishedConnection`
+/// (with the packets held and the bytes not yet decoded), so what SwiftNIO reports about it no longer matters.
 final class ReplicationSocketHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
 
@@ -18,7 +20,7 @@ final class ReplicationSocketHandler: ChannelInboundHandler {
     private enum Phase {
         case hello
         case pending
-        case active
+        case handedOver
         case failed
     }
 
@@ -26,20 +28,22 @@ final class ReplicationSocketHandler: ChannelInboundHandler {
     /// Set at once for outgoing sockets, on `channelActive` for accepted ones.
     private var socket: ConnectionPairingMachine.SocketID?
     private let outgoing: Bool
+    /// The socket's descriptor, which SwiftNIO owns until the core hands the socket over.
+    let descriptor: CInt
     private let frameBytesMax: Int
     private var phase = Phase.hello
     private var helloBytes: [UInt8] = []
     private var decoder = PacketDecoder()
     private var pendingPackets: [Packet] = []
-    private var paused = false
     private var context: ChannelHandlerContext?
     /// Why the socket is closing, when this side knows better than "closed by the peer".
     private var closeReason: String?
 
-    init(core: TransportCore, socket: ConnectionPairingMachine.SocketID?, frameBytesMax: Int) {
+    init(core: TransportCore, socket: ConnectionPairingMachine.SocketID?, descriptor: CInt, frameBytesMax: Int) {
         self.core = core
         self.socket = socket
         self.outgoing = socket != nil
+        self.descriptor = descriptor
         self.frameBytesMax = frameBytesMax
     }
 
@@ -63,8 +67,10 @@ final class ReplicationSocketHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        phase = .failed
-        if let socket { core.socketClosed(socket, reason: closeReason ?? "connection closed by the peer") }
+        if phase != .handedOver {
+            phase = .failed
+            if let socket { core.socketClosed(socket, reason: closeReason ?? "connection closed by the peer") }
+        }
         context.fireChannelInactive()
     }
 
@@ -76,7 +82,8 @@ final class ReplicationSocketHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         guard let socket else { return }
-        if phase == .hello {
+        switch phase {
+        case .hello:
             let needed = ChannelHello.encodedBytes - helloBytes.count
             helloBytes += buffer.readBytes(length: min(needed, buffer.readableBytes)) ?? []
             let hello: ChannelHello?
@@ -90,36 +97,31 @@ final class ReplicationSocketHandler: ChannelInboundHandler {
             guard let hello else { return }
             phase = .pending
             helloBytes = []
-            // The core may establish the connection (and activate this handler) or close the socket here.
+            // What came after the hello in the same read goes to the decoder first: the core may establish the
+            // connection here and take the decoder with it.
+            buffer.withUnsafeReadableBytes { decoder.append($0) }
             core.helloReceived(socket, hello)
+            if phase == .pending { decodePending() }
+        case .pending:
+            buffer.withUnsafeReadableBytes { decoder.append($0) }
+            decodePending()
+        case .handedOver, .failed:
+            return
         }
-        guard phase == .pending || phase == .active, buffer.readableBytes > 0 else { return }
-        buffer.withUnsafeReadableBytes { decoder.append($0) }
-        drain()
     }
 
     // MARK: Called by the core
 
-    /// The connection this socket belongs to is established: deliver what was held, then everything that follows.
-    func activate(paused: Bool) {
-        guard phase == .pending else { return }
-        phase = .active
-        setPaused(paused)
-        let held = pendingPackets
-        pendingPackets = []
-        for packet in held {
-            guard phase == .active else { return }
-            core.packetReceived(packet, on: socket!)
+    /// The connection this socket belongs to is established: the packets held and the bytes not yet decoded, for
+    /// the thread that reads the socket from now on. Nil unless the hello was exchanged and nothing failed.
+    func handOver() -> (heldPackets: [Packet], decoder: PacketDecoder)? {
+        guard phase == .pending else { return nil }
+        phase = .handedOver
+        defer {
+            pendingPackets = []
+            decoder = PacketDecoder()
         }
-        drain()
-    }
-
-    /// max-buffers back-pressure: stop delivering and reading, or resume both.
-    func setPaused(_ paused: Bool) {
-        self.paused = paused
-        guard let context else { return }
-        context.channel.setOption(ChannelOptions.autoRead, value: !paused).whenFailure { _ in }
-        if !paused && phase == .active { drain() }
+        return (pendingPackets, decoder)
     }
 
     /// Closes with a reason that the core will hear back in `socketClosed`.
@@ -130,8 +132,8 @@ final class ReplicationSocketHandler: ChannelInboundHandler {
 
     // MARK: Decoding
 
-    private func drain() {
-        while phase == .pending || (phase == .active && !paused) {
+    private func decodePending() {
+        while phase == .pending {
             let packet: Packet?
             do {
                 packet = try decoder.next()
@@ -139,20 +141,16 @@ final class ReplicationSocketHandler: ChannelInboundHandler {
                 return fail("corrupt frame", detail: "\(error)")
             }
             guard let packet else { break }
-            if phase == .pending {
-                guard pendingPackets.count < Self.pendingPacketsMax else {
-                    return fail(
-                        "protocol error",
-                        detail: "more than \(Self.pendingPacketsMax) packets before the connection was established")
-                }
-                pendingPackets.append(packet)
-            } else {
-                core.packetReceived(packet, on: socket!)
+            guard pendingPackets.count < Self.pendingPacketsMax else {
+                return fail(
+                    "protocol error",
+                    detail: "more than \(Self.pendingPacketsMax) packets before the connection was established")
             }
+            pendingPackets.append(packet)
         }
         // After a full drain the decoder holds only the start of one frame; a frame longer than the limit is refused
         // once that many bytes have arrived, so one socket never holds more than about `frameBytesMax` bytes.
-        if decoder.bufferedByteCount > frameBytesMax && (phase == .pending || (phase == .active && !paused)) {
+        if phase == .pending && decoder.bufferedByteCount > frameBytesMax {
             fail("corrupt frame", detail: "a frame longer than \(frameBytesMax) bytes")
         }
     }

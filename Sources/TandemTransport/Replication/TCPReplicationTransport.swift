@@ -5,16 +5,20 @@ import ReplicationCore
 import TandemDrivers
 
 /// The production `ReplicationTransport`: DRBD's two TCP connections (data and meta) to the peer, made and kept by
-/// listening and connecting every connect-int, over SwiftNIO.
+/// listening and connecting every connect-int.
 ///
-/// Threading: everything that touches sockets runs on one event loop taken from the group given at init, so the
-/// pairing machine, the socket handlers and the event sink are serialised without locks. The node calls the
-/// `ReplicationTransport` methods from its own thread: they hop to that loop, except `send`, which encodes on the
-/// caller's thread and writes through `Channel.writeAndFlush` (thread-safe, and in call order for one thread).
+/// Threading: the listener, the pairing of sockets into connections and the hello exchange run on one event loop
+/// taken from the group given at init, so the pairing machine and the event sink are serialised without locks. Once
+/// a connection is established its two sockets belong to an `EstablishedConnection`: a receiver thread per socket
+/// reads, decodes and hands packets to `packetSink`, and `send` writes from the caller's thread (a writer thread
+/// per socket takes over only while the socket's buffer is full). The node calls the other `ReplicationTransport`
+/// methods from whichever thread holds the resource; they take effect at once on the connection's threads, and hop
+/// to the loop for the pairing machine.
 ///
-/// Events reach the node through `eventSink`, called on the event loop, in order: `transportConnected` (once both
-/// sockets of a connection are paired), the connection's packets in order per channel, then at most one
-/// `transportLost`. The sink must not block: it should enqueue for the node's thread.
+/// Events reach the node in order: `transportConnected` (through `eventSink`, on the event loop, once both sockets
+/// of a connection are paired), the connection's packets in order per channel (through `packetSink`, on the
+/// connection's receiver threads), then at most one `transportLost` (through `eventSink`, after every receiver
+/// thread has stopped). `eventSink` must not block; `packetSink` may.
 ///
 /// Semantics the replication machine relies on (the simulator's, docs/replication.md):
 /// - `dropConnection` closes both sockets; the node asked, so no `transportLost` is reported to it. The peer sees
@@ -106,7 +110,6 @@ public final class TCPReplicationTransport: ReplicationTransport, Sendable {
     private let loop: any EventLoop
     private let core: NIOLoopBoundBox<TransportCore>
     private let sendState: NIOLockedValueBox<SendState>
-    private let sendQueueBytesMax: Int
     /// This run's session nonce (random, from the system CSPRNG), as sent in every hello.
     public let sessionNonce: UInt64
 
@@ -116,11 +119,14 @@ public final class TCPReplicationTransport: ReplicationTransport, Sendable {
     ///   - eventLoopGroup: one of its loops carries all of this transport's sockets. The caller owns the group and
     ///     shuts it down after `shutdown()`.
     ///   - log: messages for the operator (`.notice`) and for debugging (`.debug`), called on the event loop.
-    ///   - eventSink: the node's inbox, called on the event loop, in order; must not block.
+    ///   - eventSink: the node's inbox for connection events, called on the event loop, in order; must not block.
+    ///   - packetSink: where received packets go, called on the connection's receiver threads, in order per channel;
+    ///     may block (the receiver reads no further meanwhile). By default, `eventSink` with `.packet`.
     public init(
         configuration: Configuration, eventLoopGroup: any EventLoopGroup,
         log: @escaping @Sendable (LogLevel, String) -> Void = { _, _ in },
-        eventSink: @escaping @Sendable (ReplicationEvent) -> Void
+        eventSink: @escaping @Sendable (ReplicationEvent) -> Void,
+        packetSink: (@Sendable (Packet) -> Void)? = nil
     ) throws(TransportError) {
         if let problem = configuration.problem() { throw TransportError(.invalidConfiguration, problem) }
         let localAddress = try configuration.localAddress.socketAddress()
@@ -128,14 +134,14 @@ public final class TCPReplicationTransport: ReplicationTransport, Sendable {
         var random = SystemRandomNumberGenerator()
         let nonce = UInt64.random(in: 1...UInt64.max, using: &random)
         let loop = eventLoopGroup.next()
-        let sendState = NIOLockedValueBox(SendState())
+        let sendState = NIOLockedValueBox<SendState>(nil)
         let core = TransportCore(
             configuration: configuration, sessionNonce: nonce, localAddress: localAddress, peerAddress: peerAddress,
-            loop: loop, sendState: sendState, log: log, eventSink: eventSink)
+            loop: loop, sendState: sendState, log: log, eventSink: eventSink,
+            packetSink: packetSink ?? { eventSink(.packet($0)) })
         self.loop = loop
         self.sessionNonce = nonce
         self.sendState = sendState
-        self.sendQueueBytesMax = configuration.sendQueueBytesMax
         self.core = NIOLoopBoundBox.makeBoxSendingValue(core, eventLoop: loop)
     }
 
@@ -155,10 +161,10 @@ public final class TCPReplicationTransport: ReplicationTransport, Sendable {
         }
     }
 
-    /// Stops connecting, closes the listener and every socket, and returns once they are closed. No event reaches
-    /// the sink after this returns. Idempotent.
+    /// Stops connecting, closes the listener and every socket, and returns once they are closed and the threads
+    /// that served them are gone. No event reaches either sink after this returns. Idempotent.
     public func shutdown() async {
-        sendState.withLockedValue { $0 = SendState() }
+        sendState.withLockedValue { $0 = nil }
         let core = self.core
         try? await loop.flatSubmit { core.value.shutdown() }.get()
     }
@@ -182,61 +188,29 @@ public final class TCPReplicationTransport: ReplicationTransport, Sendable {
     }
 
     public func dropConnection(reason: String) {
-        // Cleared here, not on the loop, so that a `send` right after this call cannot reach the old sockets.
-        let generation = sendState.withLockedValue { state -> UInt64? in
-            defer { state = SendState() }
-            return state.data == nil ? nil : state.generation
+        // Taken here, not on the loop, so that a `send` right after this call cannot reach the old sockets. Frames
+        // sent before it are still written before the sockets close: the split-brain handshake a node sends just
+        // before it drops the connection must reach the peer.
+        let dropped = sendState.withLockedValue { state -> EstablishedConnection? in
+            defer { state = nil }
+            return state
         }
-        guard let generation else { return }
+        guard let dropped else { return }
+        dropped.drop()
         let core = self.core
+        let generation = dropped.generation
         loop.execute { core.value.nodeDroppedConnection(generation: generation, reason: reason) }
     }
 
     public func send(_ packet: Packet) {
-        let frame = PacketCodec.encode(packet)
-        let byteCount = frame.count
-        let limit = sendQueueBytesMax
-        enum Route { case write(any Channel, UInt64), overflow(UInt64, Int), none }
-        let route = sendState.withLockedValue { state -> Route in
-            guard let channel = packet.channel == .data ? state.data : state.meta else { return .none }
-            guard state.queuedBytes + byteCount <= limit else {
-                let generation = state.generation
-                let queued = state.queuedBytes
-                state = SendState()
-                return .overflow(generation, queued)
-            }
-            state.queuedBytes += byteCount
-            return .write(channel, state.generation)
-        }
-        switch route {
-        case .none:
-            return
-        case .overflow(let generation, let queued):
-            let core = self.core
-            loop.execute { core.value.sendQueueOverflowed(generation: generation, queuedBytes: queued, limit: limit) }
-        case .write(let channel, let generation):
-            let sendState = self.sendState
-            channel.writeAndFlush(ByteBuffer(bytes: frame)).whenComplete { _ in
-                sendState.withLockedValue { state in
-                    if state.generation == generation { state.queuedBytes -= byteCount }
-                }
-            }
-        }
+        guard let connection = sendState.withLockedValue({ $0 }) else { return }
+        connection.send(PacketCodec.encode(packet), on: packet.channel)
     }
 
     public func setReceivingPaused(_ paused: Bool) {
-        let generation = sendState.withLockedValue { $0.data == nil ? nil : $0.generation }
-        guard let generation else { return }
-        let core = self.core
-        loop.execute { core.value.setReceivingPaused(paused, generation: generation) }
+        sendState.withLockedValue { $0 }?.setReceivingPaused(paused)
     }
 }
 
-/// What `send` needs from any thread: the current connection's sockets and how much is queued on them.
-struct SendState: Sendable {
-    /// Counts established connections; 0 before the first.
-    var generation: UInt64 = 0
-    var data: (any Channel)?
-    var meta: (any Channel)?
-    var queuedBytes = 0
-}
+/// The current connection, for the node's calls from any thread; nil while there is none.
+typealias SendState = EstablishedConnection?

@@ -5,17 +5,20 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import DaemonSupport
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import ReplicationCore
 
-/// The event-loop side of `TCPReplicationTransport`: owns the listener, the sockets and the pairing machine, and
-/// carries out the machine's actions. Confined to one event loop; every method runs there.
+/// The event-loop side of `TCPReplicationTransport`: owns the listener, the sockets being paired and the pairing
+/// machine, and carries out the machine's actions. Confined to one event loop; every method runs there.
 ///
-/// It adds three things to the machine's decisions: the map from socket IDs to NIO channels, the generation
-/// counter (which connection the node's calls refer to), and the event sink, which only ever hears of the
-/// connection the machine currently holds.
+/// It adds four things to the machine's decisions: the sockets themselves (made here, with their descriptors kept,
+/// then given to SwiftNIO for the hello exchange), the map from socket IDs to channels, the generation counter
+/// (which connection the node's calls refer to), and the hand-over of an established connection's two sockets to
+/// an `EstablishedConnection`, whose threads carry the replication traffic from then on. The event sink only ever
+/// hears of the connection the machine currently holds.
 final class TransportCore {
     private enum State {
         case created
@@ -35,17 +38,28 @@ final class TransportCore {
     private let sendState: NIOLockedValueBox<SendState>
     private let logSink: @Sendable (ConnectionPairingMachine.LogLevel, String) -> Void
     private let eventSink: @Sendable (ReplicationEvent) -> Void
+    private let packetSink: @Sendable (Packet) -> Void
 
     private var state = State.created
     /// `startConnecting` came before `start` had bound the listener: connect once it has.
     private var connectingRequestedBeforeStart = false
     private var machine: ConnectionPairingMachine
     private var selfBox: NIOLoopBoundBox<TransportCore>?
-    private var listener: (any Channel)?
+    private var listenerPort: UInt16?
+    /// Set to stop the accept thread and the connect attempts (read by their threads).
+    private let stopping = NIOLockedValueBox(false)
+    private var acceptThreadRunning = false
     private var ticker: RepeatedTask?
     private var sockets: [ConnectionPairingMachine.SocketID: Socket] = [:]
-    /// Outgoing connects not yet completed, awaited by `shutdown`.
-    private var connecting: [ConnectionPairingMachine.SocketID: EventLoopFuture<any Channel>] = [:]
+    /// Outgoing connects not yet reported by their threads, awaited by `shutdown`.
+    private var connecting: Set<ConnectionPairingMachine.SocketID> = []
+    /// The established connection, on its threads, until it has ended.
+    private var current: EstablishedConnection?
+    /// A connection established while the one before (dropped by the node) was still ending, and the challenge for
+    /// its `transportConnected`: it starts when that one's threads are gone, so that no packet of the old connection
+    /// can reach the node after the new one's `transportConnected`.
+    private var waiting: (connection: EstablishedConnection, challenge: [UInt8])?
+    private var shutdownPromise: EventLoopPromise<Void>?
     /// The generation of the established connection (counts connections; 0 before the first).
     private var generation: UInt64 = 0
     /// Actions are carried out in order, one at a time: closing a socket can report its closure back to the machine
@@ -57,7 +71,7 @@ final class TransportCore {
         configuration: TCPReplicationTransport.Configuration, sessionNonce: UInt64, localAddress: SocketAddress,
         peerAddress: SocketAddress, loop: any EventLoop, sendState: NIOLockedValueBox<SendState>,
         log: @escaping @Sendable (ConnectionPairingMachine.LogLevel, String) -> Void,
-        eventSink: @escaping @Sendable (ReplicationEvent) -> Void
+        eventSink: @escaping @Sendable (ReplicationEvent) -> Void, packetSink: @escaping @Sendable (Packet) -> Void
     ) {
         self.configuration = configuration
         self.localAddress = localAddress
@@ -66,6 +80,7 @@ final class TransportCore {
         self.sendState = sendState
         self.logSink = log
         self.eventSink = eventSink
+        self.packetSink = packetSink
         self.machine = ConnectionPairingMachine(
             settings: .init(
                 resourceName: configuration.resourceName, sessionNonce: sessionNonce,
@@ -77,7 +92,9 @@ final class TransportCore {
         MonotonicInstant(nanoseconds: Int64(clamping: NIODeadline.now().uptimeNanoseconds))
     }
 
-    var listeningAddress: ReplicationEndpoint? { listener?.localAddress.flatMap(ReplicationEndpoint.init) }
+    var listeningAddress: ReplicationEndpoint? {
+        listenerPort.map { ReplicationEndpoint(host: configuration.localAddress.host, port: $0) }
+    }
 
     // MARK: Lifecycle
 
@@ -87,46 +104,104 @@ final class TransportCore {
                 TransportError(.invalidState, "the replication transport was already started or shut down"))
         }
         self.selfBox = selfBox
+        let listener: CInt
+        do {
+            listener = try ReplicationSockets.listen(
+                on: localAddress, endpoint: configuration.localAddress,
+                receiveBufferBytes: configuration.receiveBufferBytes)
+        } catch {
+            state = .shutDown
+            return loop.makeFailedFuture(error)
+        }
         state = .running
-        let bound = makeServerBootstrap(selfBox).bind(to: localAddress)
-        return bound.assumeIsolated().flatMapError { error in
-            self.state = .shutDown
-            return self.loop.makeFailedFuture(self.bindError(error))
-        }.map { channel in
-            guard self.state == .running else {
-                channel.close(promise: nil)
-                return self.configuration.localAddress
-            }
-            self.listener = channel
-            let tick = self.tickInterval
-            self.ticker = self.loop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in
-                selfBox.value.tick()
-            }
-            let endpoint = channel.localAddress.flatMap(ReplicationEndpoint.init) ?? self.configuration.localAddress
-            self.log(.notice, "listening on \(endpoint) for resource '\(self.configuration.resourceName)'")
-            if self.connectingRequestedBeforeStart {
-                self.connectingRequestedBeforeStart = false
-                self.startConnecting()
-            }
-            return endpoint
-        }.nonisolated()
+        listenerPort = ReplicationSockets.boundPort(listener)
+        startAcceptThread(listener, selfBox)
+        let tick = tickInterval
+        ticker = loop.scheduleRepeatedTask(initialDelay: tick, delay: tick) { _ in selfBox.value.tick() }
+        let endpoint = listeningAddress ?? configuration.localAddress
+        log(.notice, "listening on \(endpoint) for resource '\(configuration.resourceName)'")
+        if connectingRequestedBeforeStart {
+            connectingRequestedBeforeStart = false
+            startConnecting()
+        }
+        return loop.makeSucceededFuture(endpoint)
     }
 
     func shutdown() -> EventLoopFuture<Void> {
-        guard state != .shutDown else { return loop.makeSucceededVoidFuture() }
+        guard state != .shutDown else { return shutdownPromise?.futureResult ?? loop.makeSucceededVoidFuture() }
+        let wasRunning = state == .running
         state = .shutDown
+        stopping.withLockedValue { $0 = true }
         ticker?.cancel()
         ticker = nil
         var closing: [EventLoopFuture<Void>] = []
-        if let listener { closing.append(listener.close().recover { _ in }) }
-        listener = nil
         for socket in sockets.values { closing.append(socket.channel.close().recover { _ in }) }
         sockets.removeAll()
-        for connect in connecting.values {
-            closing.append(connect.flatMap { $0.close() }.recover { _ in })
+        current?.shutDown()
+        if let waiting {
+            self.waiting = nil
+            waiting.connection.discard()
         }
-        connecting.removeAll()
+        guard wasRunning else { return loop.makeSucceededVoidFuture() }
+        let promise = loop.makePromise(of: Void.self)
+        shutdownPromise = promise
+        closing.append(promise.futureResult)
+        finishShutdownIfDone()
         return EventLoopFuture.andAllComplete(closing, on: loop)
+    }
+
+    /// Completes `shutdown` once the accept thread, the connect attempts and the established connection's threads
+    /// are all gone: none of them reports to this loop any more.
+    private func finishShutdownIfDone() {
+        guard state == .shutDown, !acceptThreadRunning, connecting.isEmpty, current == nil else { return }
+        shutdownPromise?.succeed()
+    }
+
+    /// Accepts on a thread of its own, polling so that it notices `stopping`; each socket is adopted on the loop.
+    private func startAcceptThread(_ listener: CInt, _ selfBox: NIOLoopBoundBox<TransportCore>) {
+        acceptThreadRunning = true
+        let stopping = self.stopping
+        let loop = self.loop
+        let options = ReplicationSockets.Options(
+            noDelay: configuration.dataNoDelay, keepalive: configuration.keepalive,
+            sendBufferBytes: configuration.sendBufferBytes, receiveBufferBytes: configuration.receiveBufferBytes)
+        DaemonThread.detach(name: "tdm-accept") {
+            while !stopping.withLockedValue({ $0 }) {
+                guard let descriptor = ReplicationSockets.accept(listener, timeout: .milliseconds(100), options: options)
+                else { continue }
+                loop.execute { selfBox.value.adopt(acceptedDescriptor: descriptor) }
+            }
+            close(listener)
+            loop.execute {
+                selfBox.value.acceptThreadRunning = false
+                selfBox.value.finishShutdownIfDone()
+            }
+        }
+    }
+
+    /// An accepted socket: SwiftNIO carries its hello exchange.
+    private func adopt(acceptedDescriptor descriptor: CInt) {
+        guard state == .running else {
+            close(descriptor)
+            return
+        }
+        _ = helloChannel(descriptor, socket: nil)
+    }
+
+    /// Gives a connected socket to SwiftNIO, with the handler that carries its hello exchange. `socket` is nil for
+    /// an accepted socket (the pairing machine names it when the channel becomes active).
+    private func helloChannel(_ descriptor: CInt, socket: ConnectionPairingMachine.SocketID?) -> EventLoopFuture<any Channel> {
+        guard let selfBox else { preconditionFailure("socket \(String(describing: socket)) made before start, in state \(state)") }
+        let frameBytesMax = configuration.frameBytesMax
+        return ClientBootstrap(group: loop)
+            .channelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = ReplicationSocketHandler(
+                        core: selfBox.value, socket: socket, descriptor: descriptor, frameBytesMax: frameBytesMax)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+            .withConnectedSocket(descriptor)
     }
 
     /// Often enough for hello timeouts and connect-int to be kept to within a quarter, rarely enough to cost nothing.
@@ -150,22 +225,28 @@ final class TransportCore {
         perform(machine.stopConnecting(now: now))
     }
 
+    /// The node dropped the connection; `TCPReplicationTransport.dropConnection` has already told its threads.
     func nodeDroppedConnection(generation dropped: UInt64, reason: String) {
         guard state == .running, dropped == generation, machine.connection != nil else { return }
         log(.notice, "dropping the connection: \(reason)")
         perform(machine.dropConnection(reason: reason, now: now))
     }
 
-    func setReceivingPaused(_ paused: Bool, generation current: UInt64) {
-        guard state == .running, current == generation, let connection = machine.connection else { return }
-        sockets[connection.data]?.handler.setPaused(paused)
-    }
-
-    func sendQueueOverflowed(generation overflowed: UInt64, queuedBytes: Int, limit: Int) {
-        guard state == .running, overflowed == generation, let connection = machine.connection else { return }
-        socketFailed(
-            connection.data, reason: "send queue over its limit",
-            detail: "\(queuedBytes) bytes queued, limit \(limit): the peer is not reading")
+    /// The established connection's threads are gone. If it failed (rather than being dropped by the node or shut
+    /// down), the machine hears that its sockets closed, and the node gets its `transportLost`.
+    func connectionEnded(_ connection: EstablishedConnection, _ end: EstablishedConnection.End) {
+        guard connection === current else { return }
+        current = nil
+        defer { finishShutdownIfDone() }
+        if let waiting {
+            self.waiting = nil
+            return begin(waiting.connection, challenge: waiting.challenge)
+        }
+        guard state == .running, case .failed(let reason, let detail) = end, connection.generation == generation,
+            let paired = machine.connection
+        else { return }
+        log(.notice, "closing the connection: \(reason): \(detail)")
+        perform(machine.socketClosed(paired.data, reason: reason, now: now))
     }
 
     // MARK: From the handlers
@@ -186,7 +267,6 @@ final class TransportCore {
     /// An outgoing socket's TCP connect completed.
     func outgoingActive(_ socket: ConnectionPairingMachine.SocketID, handler: ReplicationSocketHandler, channel: any Channel) {
         sockets[socket] = Socket(channel: channel, handler: handler)
-        connecting[socket] = nil
         perform(state == .running ? machine.outgoingConnected(socket, now: now) : [.close(socket, reason: "shutting down")])
     }
 
@@ -198,11 +278,6 @@ final class TransportCore {
     func helloRefused(_ socket: ConnectionPairingMachine.SocketID, _ error: ChannelHelloError) {
         guard state == .running else { return }
         perform(machine.helloRefused(socket, error, now: now))
-    }
-
-    func packetReceived(_ packet: Packet, on socket: ConnectionPairingMachine.SocketID) {
-        guard state == .running, machine.connection?.contains(socket) == true else { return }
-        eventSink(.packet(packet))
     }
 
     func socketClosed(_ socket: ConnectionPairingMachine.SocketID, reason: String) {
@@ -277,7 +352,7 @@ final class TransportCore {
             established(connection)
         case .lost(let reason):
             sendState.withLockedValue { state in
-                if state.generation == generation { state = SendState() }
+                if state?.generation == generation { state = nil }
             }
             log(.notice, "connection lost: \(reason)")
             eventSink(.transportLost(reason: reason))
@@ -286,104 +361,100 @@ final class TransportCore {
         }
     }
 
+    /// Both sockets of a connection said hello: they leave SwiftNIO for an `EstablishedConnection`'s threads, with
+    /// what their handlers had already read.
     private func established(_ connection: ConnectionPairingMachine.Connection) {
-        guard let data = sockets[connection.data], let meta = sockets[connection.meta] else {
+        guard let data = sockets[connection.data], let meta = sockets[connection.meta],
+            let dataState = data.handler.handOver(), let metaState = meta.handler.handOver()
+        else {
             preconditionFailure("established \(connection) with sockets \(sockets.keys.sorted()) open")
+        }
+        sockets[connection.data] = nil
+        sockets[connection.meta] = nil
+        // SwiftNIO closes its descriptors; the connection keeps duplicates of them, so the sockets stay open.
+        let dataDescriptor = ReplicationSockets.duplicate(data.handler.descriptor)
+        let metaDescriptor = ReplicationSockets.duplicate(meta.handler.descriptor)
+        data.channel.close(promise: nil)
+        meta.channel.close(promise: nil)
+        guard let dataDescriptor, let metaDescriptor,
+            ReplicationSockets.makeBlocking(dataDescriptor), ReplicationSockets.makeBlocking(metaDescriptor)
+        else {
+            let failure = SystemCallError("fcntl")
+            for descriptor in [dataDescriptor, metaDescriptor].compactMap({ $0 }) { close(descriptor) }
+            log(.notice, "closing the new connection: its sockets could not be taken over: \(failure)")
+            return perform(machine.socketClosed(connection.data, reason: "the sockets could not be taken over", now: now))
         }
         generation += 1
         let current = generation
-        sendState.withLockedValue { state in
-            state = SendState(generation: current, data: data.channel, meta: meta.channel, queuedBytes: 0)
-        }
+        let loop = self.loop
+        let selfBox = self.selfBox!
+        let established = EstablishedConnection(
+            generation: current,
+            data: .init(
+                descriptor: dataDescriptor, channel: .data, heldPackets: dataState.heldPackets, decoder: dataState.decoder),
+            meta: .init(
+                descriptor: metaDescriptor, channel: .meta, heldPackets: metaState.heldPackets, decoder: metaState.decoder),
+            frameBytesMax: configuration.frameBytesMax, sendQueueBytesMax: configuration.sendQueueBytesMax,
+            packetSink: packetSink,
+            ended: { connection, end in loop.execute { selfBox.value.connectionEnded(connection, end) } })
         let side = connection.initiatedLocally ? "this node connected" : "the peer connected"
         log(.notice, "connected to the peer (\(side), attempt \(connection.attempt), generation \(current))")
         var random = SystemRandomNumberGenerator()
         let challenge = (0..<PacketCodec.authChallengeBytes).map { _ in UInt8.random(in: .min ... .max, using: &random) }
-        eventSink(.transportConnected(challenge: challenge))
-        data.handler.activate(paused: false)
-        if machine.connection == connection { meta.handler.activate(paused: false) }
+        if self.current != nil {
+            precondition(waiting == nil, "connection \(current) established while two others run")
+            waiting = (established, challenge)
+        } else {
+            begin(established, challenge: challenge)
+        }
     }
 
+    /// Makes `connection` the one the node's calls reach, tells the node, and starts its threads.
+    private func begin(_ connection: EstablishedConnection, challenge: [UInt8]) {
+        current = connection
+        sendState.withLockedValue { $0 = connection }
+        eventSink(.transportConnected(challenge: challenge))
+        connection.start()
+    }
+
+    /// Connects on a thread of its own (so the loop never waits for a SYN), then hands the socket to SwiftNIO.
     private func connect(_ socket: ConnectionPairingMachine.SocketID, _ kind: PacketChannel) {
         guard let selfBox else { return }
-        let frameBytesMax = configuration.frameBytesMax
-        let noDelay = kind == .meta ? configuration.metaNoDelay : configuration.dataNoDelay
-        var bootstrap = ClientBootstrap(group: loop)
-            .connectTimeout(.nanoseconds(configuration.helloTimeout.wholeNanoseconds))
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: noDelay ? 1 : 0)
-            .channelOption(ChannelOptions.socketOption(.so_keepalive), value: configuration.keepalive ? 1 : 0)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let handler = ReplicationSocketHandler(
-                        core: selfBox.value, socket: socket, frameBytesMax: frameBytesMax)
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
-            }
-        if configuration.sendBufferBytes > 0 {
-            bootstrap = bootstrap.channelOption(
-                ChannelOptions.socketOption(.so_sndbuf), value: SocketOptionValue(configuration.sendBufferBytes))
-        }
-        if configuration.receiveBufferBytes > 0 {
-            bootstrap = bootstrap.channelOption(
-                ChannelOptions.socketOption(.so_rcvbuf), value: SocketOptionValue(configuration.receiveBufferBytes))
-        }
-        let future = bootstrap.connect(to: peerAddress)
-        connecting[socket] = future
-        future.assumeIsolated().whenFailure { error in
-            self.connecting[socket] = nil
-            guard self.state == .running else { return }
-            self.perform(self.machine.outgoingFailed(socket, reason: "\(error)", now: self.now))
+        connecting.insert(socket)
+        let options = ReplicationSockets.Options(
+            noDelay: kind == .meta ? configuration.metaNoDelay : configuration.dataNoDelay,
+            keepalive: configuration.keepalive, sendBufferBytes: configuration.sendBufferBytes,
+            receiveBufferBytes: configuration.receiveBufferBytes)
+        let address = peerAddress
+        let timeout = configuration.helloTimeout
+        let stopping = self.stopping
+        let loop = self.loop
+        DaemonThread.detach(name: "tdm-connect") {
+            let result = ReplicationSockets.connect(
+                to: address, timeout: timeout, options: options, cancelled: { stopping.withLockedValue { $0 } })
+            loop.execute { selfBox.value.outgoingConnectFinished(socket, result) }
         }
     }
 
-    private func makeServerBootstrap(_ selfBox: NIOLoopBoundBox<TransportCore>) -> ServerBootstrap {
-        let frameBytesMax = configuration.frameBytesMax
-        var bootstrap = ServerBootstrap(group: loop, childGroup: loop)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .serverChannelOption(ChannelOptions.backlog, value: 16)
-            .childChannelOption(
-                ChannelOptions.socketOption(.tcp_nodelay), value: configuration.dataNoDelay ? 1 : 0)
-            .childChannelOption(ChannelOptions.socketOption(.so_keepalive), value: configuration.keepalive ? 1 : 0)
-            .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let handler = ReplicationSocketHandler(core: selfBox.value, socket: nil, frameBytesMax: frameBytesMax)
-                    try channel.pipeline.syncOperations.addHandler(handler)
-                }
+    private func outgoingConnectFinished(
+        _ socket: ConnectionPairingMachine.SocketID, _ result: Result<CInt, SystemCallError>
+    ) {
+        connecting.remove(socket)
+        defer { finishShutdownIfDone() }
+        switch result {
+        case .failure(let error):
+            guard state == .running else { return }
+            perform(machine.outgoingFailed(socket, reason: "\(error)", now: now))
+        case .success(let descriptor):
+            guard state == .running else {
+                close(descriptor)
+                return
             }
-        if configuration.sendBufferBytes > 0 {
-            bootstrap = bootstrap.childChannelOption(
-                ChannelOptions.socketOption(.so_sndbuf), value: SocketOptionValue(configuration.sendBufferBytes))
-        }
-        if configuration.receiveBufferBytes > 0 {
-            // On the listener too: the window scale is fixed in the SYN exchange, before the accepted socket exists.
-            let bytes = SocketOptionValue(configuration.receiveBufferBytes)
-            bootstrap = bootstrap.serverChannelOption(ChannelOptions.socketOption(.so_rcvbuf), value: bytes)
-                .childChannelOption(ChannelOptions.socketOption(.so_rcvbuf), value: bytes)
-        }
-        return bootstrap
-    }
-
-    private func bindError(_ error: any Error) -> TransportError {
-        let address = configuration.localAddress
-        guard let ioError = error as? IOError else {
-            return TransportError(.bindFailed, "could not listen on \(address)", cause: error)
-        }
-        switch ioError.errnoCode {
-        case EADDRINUSE:
-            return TransportError(
-                .addressInUse,
-                "\(address) is already in use (by another resource, a running DRBD, or another program)",
-                cause: error)
-        case EADDRNOTAVAIL:
-            return TransportError(
-                .addressNotAvailable, "\(address) is not an address of this machine; check the 'address' line",
-                cause: error)
-        case EACCES:
-            return TransportError(
-                .permissionDenied, "listening on \(address) needs privileges this process does not have",
-                cause: error)
-        default:
-            return TransportError(.bindFailed, "could not listen on \(address)", cause: error)
+            helloChannel(descriptor, socket: socket)
+                .assumeIsolated().whenFailure { error in
+                    guard self.state == .running else { return }
+                    self.perform(self.machine.outgoingFailed(socket, reason: "\(error)", now: self.now))
+                }
         }
     }
 
