@@ -108,8 +108,10 @@ extension NamespaceClusterTests {
         endHolder(holder)  // The namespace goes, and with it the mount.
         try cluster.admOK(alpha, "secondary", "r0")
         #expect(!FileManager.default.fileExists(atPath: alpha.deviceLink), "the device link is gone after secondary")
+        // By alpha's tag and file, not by number: the kernel may give the freed number to a test running alongside.
         let loopNumber = try #require(Int32(device.loopDevice.dropFirst("/dev/loop".count)))
-        #expect(LoopDevice(number: loopNumber).backingFile == nil, "the loop device is really detached")
+        #expect(LoopDevice.attached(taggedWith: blockDevicePaths(alpha).loopTag).isEmpty, "the loop device is really detached")
+        #expect(LoopDevice(number: loopNumber).backingFile != blockDevicePaths(alpha).filePath)
 
         try cluster.admOK(beta, "primary", "r0")
         let betaDevice = try #require(cluster.status(beta)?.blockDevice)
