@@ -129,6 +129,24 @@ struct ConnectionPairingMachineTests {
         #expect(m.outgoingConnected(data, now: at(2)).closed == [data])
     }
 
+    @Test("A socket of an attempt already refused is refused too, and this node keeps its own attempt")
+    func refusedAttemptStaysRefused() {
+        var m = machine(nonce: 9)
+        // The peer's data socket arrives before this node connects: refused, so the peer gives the attempt up.
+        let (early, refusal) = acceptSocket(&m, offer(.data, nonce: 3, attempt: 4), at: at(0))
+        #expect(refusal.closeReason(early) == "not connecting")
+        let (data, meta) = startAttempt(&m, at: at(1))
+        // Its meta socket, of the same (dead) attempt, arrives while this node's sockets still connect.
+        let (late, actions) = acceptSocket(&m, offer(.meta, nonce: 3, attempt: 4), at: at(2))
+        #expect(actions.closeReason(late)?.contains("attempt 4 is already given up") == true)
+        #expect(!actions.closed.contains(data) && !actions.closed.contains(meta), "this node's attempt stands")
+        #expect(actions.hellos.isEmpty)
+        #expect(m.isAttemptInProgress)
+        // The peer's next attempt is taken as usual (this node's sockets are still connecting).
+        let (_, next) = acceptSocket(&m, offer(.data, nonce: 3, attempt: 5), at: at(3))
+        #expect(next.hellos.map(\.1) == [accept(.data, nonce: 9, attempt: 5)])
+    }
+
     @Test("A hello for another resource is refused and logged")
     func wrongResource() {
         var m = machine(nonce: 5)
@@ -205,10 +223,10 @@ struct ConnectionPairingMachineTests {
         #expect(timedOut.connects.count == 2)
     }
 
-    @Test("Not connecting: sockets are refused; stopConnecting abandons the attempt and closes pending sockets")
+    @Test("Not connecting: offers are refused once read; stopConnecting abandons the attempt and closes pending sockets")
     func notConnecting() {
         var m = machine(nonce: 5)
-        let (early, actions) = m.socketAccepted(fromPeerHost: true, remote: "a", now: at(0))
+        let (early, actions) = acceptSocket(&m, offer(.data), at: at(0))
         #expect(actions.closeReason(early) == "not connecting")
         let (data, meta) = startAttempt(&m, at: at(1))
         let (pending, _) = m.socketAccepted(fromPeerHost: true, remote: "a", now: at(2))

@@ -120,6 +120,10 @@ public struct ConnectionPairingMachine: Sendable {
     public private(set) var connection: Connection?
     private var outgoing: OutgoingAttempt?
     private var incoming: [SocketID: IncomingSocket] = [:]
+    /// The peer's attempt this node last refused a socket of. The peer abandons an attempt when one of its sockets
+    /// is closed, so the attempt's other socket, if it arrives later, is refused too: accepting it would abandon this
+    /// node's own attempt for one that is already dead.
+    private var lastRefusedAttempt: (sessionNonce: UInt64, attempt: UInt32)?
     private var lastAttemptStartedAt: MonotonicInstant?
     private var nextSocketID: UInt64 = 1
     private var nextAttempt: UInt32 = 1
@@ -212,8 +216,6 @@ public struct ConnectionPairingMachine: Sendable {
         if !fromPeerHost {
             emit(.log(.notice, "refused a connection from \(remote): not the peer's address"))
             emit(.close(socket, reason: "not from the peer's address"))
-        } else if !isConnecting {
-            emit(.close(socket, reason: "not connecting"))
         } else if connection != nil {
             emit(.close(socket, reason: "already connected"))
         } else if incoming.count >= settings.halfOpenSocketsMax {
@@ -274,6 +276,7 @@ public struct ConnectionPairingMachine: Sendable {
     private mutating func offerReceived(_ socket: SocketID, _ offer: ChannelHello, now: MonotonicInstant) {
         func refuse(_ reason: String, _ level: LogLevel = .debug) {
             incoming[socket] = nil
+            lastRefusedAttempt = (offer.sessionNonce, offer.attempt)
             if level == .notice { emit(.log(.notice, "refused an incoming \(offer.channel) socket: \(reason)")) }
             emit(.close(socket, reason: reason))
         }
@@ -284,6 +287,9 @@ public struct ConnectionPairingMachine: Sendable {
         }
         guard offer.sessionNonce != settings.sessionNonce else {
             return refuse("it comes from this node itself: the peer address leads back here", .notice)
+        }
+        if let refused = lastRefusedAttempt, refused == (offer.sessionNonce, offer.attempt) {
+            return refuse("attempt \(offer.attempt) is already given up: one of its sockets was refused")
         }
         guard isConnecting else { return refuse("not connecting") }
         guard connection == nil else { return refuse("already connected") }
