@@ -100,6 +100,29 @@ struct TCPReplicationTransportTests {
         }
     }
 
+    @Test("A connection made while the dropped one's receiver is still busy is announced only once that one has ended, so no packet of the old one can follow the new transportConnected")
+    func newConnectionWaitsForTheOldOne() async throws {
+        try await withPair { a, b, _ in
+            await connect(a, b)
+            a.holdNextPacket()
+            b.transport.send(.ping)
+            #expect(await eventually { a.isHoldingPacket })
+            // Both drop (as both do on a split brain) and connect again, while a's old receiver is still busy.
+            a.transport.dropConnection(reason: "test")
+            b.transport.dropConnection(reason: "test")
+            a.transport.startConnecting()
+            b.transport.startConnecting()
+            #expect(await eventually { b.connectedCount == 2 }, "a: \(a.logs) b: \(b.logs)")
+            #expect(a.connectedCount == 1, "a holds the new connection back while the old one's receiver is busy")
+
+            a.releaseHeldPacket()
+            #expect(await eventually { a.connectedCount == 2 }, "a: \(a.logs)")
+            b.transport.send(.pingAck)
+            #expect(await eventually { a.packetsOfCurrentConnection == [.pingAck] }, "\(a.packetsOfCurrentConnection)")
+            #expect(a.lostReasons.isEmpty && b.lostReasons.isEmpty)
+        }
+    }
+
     @Test("max-buffers back-pressure: a paused receiver holds data packets while meta packets still flow")
     func receivingPaused() async throws {
         try await withPair { a, b, _ in

@@ -1,3 +1,4 @@
+import Dispatch
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -24,6 +25,9 @@ final class TestNode: Sendable {
     private let logLines = NIOLockedValueBox<[String]>([])
     let transportBox = NIOLockedValueBox<TCPReplicationTransport?>(nil)
     let rearmAfterLoss: Bool
+    private let holdNext = NIOLockedValueBox(false)
+    private let holding = NIOLockedValueBox(false)
+    private let heldPacketRelease = DispatchSemaphore(value: 0)
 
     init(name: String, rearmAfterLoss: Bool = true) {
         self.name = name
@@ -38,6 +42,20 @@ final class TestNode: Sendable {
             transportBox.withLockedValue { $0 }?.startConnecting()
         }
     }
+
+    /// The transport's packet sink, on a receiver thread: records the packet, then blocks there if `holdNextPacket`
+    /// asked for it (as a receiver writing to a slow disk blocks), until `releaseHeldPacket`.
+    func deliver(_ packet: Packet) {
+        record(.packet(packet))
+        guard holdNext.withLockedValue({ hold in defer { hold = false }; return hold }) else { return }
+        holding.withLockedValue { $0 = true }
+        heldPacketRelease.wait()
+        holding.withLockedValue { $0 = false }
+    }
+
+    func holdNextPacket() { holdNext.withLockedValue { $0 = true } }
+    var isHoldingPacket: Bool { holding.withLockedValue { $0 } }
+    func releaseHeldPacket() { heldPacketRelease.signal() }
 
     func log(_ level: ConnectionPairingMachine.LogLevel, _ line: String) {
         logLines.withLockedValue { $0.append("\(level): \(line)") }
@@ -76,7 +94,7 @@ func makeTransport(_ node: TestNode, _ configuration: TCPReplicationTransport.Co
 {
     let transport = try TCPReplicationTransport(
         configuration: configuration, eventLoopGroup: group, log: { node.log($0, $1) },
-        eventSink: { node.record($0) })
+        eventSink: { node.record($0) }, packetSink: { node.deliver($0) })
     node.transportBox.withLockedValue { $0 = transport }
     return transport
 }
