@@ -178,7 +178,7 @@ final class EstablishedConnection: @unchecked Sendable {
     }
 
     /// Whether a receiver has read the peer's end of file (for tests and diagnostics).
-    var peerClosed: Bool { lock.withLock { peerClosing != nil } }
+    var hasSeenPeerClose: Bool { lock.withLock { peerClosing != nil } }
 
     /// The node dropped the connection: frames already sent are still written (the split-brain handshake sent
     /// just before a drop must reach the peer), then the sockets close.
@@ -230,7 +230,7 @@ final class EstablishedConnection: @unchecked Sendable {
             if count > 0 {
                 decoder.append(UnsafeRawBufferPointer(rebasing: buffer[..<count]))
             } else if count == 0 {
-                peerClosed(channel)
+                endOfFile(on: channel)
                 break
             } else if errno != EINTR {
                 fail("connection lost", detail: "\(SystemCallError("read on the \(channel) socket"))")
@@ -288,7 +288,9 @@ final class EstablishedConnection: @unchecked Sendable {
                     }
                     // Once the peer is closing, a failed send is expected; its end comes from the receivers.
                     let failure = SystemCallError("send on the \(channel) socket")
-                    if lock.withLock({ peerClosing == nil }) { fail("send failed", detail: "\(failure)") }
+                    lock.withLock {
+                        if peerClosing == nil { endLocked(.failed(reason: "send failed", detail: "\(failure)")) }
+                    }
                     break writing
                 }
                 let giveUp = lock.withLock { drainExpiredLocked }
@@ -304,7 +306,7 @@ final class EstablishedConnection: @unchecked Sendable {
 
     /// End of file on `channel`. The first waits (its thread has nothing else to read) until the other receiver has
     /// read to its end too, or `timeouts.peerClose`; the second ends the connection.
-    private func peerClosed(_ channel: PacketChannel) {
+    private func endOfFile(on channel: PacketChannel) {
         lock.withLock {
             guard end == nil else { return }
             if let first = peerClosing {
